@@ -1,0 +1,7 @@
+"""Parameters of filterd.greylist."""
+
+from __future__ import annotations
+
+from filterd.config.types import Param
+
+PARAMS: list[Param] = []
