@@ -1,0 +1,351 @@
+"""The message model: raw bytes kept unchanged, everything else derived lazily.
+
+filterd never re-serialises a message it passes on: the bytes that came in go out, with
+only header lines added, changed or removed in front of or in place of the originals
+(see :class:`HeaderEdits`). Every view rules need (decoded headers, the MIME tree,
+decoded text, URIs, attachment names) is computed on first use and cached, so a message
+that the Postfix checks reject early never pays for MIME parsing.
+
+Broken input never raises: the stdlib parser runs with a tolerant policy and what it
+complains about ends up in :attr:`Message.defects`, which rules can score.
+"""
+
+from __future__ import annotations
+
+import email
+import email.header
+import email.policy
+import email.utils
+import re
+from dataclasses import dataclass, field
+from email.message import Message as EmailMessage
+from functools import cached_property
+
+from filterd.content.htmltext import html_to_text
+from filterd.content.uris import extract_uris
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_FOLD = re.compile(r"\r?\n[ \t]")
+_HDR_NAME = re.compile(r"^([!-9;-~]+)[ \t]*:")
+
+
+@dataclass
+class Envelope:
+    """The SMTP envelope and client facts (from the SMTP session or XFORWARD)."""
+
+    sender: str = ""
+    recipients: list[str] = field(default_factory=list)
+    client_address: str = ""
+    client_name: str = "unknown"
+    helo_name: str = ""
+    protocol: str = "SMTP"
+    queue_id: str = ""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One leaf of the MIME tree, with its decoded payload."""
+
+    content_type: str
+    charset: str | None
+    filename: str | None
+    disposition: str | None
+    payload: bytes
+    text: str | None  # decoded text for text/* parts (HTML already rendered to text)
+    html: str | None  # the HTML source for text/html parts
+    depth: int  # nesting depth (message/rfc822 and multipart levels)
+
+    @property
+    def is_attachment(self) -> bool:
+        return self.disposition == "attachment" or (
+            self.filename is not None and not self.content_type.startswith("text/")
+        )
+
+
+def decode_header_value(value: str) -> str:
+    """Decode RFC 2047 encoded-words, tolerating broken charsets and encodings."""
+    if "=?" not in value:
+        return value
+    try:
+        chunks = email.header.decode_header(value)
+    except (ValueError, LookupError, AssertionError):
+        return value
+    out: list[str] = []
+    for chunk, charset in chunks:
+        if isinstance(chunk, str):
+            out.append(chunk)
+            continue
+        out.append(_decode_bytes(chunk, charset))
+    return "".join(out)
+
+
+def _decode_bytes(data: bytes, charset: str | None) -> str:
+    cs = (charset or "utf-8").strip().lower() or "utf-8"
+    try:
+        return data.decode(cs, errors="replace")
+    except LookupError:
+        return data.decode("latin-1")
+
+
+class Message:
+    """A message as received: raw bytes plus lazily derived views.
+
+    Header text is decoded from bytes as UTF-8 with ``surrogateescape`` so 8-bit headers
+    survive round trips byte for byte; values shown to rules are RFC 2047-decoded.
+    """
+
+    def __init__(self, raw: bytes, envelope: Envelope | None = None):
+        self.raw = raw
+        self.envelope = envelope or Envelope()
+        m = _HEADER_END.search(raw)
+        if raw.startswith((b"\r\n", b"\n")):
+            self.header_end, self.body_start = 0, (2 if raw.startswith(b"\r\n") else 1)
+        elif m:
+            self.header_end, self.body_start = m.start(), m.end()
+        else:
+            self.header_end, self.body_start = len(raw), len(raw)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, envelope: Envelope | None = None) -> "Message":
+        return cls(raw, envelope)
+
+    # -- header section ---------------------------------------------------------------
+    @property
+    def header_bytes(self) -> bytes:
+        return self.raw[: self.header_end]
+
+    @property
+    def body_bytes(self) -> bytes:
+        return self.raw[self.body_start:]
+
+    @cached_property
+    def header_fields(self) -> list[tuple[str, str]]:
+        """(name, raw value) for every header field, folding preserved, in order.
+
+        Lines before the first field that are not ``Name:`` lines (e.g. an mbox
+        ``From `` line or garbage) are recorded as defects and skipped.
+        """
+        text = self.header_bytes.decode("utf-8", "surrogateescape")
+        fields: list[tuple[str, str]] = []
+        for line in re.split(r"\r?\n", text):
+            if not line:
+                continue
+            if line[0] in " \t" and fields:
+                name, value = fields[-1]
+                fields[-1] = (name, value + "\n" + line)
+                continue
+            m = _HDR_NAME.match(line)
+            if not m:
+                self._header_defects.append(f"malformed header line: {line[:60]!r}")
+                continue
+            fields.append((m.group(1), line[m.end():].lstrip(" \t")))
+        return fields
+
+    @cached_property
+    def _header_defects(self) -> list[str]:
+        return []
+
+    def header_lines(self) -> list[str]:
+        """Logical header lines, unfolded, as Postfix's header_checks sees them."""
+        return [f"{n}: {_FOLD.sub(lambda m: m.group(0)[-1], v)}" for n, v in self.header_fields]
+
+    @cached_property
+    def _header_index(self) -> dict[str, list[str]]:
+        index: dict[str, list[str]] = {}
+        for name, value in self.header_fields:
+            index.setdefault(name.lower(), []).append(value)
+        return index
+
+    def get_all_raw(self, name: str) -> list[str]:
+        """Raw (undecoded, still folded) values of every ``name`` field."""
+        return list(self._header_index.get(name.lower(), ()))
+
+    def get_all(self, name: str) -> list[str]:
+        """Unfolded, RFC 2047-decoded values of every ``name`` field."""
+        return [decode_header_value(_FOLD.sub(" ", v).strip()) for v in self._header_index.get(name.lower(), ())]
+
+    def get(self, name: str, default: str = "") -> str:
+        values = self.get_all(name)
+        return values[0] if values else default
+
+    def has(self, name: str) -> bool:
+        return name.lower() in self._header_index
+
+    @property
+    def subject(self) -> str:
+        return self.get("Subject")
+
+    def addresses(self, name: str) -> list[str]:
+        """Bare addresses from an address header (``:addr`` in SpamAssassin terms)."""
+        return [addr for _, addr in email.utils.getaddresses(self.get_all(name)) if addr]
+
+    def display_names(self, name: str) -> list[str]:
+        """Display names from an address header (``:name`` in SpamAssassin terms)."""
+        return [n for n, _ in email.utils.getaddresses(self.get_all(name)) if n]
+
+    # -- MIME -------------------------------------------------------------------------
+    @cached_property
+    def tree(self) -> EmailMessage:
+        """The stdlib MIME tree (compat32 policy: tolerant, never raises on bad input)."""
+        return email.message_from_bytes(self.raw, policy=email.policy.compat32)
+
+    @cached_property
+    def parts(self) -> list[Part]:
+        parts: list[Part] = []
+        self._walk(self.tree, 0, parts)
+        return parts
+
+    def _walk(self, node: EmailMessage, depth: int, out: list[Part]) -> None:
+        if depth > 20:
+            self.extra_defects.append("MIME nesting deeper than 20 levels")
+            return
+        for defect in node.defects:
+            self.extra_defects.append(type(defect).__name__)
+        if node.is_multipart():
+            payload = node.get_payload()
+            if isinstance(payload, list):
+                for child in payload:
+                    if isinstance(child, EmailMessage):
+                        self._walk(child, depth + 1, out)
+            return
+        ctype = node.get_content_type()
+        try:
+            data = node.get_payload(decode=True) or b""
+        except Exception as exc:  # noqa: BLE001 - hostile input; recorded, never raised
+            self.extra_defects.append(f"undecodable payload: {exc}")
+            data = b""
+        if isinstance(data, list):  # message/rfc822 without multipart payload
+            data = b""
+        charset = node.get_content_charset()
+        filename = _safe_filename(node)
+        disposition = node.get_content_disposition()
+        text = html = None
+        if ctype.startswith("text/"):
+            decoded = _decode_bytes(data, charset)
+            if ctype == "text/html":
+                html = decoded
+                text = html_to_text(decoded)
+            else:
+                text = decoded
+        out.append(Part(ctype, charset, filename, disposition, data, text, html, depth))
+
+    @cached_property
+    def extra_defects(self) -> list[str]:
+        return []
+
+    @property
+    def defects(self) -> list[str]:
+        """Everything found broken: header syntax, MIME structure, decoding."""
+        _ = self.header_fields, self.parts
+        return self._header_defects + self.extra_defects
+
+    @cached_property
+    def text_parts(self) -> list[Part]:
+        return [p for p in self.parts if p.text is not None and not p.is_attachment]
+
+    @cached_property
+    def body_text(self) -> str:
+        """Decoded, HTML-rendered text of the message (SpamAssassin's ``body``).
+
+        As in SpamAssassin, the Subject is the first paragraph; parts are separated by
+        blank lines. When a multipart/alternative has both, both are included: rules and
+        Bayes benefit from seeing what either rendering shows.
+        """
+        pieces = [self.subject] if self.subject else []
+        pieces.extend(p.text or "" for p in self.text_parts)
+        return "\n".join(pieces)
+
+    @cached_property
+    def rawbody_text(self) -> str:
+        """Transfer-decoded text parts with HTML not rendered (SpamAssassin's ``rawbody``)."""
+        return "\n".join((p.html if p.html is not None else p.text) or "" for p in self.text_parts)
+
+    @cached_property
+    def uris(self) -> list[str]:
+        """URIs from text parts and HTML attributes, de-duplicated, in order of appearance."""
+        found: list[str] = []
+        for p in self.text_parts:
+            found.extend(extract_uris(p.html if p.html is not None else (p.text or ""), html=p.html is not None))
+        seen: set[str] = set()
+        return [u for u in found if not (u in seen or seen.add(u))]
+
+    @cached_property
+    def attachments(self) -> list[tuple[str | None, str]]:
+        """(filename, content type) of every attachment-like part."""
+        return [(p.filename, p.content_type) for p in self.parts if p.is_attachment]
+
+    # -- raw body for Postfix body_checks ----------------------------------------------
+    def body_lines(self) -> list[str]:
+        """Body lines undecoded, as Postfix body_checks sees them (8-bit kept)."""
+        return self.body_bytes.decode("utf-8", "surrogateescape").splitlines()
+
+
+def _safe_filename(node: EmailMessage) -> str | None:
+    try:
+        name = node.get_filename()
+    except (ValueError, LookupError, TypeError, AttributeError):
+        return None
+    if name is None:
+        return None
+    return decode_header_value(str(name))
+
+
+class HeaderEdits:
+    """Header changes to apply to a message on its way out, raw body untouched.
+
+    Order of application: removals/replacements of existing fields (by index into
+    :attr:`Message.header_fields`), then additions prepended in the order given (each
+    new field goes on top, as Postfix's PREPEND and amavisd-new do).
+    """
+
+    def __init__(self) -> None:
+        self.prepend: list[str] = []
+        self.replace: dict[int, str | None] = {}
+
+    def add(self, name: str, value: str) -> None:
+        self.prepend.append(f"{name}: {value}")
+
+    def add_line(self, line: str) -> None:
+        self.prepend.append(line)
+
+    def remove(self, index: int) -> None:
+        self.replace[index] = None
+
+    def replace_field(self, index: int, line: str) -> None:
+        self.replace[index] = line
+
+    def __bool__(self) -> bool:
+        return bool(self.prepend or self.replace)
+
+    def apply(self, msg: Message) -> bytes:
+        """The outgoing bytes: new header section, then the original body bytes."""
+        newline = "\r\n" if b"\r\n" in msg.raw[: msg.header_end + 2] else "\n"
+        lines = [_fold_for_output(line, newline) for line in reversed(self.prepend)]
+        for i, (name, value) in enumerate(msg.header_fields):
+            if i in self.replace:
+                new = self.replace[i]
+                if new is not None:
+                    lines.append(_fold_for_output(new, newline))
+                continue
+            lines.append(f"{name}: {value}".replace("\n", newline))
+        head = newline.join(lines).encode("utf-8", "surrogateescape")
+        if msg.body_start >= len(msg.raw) and msg.header_end >= len(msg.raw):
+            return head + newline.encode()
+        return head + newline.encode() * 2 + msg.raw[msg.body_start:]
+
+
+def _fold_for_output(line: str, newline: str) -> str:
+    """Fold long header lines at white space (RFC 5322 recommends <= 78 characters)."""
+    line = line.replace("\r", " ").replace("\n", " ")
+    if len(line) <= 78:
+        return line
+    out: list[str] = []
+    current = ""
+    for word in line.split(" "):
+        if current and len(current) + 1 + len(word) > 78:
+            out.append(current)
+            current = "\t" + word
+        else:
+            current = f"{current} {word}" if current else word
+    out.append(current)
+    return newline.join(out)
