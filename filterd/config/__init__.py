@@ -14,15 +14,22 @@ from importlib import resources
 from typing import Any, Iterable
 
 from filterd.config.parser import ConfigError, Setting, parse_file, parse_text
-from filterd.config.registry import PARAMS
 from filterd.config.types import Param, split_list
 
-__all__ = ["Config", "ConfigError", "Param", "split_list", "default_config_path"]
+__all__ = ["Config", "ConfigError", "Param", "split_list", "default_config_path", "expand_macros"]
 
 SYSTEM_CONFIG = "/etc/filterd/filterd.cf"
 EMBEDDED = "<embedded default>"
 
 _MACRO = re.compile(r"\$(?:\$|\{([A-Za-z0-9_]+)(?:([?:])([^}]*))?\}|\(([A-Za-z0-9_]+)\)|([A-Za-z0-9_]+))")
+
+
+def _params() -> dict[str, Param]:
+    """The parameter table, imported on first use: each part's params module imports
+    filterd.config.types, so importing the registry here at load time would be a cycle."""
+    from filterd.config.registry import PARAMS
+
+    return PARAMS
 
 
 def default_config_path() -> str | None:
@@ -81,7 +88,7 @@ class Config:
         s = self.settings.get(name)
         if s is not None:
             return s.value
-        p = PARAMS.get(name)
+        p = _params().get(name)
         if p is not None:
             return p.default
         raise KeyError(name)
@@ -90,7 +97,7 @@ class Config:
         return name in self.settings
 
     def known(self, name: str) -> bool:
-        return name in PARAMS or name in self.settings
+        return name in _params() or name in self.settings
 
     def expand(self, name: str) -> str:
         """The value with ``$name`` references expanded (loops are an error)."""
@@ -135,7 +142,7 @@ class Config:
             return self._cache[name]
         except KeyError:
             pass
-        param = PARAMS.get(name)
+        param = _params().get(name)
         text = self.expand(name)
         if param is None:
             value: Any = text
@@ -164,8 +171,10 @@ class Config:
         restriction class, and not referenced by ``$name`` from another value), each
         naming the file and line, as ``postconf`` warns about unused parameters.
         """
-        for name in PARAMS:
+        for name in _params():
             self.get(name)
+        for name in self.settings:
+            self.expand(name)  # user-defined names too: a $name loop is an error anywhere
         classes = set(self.restriction_classes())
         referenced: set[str] = set()
         for s in self.settings.values():
@@ -175,7 +184,7 @@ class Config:
                     referenced.add(ref)
         warnings = []
         for name, s in self.settings.items():
-            if name in PARAMS:
+            if name in _params():
                 continue
             if name in classes:
                 self.expand(name)
@@ -189,8 +198,30 @@ class Config:
     def names(self, only_set: bool = False) -> list[str]:
         if only_set:
             return sorted(self.settings)
-        return sorted(set(PARAMS) | set(self.settings))
+        return sorted(set(_params()) | set(self.settings))
+
+
+def expand_macros(template: str, values: dict[str, str]) -> str:
+    """Expand ``$name``/``${name}``/``${name?text}``/``${name:text}`` from ``values``.
+
+    For reply templates such as ``default_rbl_reply``, whose variables are facts of
+    the request, not configuration parameters. Unknown names expand to nothing.
+    """
+
+    def repl(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        inner = values.get(m.group(1) or m.group(4) or m.group(5), "")
+        op = m.group(2)
+        if op == "?":
+            return expand_macros(m.group(3), values) if inner else ""
+        if op == ":":
+            return inner if inner else expand_macros(m.group(3), values)
+        return inner
+
+    return _MACRO.sub(repl, template)
 
 
 def defaults() -> dict[str, Param]:
-    return dict(PARAMS)
+    """Every declared parameter (for ``filterd config -d``)."""
+    return dict(_params())

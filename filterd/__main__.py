@@ -1,0 +1,3 @@
+from filterd.cli import main
+import sys
+sys.exit(main())

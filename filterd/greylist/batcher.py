@@ -1,0 +1,71 @@
+"""Coalescing of concurrent requests into one store call.
+
+A store round trip (an aiosqlite thread hop, a Redis round trip) costs more than deciding
+a whole batch, so requests wait for the next event-loop turn and go together. At most one
+batch is in flight: what arrives meanwhile forms the next one, so batches grow with load
+without any timer. Items with the same key never share a batch (the second waits for
+the next one), because a batch statement must see each key once to answer each request
+from its own before-and-after state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable, Generic, Hashable, Sequence, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Batcher(Generic[T, R]):
+    """Runs ``run(items) -> results`` (same length, same order) for coalesced submissions."""
+
+    def __init__(self, run: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
+                 key: Callable[[T], Hashable], max_batch: int = 128):
+        self._run = run
+        self._key = key
+        self._max = max_batch
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._busy = False
+
+    def submit(self, item: T) -> asyncio.Future[R]:
+        """Queue ``item``; the future gets its result once its batch has run."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self._pending.append((item, future))
+        if not self._busy:
+            self._busy = True
+            loop.call_soon(self._launch, loop)
+        return future
+
+    def _launch(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch, keys, rest = [], set(), []
+        for entry in self._pending:
+            k = self._key(entry[0])
+            if len(batch) < self._max and k not in keys and not entry[1].cancelled():
+                keys.add(k)
+                batch.append(entry)
+            elif not entry[1].cancelled():
+                rest.append(entry)
+        self._pending = rest
+        if not batch:
+            self._busy = False
+            return
+        loop.create_task(self._execute(batch))
+
+    async def _execute(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            results = await self._run([item for item, _ in batch])
+        except Exception as exc:  # every waiter gets the store's error
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+        finally:
+            if self._pending:
+                self._launch(asyncio.get_running_loop())
+            else:
+                self._busy = False

@@ -1,0 +1,202 @@
+"""The embedded greylisting store: one SQLite file shared by every worker process.
+
+Each decision is one SQL statement -- a multi-row upsert whose ``ON CONFLICT DO UPDATE``
+computes postgrey's new state from the old row and whose ``RETURNING`` hands it back --
+so it is atomic across processes without explicit transactions, and a whole batch costs
+one aiosqlite call (one thread hop). WAL mode with synchronous=NORMAL: readers never wait
+for the writer, and a commit costs a write(2), not an fsync (a power cut may forget the
+last moments of greylisting state, which only means a few extra deferrals).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import aiosqlite
+
+from filterd.greylist.store import (
+    CleanupStats, ClientState, GreylistStore, Sighting, Timing, TripletState,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS triplet (
+    key    TEXT PRIMARY KEY,        -- lower-case "client network/sender/recipient"
+    first  INTEGER NOT NULL,        -- first seen (unix time)
+    last   INTEGER NOT NULL,        -- last seen
+    passed INTEGER NOT NULL         -- 1: had passed before the last sighting
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS client (
+    key    TEXT PRIMARY KEY,        -- client address
+    count  INTEGER NOT NULL,        -- greylisting passes counted (at most one per hour)
+    last   INTEGER NOT NULL         -- when last counted or refreshed
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    name   TEXT PRIMARY KEY,
+    value  INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+# ?1 now, ?2 delay, ?3 retry window, ?4 max age, ?5 awl threshold; the rows follow.
+# In the SET clause every column name refers to the row as it was before the update.
+_SEE = """
+INSERT INTO triplet (key, first, last, passed)
+SELECT v.column1, ?1, ?1, 0 FROM (VALUES {rows}) AS v
+WHERE {awl_filter}
+ON CONFLICT (key) DO UPDATE SET
+    passed = (last - first >= ?2 AND ?1 - last <= ?4),
+    first = CASE
+        WHEN ?1 - last > ?4 THEN ?1
+        WHEN last - first < ?2 AND ?1 - first > ?3 THEN ?1
+        WHEN first > ?1 THEN ?1
+        ELSE first END,
+    last = ?1
+RETURNING key, first, passed
+"""
+_NOT_AWL = ("NOT EXISTS (SELECT 1 FROM client AS c WHERE c.key = v.column2 "
+            "AND c.count >= ?5 AND ?1 - c.last <= ?4)")
+
+# ?1 now, ?2 max age. postgrey counts a pass when the client was never counted or
+# last counted an hour ago or more.
+_COUNT = """
+INSERT INTO client (key, count, last)
+SELECT column1, 1, ?1 FROM (VALUES {rows}) WHERE true
+ON CONFLICT (key) DO UPDATE SET
+    count = CASE WHEN ?1 - last > ?2 THEN 1 ELSE count + 1 END,
+    last = ?1
+WHERE ?1 >= last + 3600
+RETURNING key, count, last
+"""
+
+# ?1 now. postgrey refreshes a whitelisted client once an hour (or when last is in the
+# future); the row is returned either way so the caller learns when to refresh next.
+_TOUCH = """
+UPDATE client SET
+    count = CASE WHEN ?1 >= last + 3600 OR last > ?1 THEN count + 1 ELSE count END,
+    last = CASE WHEN ?1 >= last + 3600 OR last > ?1 THEN ?1 ELSE last END
+WHERE key IN ({rows})
+RETURNING key, count, last
+"""
+
+_CLAIM_CLEANUP = """
+INSERT INTO meta (name, value) VALUES ('last_cleanup', ?1)
+ON CONFLICT (name) DO UPDATE SET value = ?1 WHERE value <= ?1 - ?2 OR value > ?1
+RETURNING value
+"""
+
+_CHUNK = 2000
+_CHUNK_END = "SELECT max(key) FROM (SELECT key FROM {table} WHERE key > ?1 ORDER BY key LIMIT ?2)"
+_DELETE_TRIPLETS = """
+DELETE FROM triplet WHERE key > ?1 AND key <= ?2
+AND (?3 - last > ?4 OR (last - first < ?5 AND ?3 - last > ?6))
+RETURNING 1
+"""
+_DELETE_CLIENTS = ("DELETE FROM client WHERE key > ?1 AND key <= ?2 AND ?3 - last > ?4 "
+                   "RETURNING 1")
+
+
+class SqliteGreylistStore(GreylistStore):
+    """Greylisting state in an SQLite file (``$data_directory/greylist.db``)."""
+
+    def __init__(self, path: str, busy_timeout: float = 30.0):
+        self.path = path
+        self._busy_timeout = busy_timeout
+        self._db: aiosqlite.Connection | None = None
+        self._sql: dict[tuple[str, int, bool], str] = {}
+
+    async def start(self) -> None:
+        directory = os.path.dirname(self.path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        # isolation_level=None: autocommit, so each statement is its own transaction and
+        # costs one thread hop (no separate COMMIT call).
+        db = await aiosqlite.connect(self.path, isolation_level=None,
+                                     timeout=self._busy_timeout, cached_statements=512)
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await db.executescript(_SCHEMA)
+        except BaseException:
+            await db.close()
+            raise
+        self._db = db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
+
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError(f"greylist store {self.path} is not open")
+        return self._db
+
+    def _text(self, kind: str, n: int, awl: bool = False) -> str:
+        """SQL text for ``n`` rows; cached, so sqlite3's statement cache can reuse it."""
+        sql = self._sql.get((kind, n, awl))
+        if sql is None:
+            if kind == "see":
+                rows = ", ".join(f"(?{6 + 2 * i}, ?{7 + 2 * i})" for i in range(n))
+                sql = _SEE.format(rows=rows, awl_filter=_NOT_AWL if awl else "true")
+            elif kind == "count":
+                sql = _COUNT.format(rows=", ".join(f"(?{3 + i})" for i in range(n)))
+            else:
+                sql = _TOUCH.format(rows=", ".join(f"?{2 + i}" for i in range(n)))
+            self._sql[(kind, n, awl)] = sql
+        return sql
+
+    async def see(self, sightings: Sequence[Sighting], now: int,
+                  timing: Timing) -> list[TripletState | None]:
+        if not sightings:
+            return []
+        params: list[object] = [now, timing.delay, timing.retry_window, timing.max_age,
+                                timing.awl_clients]
+        for s in sightings:
+            params.append(s.key)
+            params.append(s.client)
+        sql = self._text("see", len(sightings), timing.awl_clients > 0)
+        rows = await self._conn().execute_fetchall(sql, params)
+        states = {key: TripletState(first, bool(passed)) for key, first, passed in rows}
+        return [states.get(s.key) for s in sightings]
+
+    async def count_passes(self, clients: Sequence[str], now: int,
+                           timing: Timing) -> list[ClientState | None]:
+        if not clients:
+            return []
+        sql = self._text("count", len(clients))
+        rows = await self._conn().execute_fetchall(sql, [now, timing.max_age, *clients])
+        states = {key: ClientState(count, last) for key, count, last in rows}
+        return [states.get(c) for c in clients]
+
+    async def touch_clients(self, clients: Sequence[str], now: int) -> list[ClientState | None]:
+        if not clients:
+            return []
+        unique = list(dict.fromkeys(clients))
+        rows = await self._conn().execute_fetchall(self._text("touch", len(unique)),
+                                                   [now, *unique])
+        states = {key: ClientState(count, last) for key, count, last in rows}
+        return [states.get(c) for c in clients]
+
+    async def cleanup(self, now: int, timing: Timing, interval: int) -> CleanupStats | None:
+        db = self._conn()
+        if not await db.execute_fetchall(_CLAIM_CLEANUP, (now, interval)):
+            return None
+        triplets = await self._delete_chunked(
+            "triplet", _DELETE_TRIPLETS,
+            (now, timing.max_age, timing.delay, timing.retry_window))
+        clients = await self._delete_chunked("client", _DELETE_CLIENTS, (now, timing.max_age))
+        return CleanupStats(triplets, clients)
+
+    async def _delete_chunked(self, table: str, delete: str, args: tuple[int, ...]) -> int:
+        """Delete in key ranges of a few thousand rows, so request batches interleave."""
+        db = self._conn()
+        chunk_end = _CHUNK_END.format(table=table)
+        after = ""
+        deleted = 0
+        while True:
+            rows = await db.execute_fetchall(chunk_end, (after, _CHUNK))
+            upto = rows[0][0] if rows else None
+            if upto is None:
+                return deleted
+            deleted += len(await db.execute_fetchall(delete, (after, upto, *args)))
+            after = upto

@@ -1,0 +1,134 @@
+"""Where greylisting state lives: the store interface, its data types, and the factory.
+
+A store keeps two tables, as postgrey keeps two Berkeley DB files: triplets (first seen,
+last seen) and auto-whitelisted clients (count, last counted). Several filterd worker
+processes -- later several nodes -- share one store, so every read-decide-write of one
+triplet or one client happens atomically inside the store (one SQL statement, later one
+Redis script), never as a read followed by a separate write. Every method takes a batch,
+because one round trip per request costs more than the decision itself.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Sequence
+
+from filterd.config import Config
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """The greylisting time rules, in whole seconds (postgrey works in whole seconds)."""
+
+    delay: int
+    retry_window: int
+    max_age: int
+    awl_clients: int  # 0: no auto-whitelist
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "Timing":
+        return cls(
+            delay=int(cfg.get("greylist_delay")),
+            retry_window=int(cfg.get("greylist_retry_window")),
+            max_age=int(cfg.get("greylist_max_age")),
+            awl_clients=int(cfg.get("greylist_auto_whitelist_clients")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """One request's triplet key and the client's auto-whitelist key."""
+
+    key: str
+    client: str
+
+
+@dataclass(frozen=True, slots=True)
+class TripletState:
+    """A triplet just after a sighting was recorded.
+
+    ``first`` is the first-seen time in force now (``now`` for a new triplet, one whose
+    retry window or max age ran out, or one first seen in the future); ``passed`` says
+    whether the triplet had already passed greylisting before this sighting (postgrey's
+    ``last_was_successful``).
+    """
+
+    first: int
+    passed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClientState:
+    """An auto-whitelist entry after an update: passes counted and when last counted."""
+
+    count: int
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
+class CleanupStats:
+    triplets: int
+    clients: int
+
+
+class GreylistStore(ABC):
+    """Greylisting state shared by every worker; all methods are atomic per key."""
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Open the store (create it if needed)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Close the store; pending writes are finished first."""
+
+    @abstractmethod
+    async def see(self, sightings: Sequence[Sighting], now: int,
+                  timing: Timing) -> list[TripletState | None]:
+        """Record a batch of sightings (distinct keys) and return each triplet's state.
+
+        Per sighting, atomically: if the client is auto-whitelisted (count >= awl_clients,
+        counted within max_age) the triplet is left alone and the result is None;
+        otherwise the triplet is created or updated by postgrey's rules: last seen = now;
+        first seen is reset to now when the triplet is older than max_age, when it has
+        not passed yet and was first seen more than retry_window ago, or when its first
+        seen lies in the future.
+        """
+
+    @abstractmethod
+    async def count_passes(self, clients: Sequence[str], now: int,
+                           timing: Timing) -> list[ClientState | None]:
+        """Count a first pass of some triplet for each client, at most once per hour.
+
+        A client whose entry is older than max_age starts again from one. Returns each
+        client's entry after counting, or None when it was not counted (counted within
+        the last hour).
+        """
+
+    @abstractmethod
+    async def touch_clients(self, clients: Sequence[str], now: int) -> list[ClientState | None]:
+        """Refresh auto-whitelisted clients seen again (at most once per hour, as postgrey).
+
+        Returns each client's entry after the update (None if it has gone).
+        """
+
+    @abstractmethod
+    async def cleanup(self, now: int, timing: Timing, interval: int) -> CleanupStats | None:
+        """Delete expired triplets and clients, unless another worker did so within interval.
+
+        Expired: not seen for max_age; a triplet that never passed and was not retried
+        within retry_window. Returns None when the run was left to another worker.
+        """
+
+
+def open_store(cfg: Config) -> GreylistStore:
+    """The store that ``greylist_store`` names (its converter refuses unknown kinds)."""
+    kind = cfg.get("greylist_store")
+    if kind != "sqlite":
+        raise ValueError(f"unknown greylist_store {kind!r}")
+    from filterd.greylist.sqlite_store import SqliteGreylistStore  # it builds on this module
+
+
+    return SqliteGreylistStore(os.path.join(cfg.get("data_directory"), "greylist.db"))

@@ -1,0 +1,52 @@
+"""``if`` / ``endif`` nesting shared by regexp, pcre and cidr tables.
+
+Rules are kept in one flat list; an ``if`` rule records the index just past its
+``endif`` so that a lookup that fails the ``if`` test jumps over the whole block
+without recursion.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from filterd.maps.errors import MapError
+
+
+class _HasSkip(Protocol):
+    skip: int
+
+
+def keyword(text: str) -> tuple[str, str] | None:
+    """Recognize ``if``/``endif`` (any case, as Postfix): (keyword, rest of the line)."""
+    low = text[:5].lower()
+    if low == "endif" and (len(text) == 5 or not text[5].isalnum()):
+        return "endif", text[5:].strip()
+    if low[:2] == "if" and (len(text) == 2 or not text[2].isalnum()):
+        return "if", text[2:].strip()
+    return None
+
+
+class IfBlocks:
+    """Matches each ``endif`` with its ``if`` while a table is parsed."""
+
+    def __init__(self, spec: str):
+        self.spec = spec
+        self._open: list[tuple[int, int]] = []  # (rule index, line number)
+
+    def open(self, rules: list[_HasSkip], rule: _HasSkip, line: int) -> None:
+        """Append the ``if`` rule; its skip index is set by the matching :meth:`close`."""
+        self._open.append((len(rules), line))
+        rules.append(rule)
+
+    def close(self, rules: list[_HasSkip], line: int, rest: str) -> None:
+        if rest:
+            raise MapError(f"{self.spec} line {line}: unexpected text after endif: {rest!r}")
+        if not self._open:
+            raise MapError(f"{self.spec} line {line}: endif without matching if")
+        index, _ = self._open.pop()
+        rules[index].skip = len(rules)
+
+    def finish(self) -> None:
+        if self._open:
+            line = self._open[-1][1]
+            raise MapError(f"{self.spec} line {line}: if has no matching endif")

@@ -1,0 +1,118 @@
+"""The policy service's sockets: persistent connections, requests answered in order.
+
+A thin asyncio driver around :class:`PolicyParser` and :class:`PolicyService`. Each
+connection is independent: a fault on one (garbage, an over-long request, a client that
+vanishes) is logged with the client's address and closes at most that connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+
+from filterd.policy.protocol import FramingError, PolicyParser, PolicyRequest, encode_reply
+from filterd.policy.service import PolicyService
+
+log = logging.getLogger("filterd.policy")
+
+
+class PolicyConnection(asyncio.Protocol):
+    """One client connection (normally one Postfix smtpd process)."""
+
+    def __init__(self, service: PolicyService, registry: set["PolicyConnection"]):
+        self.service = service
+        self.registry = registry
+        self.parser = PolicyParser()
+        self.queue: deque[PolicyRequest] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.peer = "unknown"
+        self.worker: asyncio.Task[None] | None = None
+        self.closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer = f"[{peer[0]}]:{peer[1]}"
+        elif peer:
+            self.peer = str(peer)
+        else:
+            self.peer = "local socket"
+        self.registry.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        for item in self.parser.feed(data):
+            if isinstance(item, FramingError):
+                log.warning("policy client %s: %s; closing the connection", self.peer, item.message)
+                self.queue.clear()
+                self.close()
+                return
+            self.queue.append(item)
+        if self.queue and self.worker is None:
+            self.worker = asyncio.get_running_loop().create_task(self._answer())
+
+    async def _answer(self) -> None:
+        """Answer queued requests one at a time, in order (the protocol has no ids)."""
+        try:
+            while self.queue:
+                req = self.queue.popleft()
+                action = await self.service.handle(req, self.peer)
+                if self.transport is None or self.transport.is_closing():
+                    return
+                self.transport.write(encode_reply(action))
+        finally:
+            self.worker = None
+            if self.closing and self.transport is not None:
+                self.transport.close()
+
+    @property
+    def idle(self) -> bool:
+        return self.worker is None
+
+    def close(self) -> None:
+        """Close now if idle, else after the request in progress has been answered."""
+        self.closing = True
+        self.queue.clear()
+        if self.worker is None and self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.registry.discard(self)
+        if self.parser.pending:
+            log.warning("policy client %s: lost connection in the middle of a request (%d bytes)",
+                        self.peer, self.parser.pending)
+        self.transport = None
+
+
+class PolicyServer:
+    """Serves the policy protocol on sockets handed in by the process manager."""
+
+    def __init__(self, service: PolicyService):
+        self.service = service
+        self.connections: set[PolicyConnection] = set()
+        self.servers: list[asyncio.AbstractServer] = []
+
+    async def start(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        factory = lambda: PolicyConnection(self.service, self.connections)  # noqa: E731
+        if sock.family == socket.AF_UNIX:
+            server = await loop.create_unix_server(factory, sock=sock)
+        else:
+            server = await loop.create_server(factory, sock=sock)
+        self.servers.append(server)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting, let requests in flight finish, then close every connection."""
+        for server in self.servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.close()
+        deadline = asyncio.get_running_loop().time() + grace
+        while self.connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()

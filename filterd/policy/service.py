@@ -1,0 +1,100 @@
+"""Policy requests in, actions out: the translation between Postfix and the engine.
+
+This module holds no protocol framing (see :mod:`filterd.policy.protocol`) and no
+sockets (see :mod:`filterd.policy.server`): it takes a parsed request, runs the
+restriction list for its protocol state, logs one Postfix-style line, and returns the
+``action`` to answer.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+from filterd.policy.protocol import PolicyRequest, to_transaction
+from filterd.restrict.decision import DEFER, DUNNO, PERMIT, REJECT, Decision
+from filterd.restrict.engine import RestrictionEngine
+from filterd.restrict.transaction import Stage, Transaction
+
+log = logging.getLogger("filterd.policy")
+
+#: Which parameter holds the restrictions for each protocol state.
+STAGE_PARAM = {
+    Stage.CONNECT: "policy_connect_restrictions",
+    Stage.HELO: "policy_helo_restrictions",
+    Stage.EHLO: "policy_helo_restrictions",
+    Stage.MAIL: "policy_mail_restrictions",
+    Stage.RCPT: "policy_restrictions",
+    Stage.DATA: "policy_data_restrictions",
+    Stage.END_OF_MESSAGE: "policy_end_of_message_restrictions",
+    Stage.VRFY: "policy_vrfy_restrictions",
+    Stage.ETRN: "policy_etrn_restrictions",
+}
+
+MALFORMED = "DEFER_IF_PERMIT 4.3.5 Policy request malformed"
+FAILURE = "DEFER_IF_PERMIT 4.3.0 Temporary policy service failure"
+
+
+class PolicyService:
+    """Answers policy requests with the shared restriction engine."""
+
+    def __init__(self, engine: RestrictionEngine):
+        self.engine = engine
+        self.cfg = engine.cfg
+        self.requests = 0
+
+    def check_config(self) -> None:
+        """Compile every stage's list now: an unknown restriction fails at start-up."""
+        for param in set(STAGE_PARAM.values()):
+            self.engine.check_param(param)
+
+    async def handle(self, req: PolicyRequest, peer: str) -> str:
+        """The action for one request. Never raises: faults become a safe answer."""
+        self.requests += 1
+        if req.faults:
+            log.warning("policy client %s: %s", peer, "; ".join(req.faults))
+        rtype = req.request_type
+        if rtype != "smtpd_access_policy":
+            what = "no request= attribute" if rtype is None else f"unknown request type {rtype!r}"
+            log.warning("policy client %s: %s; answering %s", peer, what, MALFORMED)
+            return f"{MALFORMED}: {what}"
+        txn, faults = to_transaction(req.attrs)
+        if faults:
+            log.warning("policy client %s: %s", peer, "; ".join(faults))
+        if txn.client_address and not _is_ip(txn.client_address):
+            log.warning("policy client %s: client_address=%.60r is not an IP address", peer, txn.client_address)
+        param = STAGE_PARAM[txn.stage]
+        try:
+            decision = await self.engine.evaluate(param, txn)
+        except Exception:  # noqa: BLE001 - one bad request must not stop the service
+            log.exception("policy client %s: error evaluating %s for %s", peer, param, txn.client_label)
+            return FAILURE
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s", format_log_line(txn, decision))
+        for warning in decision.warnings:
+            log.warning("%s: %s: %s from %s; from=<%s> to=<%s>", txn.queue_id or "NOQUEUE",
+                        warning, txn.stage.value, txn.client_label, txn.sender or "", txn.recipient or "")
+        return decision.policy_action
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
+_RESULT_WORD = {REJECT: "reject", DEFER: "reject", PERMIT: "permit", DUNNO: "dunno"}
+
+
+def format_log_line(txn: Transaction, d: Decision) -> str:
+    """One line in Postfix's reject-log shape, plus what decided it (``by=``).
+
+    ``NOQUEUE: reject: RCPT from host[1.2.3.4]: 450 4.2.0 <b@x>: Recipient address
+    rejected: Greylisted...; from=<a@y> to=<b@x> proto=ESMTP helo=<h>; action=...; by=...``
+    """
+    what = f"{txn.queue_id or 'NOQUEUE'}: {_RESULT_WORD[d.result]}: {txn.stage.value} from {txn.client_label}"
+    reply = f": {d.reply}" if d.reply is not None else ""
+    envelope = f"from=<{txn.sender or ''}> to=<{txn.recipient or ''}> proto={txn.protocol_name} helo=<{txn.helo_name}>"
+    return f"{what}{reply}; {envelope}; action={d.policy_action}; by={d.reason}"

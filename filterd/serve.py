@@ -1,0 +1,176 @@
+"""``filterd serve``: bind the listeners, fork workers that share them, stop cleanly.
+
+The master binds every configured listening socket once, then forks
+``worker_processes`` workers (one per core by default). Each worker runs its own event
+loop with its own greylist connection and accepts from the shared sockets, so the kernel
+spreads connections over the cores. SIGTERM (or SIGINT) in the master is passed to the
+workers, which stop accepting, answer what is in flight and exit; a worker that dies
+unexpectedly is replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import stat
+import time
+
+from filterd.config import Config
+from filterd.config.types import Endpoint
+
+log = logging.getLogger("filterd.master")
+
+
+def bind(endpoint: Endpoint) -> socket.socket:
+    """A listening socket for ``endpoint`` (stale unix sockets are replaced)."""
+    if endpoint.kind == "unix":
+        path = endpoint.path
+        try:
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+        os.chmod(path, 0o660)
+    else:
+        family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((endpoint.host, endpoint.port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def _open_services(cfg: Config):
+    from filterd.greylist import open_greylister
+    from filterd.restrict.services import Services
+
+    greylister = await open_greylister(cfg)
+    return Services(cfg, greylister=greylister)
+
+
+def check_config(cfg: Config) -> None:
+    """Everything that can be checked without opening state: fails before any fork."""
+    from filterd.policy.service import PolicyService
+    from filterd.restrict.registry import build_engine
+    from filterd.restrict.services import Services
+
+    PolicyService(build_engine(cfg, Services(cfg))).check_config()
+
+
+async def worker_main(cfg: Config, listeners: dict[str, socket.socket]) -> int:
+    """One worker: open state, serve until SIGTERM, finish requests in flight, exit."""
+    from filterd.policy.server import PolicyServer
+    from filterd.policy.service import PolicyService
+    from filterd.restrict.registry import build_engine
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    services = await _open_services(cfg)
+    servers = []
+    if "policy" in listeners:
+        server = PolicyServer(PolicyService(build_engine(cfg, services)))
+        await server.start(listeners["policy"])
+        servers.append(server)
+    await stop.wait()
+    grace = cfg.get("policy_shutdown_grace")
+    await asyncio.gather(*(s.stop(grace) for s in servers))
+    await services.close()
+    return 0
+
+
+def _run_worker(cfg: Config, listeners: dict[str, socket.socket]) -> int:
+    try:
+        return asyncio.run(worker_main(cfg, listeners))
+    except Exception:  # noqa: BLE001 - logged; the master restarts the worker
+        log.exception("worker failed")
+        return 1
+
+
+def serve(cfg: Config) -> int:
+    """Run the configured services until SIGTERM; returns the exit status."""
+    check_config(cfg)
+    for warning in getattr(cfg, "warnings", []):
+        log.warning("%s", warning)
+    os.makedirs(cfg.get("data_directory"), exist_ok=True)
+    listeners: dict[str, socket.socket] = {}
+    endpoint = cfg.get("policy_listen")
+    if endpoint is not None:
+        listeners["policy"] = bind(endpoint)
+    if not listeners:
+        log.error("nothing to serve: policy_listen is empty")
+        return 1
+    where = ", ".join(f"{name} on {cfg.expand(name + '_listen')}" for name in listeners)
+    workers = cfg.get("worker_processes") or os.cpu_count() or 1
+    log.info("daemon started -- version %s, configuration %s, %d worker(s), %s",
+             _version(), cfg.source, workers, where)
+    if workers == 1:
+        status = _run_worker(cfg, listeners)
+        log.info("terminating on signal")
+        return status
+    return _supervise(cfg, listeners, workers)
+
+
+def _supervise(cfg: Config, listeners: dict[str, socket.socket], count: int) -> int:
+    """Fork ``count`` workers, replace those that die, pass SIGTERM on, wait for all."""
+    stopping = False
+    children: dict[int, float] = {}
+
+    def spawn() -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os._exit(_run_worker(cfg, listeners))
+        children[pid] = time.monotonic()
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for _ in range(count):
+        spawn()
+    status = 0
+    while children:
+        try:
+            pid, wstatus = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        started = children.pop(pid, None)
+        if started is None:
+            continue
+        code = os.waitstatus_to_exitcode(wstatus)
+        if stopping:
+            continue
+        log.warning("worker %d exited with status %d; starting a new one", pid, code)
+        status = 1
+        if time.monotonic() - started < 1.0:
+            time.sleep(1.0)  # a worker that dies at once must not make the master spin
+        spawn()
+    log.info("terminating on signal")
+    return 0 if stopping else status
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("filterd")
+    except PackageNotFoundError:
+        return "unknown"
