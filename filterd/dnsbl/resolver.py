@@ -124,7 +124,7 @@ class DnsblResolver:
             raise ValueError(f"DNSBL timeout must be > 0, got {timeout}")
         self.timeout = timeout
         self.cache_max_ttl = cache_max_ttl
-        self._resolver = self._make_resolver(nameservers or [])
+        self._resolver = self.make_resolver(nameservers or [])
         self._cache: TtlCache[tuple[str, int], DnsAnswer] = TtlCache(cache_size)
         self._inflight: dict[tuple[str, int], asyncio.Task[DnsAnswer]] = {}
         self.lookups_sent = 0
@@ -141,7 +141,7 @@ class DnsblResolver:
         )
 
     @staticmethod
-    def _make_resolver(nameservers: list[tuple[str, int]]) -> dns.asyncresolver.Resolver:
+    def make_resolver(nameservers: list[tuple[str, int]]) -> dns.asyncresolver.Resolver:
         if nameservers:
             resolver = dns.asyncresolver.Resolver(configure=False)
             resolver.nameservers = [dns.nameserver.Do53Nameserver(h, p) for h, p in nameservers]

@@ -27,6 +27,7 @@ class Batcher(Generic[T, R]):
         self._max = max_batch
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._busy = False
+        self._task: asyncio.Task[None] | None = None  # kept: the loop holds tasks weakly
 
     def submit(self, item: T) -> asyncio.Future[R]:
         """Queue ``item``; the future gets its result once its batch has run."""
@@ -51,11 +52,16 @@ class Batcher(Generic[T, R]):
         if not batch:
             self._busy = False
             return
-        loop.create_task(self._execute(batch))
+        self._task = loop.create_task(self._execute(batch))
 
     async def _execute(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
             results = await self._run([item for item, _ in batch])
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            self._busy = False
+            raise
         except Exception as exc:  # every waiter gets the store's error
             for _, future in batch:
                 if not future.done():
@@ -64,8 +70,16 @@ class Batcher(Generic[T, R]):
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
-        finally:
-            if self._pending:
-                self._launch(asyncio.get_running_loop())
+        if self._pending:
+            self._launch(asyncio.get_running_loop())
+        else:
+            self._busy = False
+
+    async def drain(self) -> None:
+        """Wait until everything submitted so far has run (used when shutting down)."""
+        while self._busy:
+            task = self._task
+            if task is not None and not task.done():
+                await asyncio.wait({task})
             else:
-                self._busy = False
+                await asyncio.sleep(0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from filterd.maps.errors import MapError
+from filterd.maps.source import where
 
 
 class _HasSkip(Protocol):
@@ -40,13 +41,13 @@ class IfBlocks:
 
     def close(self, rules: list[_HasSkip], line: int, rest: str) -> None:
         if rest:
-            raise MapError(f"{self.spec} line {line}: unexpected text after endif: {rest!r}")
+            raise MapError(f"{where(self.spec, line)}: unexpected text after endif: {rest!r}")
         if not self._open:
-            raise MapError(f"{self.spec} line {line}: endif without matching if")
+            raise MapError(f"{where(self.spec, line)}: endif without matching if")
         index, _ = self._open.pop()
         rules[index].skip = len(rules)
 
     def finish(self) -> None:
         if self._open:
             line = self._open[-1][1]
-            raise MapError(f"{self.spec} line {line}: if has no matching endif")
+            raise MapError(f"{where(self.spec, line)}: if has no matching endif")

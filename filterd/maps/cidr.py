@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from filterd.maps.blocks import IfBlocks, keyword
 from filterd.maps.errors import MapError
-from filterd.maps.source import FileSource, InlineSource, Line, inline_rules
+from filterd.maps.source import FileSource, InlineSource, Line, inline_rules, where
 
 
 @dataclass(slots=True)
@@ -29,7 +29,7 @@ class CidrRule:
     skip: int = 0
 
 
-def parse_network(text: str, where: str) -> tuple[int, int, int]:
+def parse_network(text: str, place: str) -> tuple[int, int, int]:
     """``addr``, ``addr/len``, ``[addr]`` or ``[addr]/len`` -> (version, network, mask)."""
     addr_text, slash, length_text = text.partition("/")
     if addr_text.startswith("[") and addr_text.endswith("]"):
@@ -37,11 +37,11 @@ def parse_network(text: str, where: str) -> tuple[int, int, int]:
     try:
         addr = ipaddress.ip_address(addr_text)
     except ValueError:
-        raise MapError(f"{where}: bad address pattern {text!r}") from None
+        raise MapError(f"{place}: bad address pattern {text!r}") from None
     bits = addr.max_prefixlen
     if slash:
         if not length_text.isdigit() or int(length_text) > bits:
-            raise MapError(f"{where}: bad mask length in {text!r} (0 to {bits})")
+            raise MapError(f"{place}: bad mask length in {text!r} (0 to {bits})")
         length = int(length_text)
     else:
         length = bits
@@ -49,7 +49,7 @@ def parse_network(text: str, where: str) -> tuple[int, int, int]:
     value = int(addr)
     if value & ~mask:
         net = ipaddress.ip_network(f"{addr_text}/{length}", strict=False)
-        raise MapError(f"{where}: non-null host address bits in {text!r}, perhaps you "
+        raise MapError(f"{place}: non-null host address bits in {text!r}, perhaps you "
                        f"should use {net} instead")
     return addr.version, value, mask
 
@@ -58,7 +58,7 @@ def parse_cidr(spec: str, lines: list[Line]) -> list[CidrRule]:
     rules: list[CidrRule] = []
     blocks = IfBlocks(spec)
     for number, text in lines:
-        where = f"{spec} line {number}"
+        place = where(spec, number)
         kw = keyword(text)
         if kw and kw[0] == "endif":
             blocks.close(rules, number, kw[1])
@@ -69,17 +69,17 @@ def parse_cidr(spec: str, lines: list[Line]) -> list[CidrRule]:
             body = body[1:].lstrip()
         fields = body.split(None, 1)
         if not fields:
-            raise MapError(f"{where}: missing address pattern")
-        version, network, mask = parse_network(fields[0], where)
+            raise MapError(f"{place}: missing address pattern")
+        version, network, mask = parse_network(fields[0], place)
         result = fields[1].strip() if len(fields) == 2 else ""
         if kw:
             if result:
-                raise MapError(f"{where}: unexpected text after if pattern: {result!r} "
+                raise MapError(f"{place}: unexpected text after if pattern: {result!r} "
                                f"(rules inside if..endif must not start with white space)")
             blocks.open(rules, CidrRule(version, network, mask, negate, True, ""), number)
             continue
         if not result:
-            raise MapError(f"{where}: no lookup result after {fields[0]!r}")
+            raise MapError(f"{place}: no lookup result after {fields[0]!r}")
         rules.append(CidrRule(version, network, mask, negate, False, result))
     blocks.finish()
     return rules

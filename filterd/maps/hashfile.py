@@ -17,7 +17,7 @@ import logging
 import os
 
 from filterd.maps.errors import MapError
-from filterd.maps.source import FileSource, Line
+from filterd.maps.source import FileSource, Line, where
 
 log = logging.getLogger("filterd.maps")
 
@@ -35,7 +35,7 @@ def parse_pairs(spec: str, lines: list[Line]) -> dict[str, str]:
         key = parts[0]
         value = parts[1].strip() if len(parts) == 2 else ""
         if not value:
-            raise MapError(f"{spec} line {number}: expected format: key whitespace value "
+            raise MapError(f"{where(spec, number)}: expected format: key whitespace value "
                            f"(no value after {key!r})")
         if key.endswith(":"):
             log.warning('%s line %d: record is in "key: value" format; is this an alias file?',

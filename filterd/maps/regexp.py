@@ -28,7 +28,7 @@ import regex
 
 from filterd.maps.blocks import IfBlocks, keyword
 from filterd.maps.errors import MapError
-from filterd.maps.source import FileSource, InlineSource, Line, inline_rules
+from filterd.maps.source import FileSource, InlineSource, Line, inline_rules, where
 from filterd.maps.template import Template, expand, parse_template
 
 log = logging.getLogger("filterd.maps")
@@ -52,7 +52,7 @@ _GNU_ESCAPES = {"<": r"\b(?=\w)", ">": r"\b(?<=\w)", "`": r"\A", "'": r"\Z"}
 _POSIX_LETTER_ESCAPES = set("wWsSbB123456789")
 
 
-def posix_to_python(pattern: str, where: str) -> str:
+def posix_to_python(pattern: str, place: str) -> str:
     """Rewrite the few POSIX/GNU regex constructs whose meaning differs in Python."""
     out: list[str] = []
     i, n = 0, len(pattern)
@@ -64,7 +64,7 @@ def posix_to_python(pattern: str, where: str) -> str:
                 out.append(_GNU_ESCAPES[nxt])
             elif nxt.isalnum() and nxt not in _POSIX_LETTER_ESCAPES:
                 log.warning("%s: \\%s in a POSIX regular expression means the letter %r "
-                            "(use a pcre: table for Perl escapes)", where, nxt, nxt)
+                            "(use a pcre: table for Perl escapes)", place, nxt, nxt)
                 out.append(regex.escape(nxt))
             else:
                 out.append(ch + nxt)
@@ -98,7 +98,7 @@ class Dialect(Protocol):
 
     name: str
 
-    def compile(self, pattern: str, flags: str, where: str) -> tuple[Any, bool]:
+    def compile(self, pattern: str, flags: str, place: str) -> tuple[Any, bool]:
         """(compiled pattern, anchored at the start of the key)."""
         ...
 
@@ -106,7 +106,7 @@ class Dialect(Protocol):
 class PosixDialect:
     name = "regexp"
 
-    def compile(self, pattern: str, flags: str, where: str) -> tuple[Any, bool]:
+    def compile(self, pattern: str, flags: str, place: str) -> tuple[Any, bool]:
         icase, newline = True, False
         for f in flags:
             if f == "i":
@@ -114,18 +114,18 @@ class PosixDialect:
             elif f == "m":
                 newline = not newline
             elif f == "x":
-                raise MapError(f"{where}: flag 'x' (POSIX basic regular expressions) is not "
+                raise MapError(f"{place}: flag 'x' (POSIX basic regular expressions) is not "
                                f"supported; write the pattern in extended syntax")
             else:
-                raise MapError(f"{where}: unknown regexp flag {f!r} (known: i, m, x)")
+                raise MapError(f"{place}: unknown regexp flag {f!r} (known: i, m, x)")
         options = (regex.IGNORECASE if icase else 0) | (regex.MULTILINE if newline else regex.DOTALL)
-        return _compile(posix_to_python(pattern, where), options, where), False
+        return _compile(posix_to_python(pattern, place), options, place), False
 
 
 class PcreDialect:
     name = "pcre"
 
-    def compile(self, pattern: str, flags: str, where: str) -> tuple[Any, bool]:
+    def compile(self, pattern: str, flags: str, place: str) -> tuple[Any, bool]:
         options = regex.IGNORECASE
         anchored = False
         toggles = {"i": regex.IGNORECASE, "m": regex.MULTILINE, "s": regex.DOTALL, "x": regex.VERBOSE}
@@ -135,32 +135,32 @@ class PcreDialect:
             elif f == "A":
                 anchored = not anchored
             elif f in "EUX":
-                raise MapError(f"{where}: pcre flag {f!r} is not supported by filterd")
+                raise MapError(f"{place}: pcre flag {f!r} is not supported by filterd")
             else:
-                raise MapError(f"{where}: unknown pcre flag {f!r} (known: i, m, s, x, A)")
-        return _compile(pattern, options, where), anchored
+                raise MapError(f"{place}: unknown pcre flag {f!r} (known: i, m, s, x, A)")
+        return _compile(pattern, options, place), anchored
 
 
-def _compile(pattern: str, options: int, where: str) -> Any:
+def _compile(pattern: str, options: int, place: str) -> Any:
     try:
         return regex.compile(pattern, options)
     except regex.error as exc:
-        raise MapError(f"{where}: bad regular expression {pattern!r}: {exc}") from None
+        raise MapError(f"{place}: bad regular expression {pattern!r}: {exc}") from None
 
 
-def _split_pattern(text: str, where: str) -> tuple[bool, str, str, str]:
+def _split_pattern(text: str, place: str) -> tuple[bool, str, str, str]:
     """``[!]/pattern/flags rest`` -> (negate, pattern, flags, rest)."""
     negate = text.startswith("!")
     p = text[1:] if negate else text
     if not p or p[0].isalnum() or p[0].isspace():
-        raise MapError(f"{where}: expected /pattern/flags result, if /pattern/ or endif, "
+        raise MapError(f"{place}: expected /pattern/flags result, if /pattern/ or endif, "
                        f"got {text!r}")
     delim = p[0]
     i, n = 1, len(p)
     while i < n and p[i] != delim:
         i += 2 if p[i] == "\\" else 1
     if i >= n:
-        raise MapError(f"{where}: missing closing {delim!r}")
+        raise MapError(f"{place}: missing closing {delim!r}")
     pattern = p[1:i]
     rest = p[i + 1:]
     j = 0
@@ -176,27 +176,27 @@ def parse_rules(dialect: Dialect) -> Callable[[str, list[Line]], list[Rule]]:
         rules: list[Rule] = []
         blocks = IfBlocks(spec)
         for number, text in lines:
-            where = f"{spec} line {number}"
+            place = where(spec, number)
             kw = keyword(text)
             if kw and kw[0] == "endif":
                 blocks.close(rules, number, kw[1])
                 continue
             body = kw[1] if kw else text
-            negate, pattern, flags, rest = _split_pattern(body, where)
-            compiled, anchored = dialect.compile(pattern, flags, where)
+            negate, pattern, flags, rest = _split_pattern(body, place)
+            compiled, anchored = dialect.compile(pattern, flags, place)
             test = compiled.match if anchored else compiled.search
             if kw:
                 if rest:
-                    raise MapError(f"{where}: unexpected text after if /pattern/: {rest!r} "
+                    raise MapError(f"{place}: unexpected text after if /pattern/: {rest!r} "
                                    f"(rules inside if..endif must not start with white space)")
                 blocks.open(rules, Rule(test, negate, True, None, None), number)
                 continue
             if not rest:
-                raise MapError(f"{where}: missing result after {dialect.name} pattern")
+                raise MapError(f"{place}: missing result after {dialect.name} pattern")
             try:
                 template = parse_template(rest, compiled.groups, negate)
             except ValueError as exc:
-                raise MapError(f"{where}: {exc}") from None
+                raise MapError(f"{place}: {exc}") from None
             if all(isinstance(p, str) for p in template):
                 rules.append(Rule(test, negate, False, "".join(map(str, template)), None))
             else:

@@ -34,6 +34,12 @@ Line = tuple[int, str]
 CHECK_INTERVAL = 1.0
 
 
+def where(spec: str, number: int) -> str:
+    """``spec line N`` for files; ``spec rule N`` for rules written inline in ``{ }``."""
+    unit = "rule" if spec.partition(":")[2].lstrip().startswith("{") else "line"
+    return f"{spec} {unit} {number}"
+
+
 def logical_lines(spec: str, physical: list[str]) -> list[Line]:
     """Join continuation lines and drop comments and blank lines."""
     out: list[Line] = []
@@ -46,7 +52,7 @@ def logical_lines(spec: str, physical: list[str]) -> list[Line]:
             continue
         if line[0].isspace():
             if not parts:
-                raise MapError(f"{spec} line {number}: logical line must not start with white space")
+                raise MapError(f"{where(spec, number)}: logical line must not start with white space")
             parts.append(line)
             continue
         if parts:
@@ -69,7 +75,7 @@ def read_file(spec: str, path: str) -> tuple[list[Line], tuple[int, int, int, in
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         number = data.count(b"\n", 0, exc.start) + 1
-        raise MapError(f"{spec} line {number}: not valid UTF-8 ({exc.reason})") from None
+        raise MapError(f"{where(spec, number)}: not valid UTF-8 ({exc.reason})") from None
     signature = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     return logical_lines(spec, text.splitlines()), signature
 
@@ -104,7 +110,7 @@ def inline_rules(spec: str, name: str) -> list[Line]:
     rules: list[Line] = []
     for number, item in enumerate(items, 1):
         if not item.startswith("{"):
-            raise MapError(f"{spec} rule {number}: expected '{{' at start of {item!r}")
+            raise MapError(f"{where(spec, number)}: expected '{{' at start of {item!r}")
         rules.append((number, braced(spec, item)))
     return rules
 

@@ -63,8 +63,8 @@ async def check_recipient_access(ev: Evaluation, arg: str | None) -> Outcome | N
 
 
 RESTRICTIONS = [
-    Restriction("check_client_access", check_client_access, takes_arg=True),
-    Restriction("check_helo_access", check_helo_access, takes_arg=True),
-    Restriction("check_sender_access", check_sender_access, takes_arg=True),
-    Restriction("check_recipient_access", check_recipient_access, takes_arg=True),
+    Restriction("check_client_access", check_client_access, takes_arg=True, check_arg=open_table),
+    Restriction("check_helo_access", check_helo_access, takes_arg=True, check_arg=open_table),
+    Restriction("check_sender_access", check_sender_access, takes_arg=True, check_arg=open_table),
+    Restriction("check_recipient_access", check_recipient_access, takes_arg=True, check_arg=open_table),
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from filterd.actions import Action, parse_action, split_dsn
-from filterd.policy.client import PolicyServiceError
+from filterd.policy.client import PolicyServiceError, ServiceSpec
 from filterd.policy.protocol import from_transaction
 from filterd.restrict.decision import Reply
 from filterd.restrict.engine import Evaluation, Outcome, Restriction
@@ -53,6 +53,6 @@ async def check_greylist(ev: Evaluation, arg: str | None) -> Outcome | None:
 
 
 RESTRICTIONS = [
-    Restriction("check_policy_service", check_policy_service, takes_arg=True),
+    Restriction("check_policy_service", check_policy_service, True, ServiceSpec.parse),
     Restriction("check_greylist", check_greylist),
 ]

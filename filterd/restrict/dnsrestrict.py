@@ -53,14 +53,15 @@ class DomainLookup:
         return None if saw_failure else False
 
 
-def _site(arg: str, cache: dict[str, Site]) -> Site:
-    site = cache.get(arg)
-    if site is None:
-        site = cache[arg] = parse_site(arg, allow_weight=False)
-    return site
-
-
 _SITES: dict[str, Site] = {}
+
+
+def _check_site(arg: str) -> Site:
+    """Parse a ``zone[=filter]`` argument once; later lookups reuse the parsed Site."""
+    site = _SITES.get(arg)
+    if site is None:
+        site = _SITES[arg] = parse_site(arg, allow_weight=False)
+    return site
 
 
 def _rbl_reply(ev: Evaluation, hit: DnsblHit, rbl_class: str, what: str) -> Reply:
@@ -113,7 +114,7 @@ async def reject_rbl_client(ev: Evaluation, arg: str | None) -> Outcome | None:
     addr = ev.txn.client_address
     if not _is_ip(addr):
         return None
-    hit = await ev.services.dnsbl.query_ip(_site(arg or "", _SITES), addr)
+    hit = await ev.services.dnsbl.query_ip(_check_site(arg or ""), addr)
     return _hit_outcome(ev, hit, "Client host", addr) if hit else None
 
 
@@ -121,7 +122,7 @@ async def _rhsbl(ev: Evaluation, arg: str | None, domain: str, rbl_class: str) -
     domain = domain.strip().rstrip(".")
     if not domain or domain == "unknown" or _is_ip(domain.strip("[]")):
         return None
-    hit = await ev.services.dnsbl.query_domain(_site(arg or "", _SITES), domain)
+    hit = await ev.services.dnsbl.query_domain(_check_site(arg or ""), domain)
     return _hit_outcome(ev, hit, rbl_class, domain) if hit else None
 
 
@@ -232,12 +233,12 @@ async def reject_unknown_reverse_client_hostname(ev: Evaluation, arg: str | None
 
 
 RESTRICTIONS = [
-    Restriction("reject_rbl_client", reject_rbl_client, takes_arg=True),
-    Restriction("reject_rhsbl_client", reject_rhsbl_client, takes_arg=True),
-    Restriction("reject_rhsbl_reverse_client", reject_rhsbl_reverse_client, takes_arg=True),
-    Restriction("reject_rhsbl_helo", reject_rhsbl_helo, takes_arg=True),
-    Restriction("reject_rhsbl_sender", reject_rhsbl_sender, takes_arg=True),
-    Restriction("reject_rhsbl_recipient", reject_rhsbl_recipient, takes_arg=True),
+    Restriction("reject_rbl_client", reject_rbl_client, True, _check_site),
+    Restriction("reject_rhsbl_client", reject_rhsbl_client, True, _check_site),
+    Restriction("reject_rhsbl_reverse_client", reject_rhsbl_reverse_client, True, _check_site),
+    Restriction("reject_rhsbl_helo", reject_rhsbl_helo, True, _check_site),
+    Restriction("reject_rhsbl_sender", reject_rhsbl_sender, True, _check_site),
+    Restriction("reject_rhsbl_recipient", reject_rhsbl_recipient, True, _check_site),
     Restriction("check_dnsbl_score", check_dnsbl_score),
     Restriction("reject_unknown_sender_domain", reject_unknown_sender_domain),
     Restriction("reject_unknown_recipient_domain", reject_unknown_recipient_domain),

@@ -50,6 +50,9 @@ class Restriction:
     name: str
     fn: RestrictionFn
     takes_arg: bool = False
+    #: Checks the argument when the list is compiled (opens the table, parses the DNSBL
+    #: filter...), raising ValueError, so a bad argument fails at start-up, not per mail.
+    check_arg: Callable[[str], object] | None = None
 
 
 def stage_subject(txn: Transaction) -> tuple[str, str]:
@@ -138,6 +141,11 @@ class RestrictionEngine:
                     raise ConfigError(f"{where}: restriction {word!r} needs an argument")
                 arg = items[i + 1]
                 i += 1
+                if r.check_arg is not None:
+                    try:
+                        r.check_arg(arg)
+                    except ValueError as exc:
+                        raise ConfigError(f"{where}: {word} {arg}: {exc}") from None
             out.append((r, arg))
             i += 1
         self._lists[key] = out

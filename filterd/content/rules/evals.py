@@ -1,0 +1,167 @@
+"""The few SpamAssassin ``eval:`` tests filterd implements natively.
+
+Chosen for value on real mail and because the message model already has what they
+need: missing To, all-caps Subjects, shouting bodies, HTML-only messages, header counts,
+8-bit garbage in headers, envelope/From agreement, and the trust test most metas negate.
+Each follows the SpamAssassin plugin function of the same name; where filterd must
+approximate, the docstring says how. Every other eval function loads as unsupported.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from filterd.content.rules.views import MessageViews
+
+EvalFn = Callable[[MessageViews, tuple[str, ...]], bool]
+
+_REPLY_PREFIX = re.compile(r"^(?:(?:Re|Fwd|Fw|Aw|Antwort|WG|SV|VB|VS|VL):\s*)+", re.I)
+# SpamAssassin's CHARSETS_LIKELY_TO_FP_AS_CAPS: scripts without case
+_CAPS_FP_CHARSETS = re.compile(
+    rb"=\?(?:ISO-2022-JP|EUC-KR|EUC-JP|SHIFT[-_]?JIS|GB2312|GBK|BIG5|KOI8-R|windows-125[1-6]|"
+    rb"iso-8859-[5-8]|utf-8)\?", re.I)
+_BASE64_LINE = re.compile(rb"^(?:[A-Za-z0-9+/=]{60,76} ){2}")
+_INNER_SPACE = re.compile(rb"\S\s+\S")
+_ILLEGAL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\xff]")
+_NON_ASCII = re.compile(rb"[\x80-\xff]")
+_CONTROLS = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+@dataclass(frozen=True)
+class NativeEval:
+    """An implemented eval function and the argument shapes it accepts."""
+
+    fn: EvalFn
+    accepts: Callable[[tuple[str, ...]], bool] = lambda args: True
+
+
+def _missing_to(v: MessageViews, args: tuple[str, ...]) -> bool:
+    return not (v.msg.get("To").strip() or v.msg.get("Apparently-To").strip())
+
+
+def _subject_all_caps(v: MessageViews, args: tuple[str, ...]) -> bool:
+    subject = _REPLY_PREFIX.sub("", v.msg.subject.strip())
+    if not re.search(r"\s", subject) or len(subject) < 10:
+        return False
+    letters = re.sub(r"[^a-zA-Z]", "", subject)
+    if any(_CAPS_FP_CHARSETS.search(raw.encode("utf-8", "surrogateescape")) for raw in v.msg.get_all_raw("Subject")):
+        return False
+    return bool(letters) and letters == letters.upper()
+
+
+def _uppercase(v: MessageViews, args: tuple[str, ...]) -> bool:
+    """Percentage of upper-case letters in body lines with inner spaces (>= 200 bytes)."""
+    low, high = float(args[0]), float(args[1])
+    length = lower = upper = 0
+    for line in v.body_lines:
+        if not _INNER_SPACE.search(line) or _BASE64_LINE.match(line):
+            continue
+        length += len(line)
+        lower += sum(1 for b in line if 97 <= b <= 122 or 48 <= b <= 57)
+        upper += sum(1 for b in line if 65 <= b <= 90)
+    if length < 200 or upper + lower == 0:
+        ratio = 0.0
+    else:
+        ratio = upper / (upper + lower) * 100
+    return low < ratio <= high
+
+
+def _header_count_range(v: MessageViews, args: tuple[str, ...]) -> bool:
+    count = len(v.msg.get_all_raw(args[0]))
+    return int(args[1]) <= count <= int(args[2])
+
+
+def _illegal_chars(v: MessageViews, args: tuple[str, ...]) -> bool:
+    header, ratio, count = args[0], float(args[1]), int(args[2])
+    spec = header if header.endswith(":raw") else header + ":raw"
+    data = v.header(spec) or b""
+    if not data.strip():
+        return False
+    if _NON_ASCII.search(data) and not _CONTROLS.search(data):
+        try:
+            data.decode("utf-8")
+            return False  # valid UTF-8 (SMTPUTF8 style) is not illegal
+        except UnicodeDecodeError:
+            pass
+    illegal = len(_ILLEGAL.findall(data))
+    if illegal and spec.lower() == "subject:raw" and sum(data.count(c) for c in (b"\xa2", b"\xa3", b"\xae")) == 1:
+        illegal -= 1
+    return illegal / len(data) >= ratio and illegal >= count
+
+
+def _html_only(v: MessageViews, args: tuple[str, ...]) -> bool:
+    types = [p.content_type for p in v.msg.text_parts]
+    return "text/html" in types and "text/plain" not in types
+
+
+def _html_message(v: MessageViews, args: tuple[str, ...]) -> bool:
+    return any(p.html is not None for p in v.msg.text_parts)
+
+
+def _body_length(v: MessageViews, args: tuple[str, ...]) -> bool:
+    return len(v.msg.body_bytes) < int(args[0])
+
+
+def _all_trusted(v: MessageViews, args: tuple[str, ...]) -> bool:
+    """Approximation without trusted_networks: every relay and the client are private.
+
+    filterd runs at the border, so mail that crossed the Internet is never all-trusted;
+    mail that only ever touched loopback/private addresses is.
+    """
+    ips = v.received_ips
+    client = v.msg.envelope.client_address
+    if not ips:
+        return False
+    if any(not (ip.is_private or ip.is_loopback) for ip in ips):
+        return False
+    if client:
+        try:
+            addr = ipaddress.ip_address(client)
+        except ValueError:
+            return False
+        return addr.is_private or addr.is_loopback
+    return True
+
+
+def _env_matches_from(v: MessageViews, args: tuple[str, ...]) -> bool:
+    sender = (v.msg.envelope.sender or "").lower()
+    froms = [a.lower() for _, a in email.utils.getaddresses(v.msg.get_all("From")) if a]
+    return bool(sender) and sender in froms
+
+
+def _mime_encoding(v: MessageViews, args: tuple[str, ...]) -> bool:
+    """check_for_mime('mime_base64_count'|'mime_qp_count'): some leaf part uses it."""
+    want = {"mime_base64_count": "base64", "mime_qp_count": "quoted-printable"}[args[0]]
+    for node in v.msg.tree.walk():
+        if not node.is_multipart() and str(node.get("Content-Transfer-Encoding", "")).strip().lower() == want:
+            return True
+    return False
+
+
+NATIVE_EVALS: dict[str, NativeEval] = {
+    "check_for_missing_to_header": NativeEval(_missing_to),
+    "subject_is_all_caps": NativeEval(_subject_all_caps),
+    "check_for_uppercase": NativeEval(_uppercase, lambda a: len(a) == 2 and all(_is_num(x) for x in a)),
+    "check_header_count_range": NativeEval(
+        _header_count_range, lambda a: len(a) == 3 and a[1].isdigit() and a[2].isdigit()),
+    "check_illegal_chars": NativeEval(
+        _illegal_chars, lambda a: len(a) == 3 and _is_num(a[1]) and a[2].isdigit()),
+    "check_for_mime_html_only": NativeEval(_html_only),
+    "html_test": NativeEval(_html_message, lambda a: a == ("html",)),
+    "check_body_length": NativeEval(_body_length, lambda a: len(a) == 1 and a[0].isdigit()),
+    "check_all_trusted": NativeEval(_all_trusted),
+    "check_for_matching_env_and_hdr_from": NativeEval(_env_matches_from),
+    "check_for_mime": NativeEval(_mime_encoding, lambda a: a in (("mime_base64_count",), ("mime_qp_count",))),
+}
+
+
+def _is_num(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

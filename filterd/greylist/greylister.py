@@ -1,0 +1,276 @@
+"""Greylisting decisions with postgrey 1.37's behaviour, protocol-neutral.
+
+The restriction engine calls :meth:`Greylister.check` once per recipient and turns the
+result into its protocol's reply: ``defer`` -> ``DEFER_IF_PERMIT <text>`` (postgrey's
+default greylist action), ``pass`` with a header -> ``PREPEND <header>``, anything else
+-> ``DUNNO``.
+
+Order of checks, as postgrey: client whitelist (names, then addresses), recipient
+whitelist, auto-whitelisted client, then the triplet. What it costs per request: the
+whitelists are dictionary lookups, the client's network is cached, and the triplet goes
+to the store in a batch with every other request of the same event-loop turn (one
+atomic upsert for all of them). Auto-whitelist bookkeeping -- counting a pass, refreshing
+a whitelisted client once an hour -- only affects later requests, so it is written after
+the replies are out; each process remembers which clients it saw auto-whitelisted until
+their next hourly refresh is due, and answers them without asking the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib.metadata
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from filterd.config import Config
+from filterd.greylist.batcher import Batcher
+from filterd.greylist.store import (
+    CleanupStats, ClientState, GreylistStore, Sighting, Timing, TripletState,
+)
+from filterd.greylist.triplet import Client, normalise_sender, parse_client, recipient_domain
+from filterd.greylist.whitelist import ClientWhitelist, RecipientWhitelist
+
+log = logging.getLogger("filterd.greylist")
+
+try:
+    VERSION = importlib.metadata.version("filterd")
+except importlib.metadata.PackageNotFoundError:  # running from a checkout never installed
+    VERSION = "unknown"
+
+CLEANUP_INTERVAL = 3600  # postgrey attempts maintenance hourly too
+AWL_REFRESH = 3600  # postgrey counts and refreshes a client at most once an hour
+_INSTANCES = 4096  # messages remembered per process for "one X-Greylist header each"
+_CACHE = 65536  # bound of the per-process client caches
+_STARTS_WITH_DIGIT = re.compile(r"[0-9]")
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
+           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+@dataclass(slots=True)
+class GreylistResult:
+    """One decision.
+
+    ``action``: ``pass``, ``defer``, ``whitelisted`` (by the whitelist files) or ``awl``
+    (auto-whitelisted client). ``header``: the X-Greylist header to prepend, only on the
+    first pass of a triplet and once per message instance. ``text``: the deferral text,
+    with postgrey's ``4.2.0`` enhanced status code in front. ``delay_left``: seconds still
+    to wait (defer) or seconds the triplet was delayed (its first pass; 0 later).
+    ``reason``: evidence for the log.
+    """
+
+    action: str
+    header: str | None
+    text: str
+    delay_left: int
+    reason: str
+
+
+_AWL = GreylistResult("awl", None, "", 0, "client auto-whitelisted")
+
+
+def header_date(when: float) -> str:
+    """postgrey's ``strftime("%a, %d %b %Y %T %Z", localtime)`` in the C locale."""
+    t = time.localtime(when)
+    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} {t.tm_zone}")
+
+
+class Greylister:
+    """postgrey's decisions over a shared :class:`GreylistStore` (which it opens and closes)."""
+
+    def __init__(self, cfg: Config, store: GreylistStore, hostname: str,
+                 clock: Callable[[], float] = time.time):
+        self._cfg = cfg
+        self._store = store
+        self._hostname = hostname
+        self._clock = clock
+        self.timing = Timing.from_config(cfg)
+        text = cfg.get("greylist_text")
+        # postgrey adds 4.2.0 when the client is Postfix >= 2.3 (it sends etrn_domain),
+        # as every client of filterd is; 4.2.0 instead of 4.7.1 works around Exchange.
+        self._text = text if _STARTS_WITH_DIGIT.match(text) else f"4.2.0 {text}"
+        self._add_header = bool(cfg.get("greylist_header"))
+        by_subnet = bool(cfg.get("greylist_lookup_by_subnet"))
+        v4_bits = int(cfg.get("greylist_ipv4_netmask"))
+        v6_bits = int(cfg.get("greylist_ipv6_netmask"))
+
+        @functools.lru_cache(maxsize=_CACHE)
+        def client(address: str) -> Client:
+            return parse_client(address, by_subnet, v4_bits, v6_bits)
+
+        self._client = client
+        self.client_whitelist = ClientWhitelist()
+        self.recipient_whitelist = RecipientWhitelist()
+        self.reload_whitelists()
+        self._instances: dict[str, None] = {}
+        self._awl_until: dict[str, float] = {}  # client -> known auto-whitelisted until
+        self._to_count: dict[str, str] = {}  # client -> how to name it in the log
+        self._to_touch: dict[str, None] = {}
+        self._awl_task: asyncio.Task[None] | None = None
+        self._cleanup_task: asyncio.Task[None] | None = None
+        self._batcher: Batcher[Sighting, tuple[int, TripletState | None]] = Batcher(
+            self._see, key=lambda s: s.key)
+
+    # -- life cycle ---------------------------------------------------------------------
+    def reload_whitelists(self) -> None:
+        """(Re)read the whitelist files, as postgrey does on SIGHUP. Blocking file I/O."""
+        self.client_whitelist = ClientWhitelist.load(self._cfg.get("greylist_whitelist_clients"))
+        self.recipient_whitelist = RecipientWhitelist.load(
+            self._cfg.get("greylist_whitelist_recipients"))
+
+    async def start(self) -> None:
+        """Open the store and start the hourly cleanup of expired entries."""
+        await self._store.start()
+        self._cleanup_task = asyncio.get_running_loop().create_task(self._cleanup_loop())
+
+    async def close(self) -> None:
+        """Finish pending work, stop the cleanup, close the store."""
+        if self._cleanup_task is not None:
+            self._cleanup_task.cancel()
+            await asyncio.gather(self._cleanup_task, return_exceptions=True)
+            self._cleanup_task = None
+        await self._batcher.drain()
+        if self._awl_task is not None:
+            await asyncio.gather(self._awl_task, return_exceptions=True)
+        await self._store.close()
+
+    async def _cleanup_loop(self) -> None:
+        while True:
+            await self.cleanup()
+            await asyncio.sleep(CLEANUP_INTERVAL)
+
+    async def cleanup(self) -> CleanupStats | None:
+        """Delete expired state now, unless another worker did so within the hour."""
+        try:
+            stats = await self._store.cleanup(int(self._clock()), self.timing, CLEANUP_INTERVAL)
+        except Exception:
+            log.exception("greylist: cleanup of expired entries failed")
+            return None
+        if stats is not None:
+            log.info("greylist: cleanup deleted %d triplets and %d auto-whitelisted clients",
+                     stats.triplets, stats.clients)
+        return stats
+
+    # -- decisions ----------------------------------------------------------------------
+    async def check(self, client_address: str, client_name: str, sender: str, recipient: str,
+                    instance: str = "") -> GreylistResult:
+        """Decide one recipient. ``instance`` identifies the message (Postfix's attribute).
+
+        An empty ``instance`` means the client did not send one: every first pass then
+        gets the header, as postgrey does.
+        """
+        client = self._client(client_address)
+        entry = self.client_whitelist.match(client_name, client.ip)
+        if entry is not None:
+            return GreylistResult("whitelisted", None, "", 0, f"client whitelisted by {entry}")
+        entry = self.recipient_whitelist.match(recipient)
+        if entry is not None:
+            return GreylistResult("whitelisted", None, "", 0,
+                                  f"recipient whitelisted by {entry}")
+        if self.timing.awl_clients:
+            until = self._awl_until.get(client.awl_key)
+            if until is not None:
+                if self._clock() < until:
+                    return _AWL
+                del self._awl_until[client.awl_key]
+        key = f"{client.net}/{normalise_sender(sender)}/{recipient}".lower()
+        now, state = await self._batcher.submit(Sighting(key, client.awl_key))
+        if state is None:
+            self._queue_awl(client.awl_key, None)
+            result = _AWL
+        else:
+            result = self._decide(now, state, client, client_name, recipient, instance)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("action=%s, reason=%s, client_name=%s, client_address=%s, sender=%s, "
+                      "recipient=%s", result.action, result.reason, client_name,
+                      client_address, sender, recipient)
+        return result
+
+    async def _see(self, sightings: Sequence[Sighting]) -> list[tuple[int, TripletState | None]]:
+        now = int(self._clock())
+        states = await self._store.see(sightings, now, self.timing)
+        return [(now, state) for state in states]
+
+    def _decide(self, now: int, state: TripletState, client: Client, client_name: str,
+                recipient: str, instance: str) -> GreylistResult:
+        waited = now - state.first
+        left = self.timing.delay - waited
+        if left <= 0 and not state.passed and self.timing.awl_clients:
+            name = f"{client_name}[{client.awl_key}]" if client_name else client.awl_key
+            self._queue_awl(client.awl_key, name)
+        if left > 0:
+            text = self._text.replace("%s", str(left), 1)
+            text = text.replace("%r", recipient_domain(recipient), 1)
+            reason = "new triplet" if waited == 0 else f"early retry ({left}s left)"
+            return GreylistResult("defer", None, text, left, reason)
+        if state.passed:
+            return GreylistResult("pass", None, "", 0, "triplet passed before")
+        if not self._new_instance(instance):
+            return GreylistResult("pass", None, "", waited,
+                                  f"triplet passed after {waited}s; message already has "
+                                  "its X-Greylist header")
+        header = None
+        if self._add_header:
+            header = (f"X-Greylist: delayed {waited} seconds by filterd-{VERSION} at "
+                      f"{self._hostname}; {header_date(now)}")
+        return GreylistResult("pass", header, "", waited, f"triplet passed after {waited}s")
+
+    def _new_instance(self, instance: str) -> bool:
+        if not instance:
+            return True
+        if instance in self._instances:
+            return False
+        self._instances[instance] = None
+        if len(self._instances) > _INSTANCES:
+            del self._instances[next(iter(self._instances))]
+        return True
+
+    # -- auto-whitelist bookkeeping, after the replies ----------------------------------
+    def _queue_awl(self, client: str, name: str | None) -> None:
+        """Count a first pass (``name`` given) or refresh an auto-whitelisted client.
+
+        The writes go out in one background task per event-loop turn; the store's
+        connection runs calls in order, so this process's next batch already sees them.
+        """
+        if name is None:
+            self._to_touch[client] = None
+        else:
+            self._to_count[client] = name
+        if self._awl_task is None or self._awl_task.done():
+            self._awl_task = asyncio.get_running_loop().create_task(self._write_awl())
+
+    async def _write_awl(self) -> None:
+        while self._to_count or self._to_touch:
+            count, self._to_count = self._to_count, {}
+            touch, self._to_touch = list(self._to_touch), {}
+            now = int(self._clock())
+            try:
+                if count:
+                    counted = await self._store.count_passes(list(count), now, self.timing)
+                    for (client, name), state in zip(count.items(), counted):
+                        if state is not None:
+                            self._remember_awl(client, state)
+                            if state.count == self.timing.awl_clients:
+                                log.info("greylist: whitelisted: %s", name)
+                if touch:
+                    for client, state in zip(touch, await self._store.touch_clients(touch, now)):
+                        if state is not None:
+                            self._remember_awl(client, state)
+            except Exception:
+                # A lost count only delays a client's auto-whitelisting by one pass.
+                log.exception("greylist: updating the client auto-whitelist failed")
+
+    def _remember_awl(self, client: str, state: ClientState) -> None:
+        if state.count < self.timing.awl_clients:
+            return
+        if len(self._awl_until) >= _CACHE:
+            now = self._clock()
+            self._awl_until = {k: v for k, v in self._awl_until.items() if v > now}
+            if len(self._awl_until) >= _CACHE:
+                self._awl_until.clear()
+        self._awl_until[client] = state.last + AWL_REFRESH
