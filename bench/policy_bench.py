@@ -381,9 +381,29 @@ class Server:
         self.stop()
         raise RuntimeError(f"{self.name} did not listen on {self.port}: {self._stderr_tail()}")
 
+    def probe(self, request: bytes, timeout: float = 10.0) -> str:
+        """Send one request and return its action kind: a server that listens but never
+        answers (workers failing to start) is caught here, not after a whole phase."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+                sock.sendall(request)
+                reply = b""
+                while b"\n\n" not in reply:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        break
+                    reply += chunk
+        except OSError as error:
+            raise RuntimeError(f"{self.name} did not answer a probe request: {error}; "
+                               f"{self._stderr_tail()}") from error
+        if b"\n\n" not in reply:
+            raise RuntimeError(f"{self.name} closed the connection without a reply: "
+                               f"{self._stderr_tail()}")
+        return _action_kind(reply)
+
     def _stderr_tail(self) -> str:
         try:
-            return self.stderr_path.read_text(errors="replace")[-2000:]
+            return "\n".join(self.stderr_path.read_text(errors="replace").splitlines()[-3:])[-1500:]
         except OSError:
             return ""
 
@@ -528,6 +548,7 @@ def run_scenario(make_server: Callable[[Path], Server], scenario: str, connectio
     salt = int.from_bytes(os.urandom(4), "big")
     try:
         server.start()
+        server.probe(RequestFactory(template, salt).request(NEW_BASE - 1, 0))
         if scenario == "new":
             spec = LoadSpec(server.port, connections, args.seconds, args.requests,
                             NEW_BASE, None, salt)
@@ -655,8 +676,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """Turn SIGTERM (e.g. from timeout(1)) into SystemExit so servers are still stopped."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if args.serve_trivial is not None:
         asyncio.run(serve_trivial(args.serve_trivial))
         return 0

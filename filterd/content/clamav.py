@@ -63,11 +63,13 @@ class _BadReply(Exception):
 
 
 class _Conversation:
-    """The sockets of one scan, so the event loop can cut a conversation that overran.
+    """The sockets of one scan: closed when it ends, cut when the event loop gives up.
 
-    ``asyncio.wait_for`` cannot stop a thread; shutting its socket down makes the blocked
-    ``send``/``recv`` return at once, so a stuck clamd does not pin executor threads for
-    several more socket timeouts (pyclamd retries a timed-out ``recv`` five times).
+    pyclamd closes its socket only on success, so the conversation closes every socket it
+    handed out.  ``asyncio.wait_for`` cannot stop a thread; shutting its socket down makes
+    the blocked ``connect``/``send``/``recv`` return at once, so a stuck clamd does not pin
+    executor threads for several more socket timeouts (pyclamd retries a timed-out
+    ``recv`` five times).
     """
 
     def __init__(self) -> None:
@@ -91,6 +93,12 @@ class _Conversation:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+    def close(self) -> None:
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets.clear()
 
 
 class _Channel:
@@ -131,15 +139,26 @@ class _Channel:
 
 
 class _Connecting:
-    """Mixin: route pyclamd's sockets through the conversation and a :class:`_Channel`."""
+    """Mixin: pyclamd's protocol code over sockets the conversation owns.
+
+    Replaces pyclamd's ``_init_socket`` (create, set the timeout, connect) so the socket
+    is registered before ``connect`` and closed even when pyclamd gives up half way.
+    """
 
     clamd_socket: Any
+    timeout: float
     _conversation: _Conversation
 
+    def _address(self) -> tuple[int, Any]:
+        raise NotImplementedError
+
     def _init_socket(self) -> None:
-        super()._init_socket()  # type: ignore[misc]
-        self._conversation.attach(self.clamd_socket)
-        self.clamd_socket = _Channel(self.clamd_socket, self._conversation)
+        family, address = self._address()
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        self._conversation.attach(sock)
+        sock.settimeout(self.timeout)
+        sock.connect(address)
+        self.clamd_socket = _Channel(sock, self._conversation)
 
 
 class _UnixClient(_Connecting, pyclamd.ClamdUnixSocket):
@@ -147,11 +166,17 @@ class _UnixClient(_Connecting, pyclamd.ClamdUnixSocket):
         self._conversation = conversation
         super().__init__(filename=path, timeout=timeout)
 
+    def _address(self) -> tuple[int, Any]:
+        return socket.AF_UNIX, self.unix_socket
+
 
 class _InetClient(_Connecting, pyclamd.ClamdNetworkSocket):
     def __init__(self, host: str, port: int, timeout: float, conversation: _Conversation) -> None:
         self._conversation = conversation
         super().__init__(host=host, port=port, timeout=timeout)
+
+    def _address(self) -> tuple[int, Any]:
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET, (self.host, self.port)
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -214,15 +239,22 @@ class ClamavScanner:
         return self._interpret(reply, bytes(conversation.received), started)
 
     def _scan_blocking(self, data: bytes, conversation: _Conversation) -> dict[str, tuple[str, str]] | None:
-        client = self._client(conversation)
         try:
-            return client.scan_stream(io.BytesIO(data), chunk_size=_CHUNK)
+            return self._client(conversation).scan_stream(io.BytesIO(data), chunk_size=_CHUNK)
         except pyclamd.BufferTooLongError:
             raise
         except (IndexError, TypeError, ValueError) as exc:
             # pyclamd's reply parser fails this way on text without "name: status".
             text = bytes(conversation.received).decode("ascii", "replace").strip()
             raise _BadReply(f"unexpected reply {text!r}") from exc
+        finally:
+            conversation.close()
+
+    def _ping_blocking(self, conversation: _Conversation) -> bool:
+        try:
+            return bool(self._client(conversation).ping())
+        finally:
+            conversation.close()
 
     def _interpret(
         self, reply: dict[str, tuple[str, str]] | None, raw: bytes, started: float
@@ -243,9 +275,9 @@ class ClamavScanner:
         """True when clamd answers PING with PONG within ``clamav_timeout``."""
         conversation = _Conversation()
         loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(None, lambda: self._client(conversation).ping())
+        job = loop.run_in_executor(None, self._ping_blocking, conversation)
         try:
-            return bool(await asyncio.wait_for(job, self.timeout))
+            return await asyncio.wait_for(job, self.timeout)
         except TimeoutError:
             conversation.abort()
             return False

@@ -295,12 +295,15 @@ class HeaderEdits:
 
     Order of application: removals/replacements of existing fields (by index into
     :attr:`Message.header_fields`), then additions prepended in the order given (each
-    new field goes on top, as Postfix's PREPEND and amavisd-new do).
+    new field goes on top, as amavisd-new does). Fields inserted before an existing
+    field (header_checks PREPEND puts its line right above the matched header) stay
+    there even when that field itself is removed or replaced.
     """
 
     def __init__(self) -> None:
         self.prepend: list[str] = []
         self.replace: dict[int, str | None] = {}
+        self.insert: dict[int, list[str]] = {}
 
     def add(self, name: str, value: str) -> None:
         self.prepend.append(f"{name}: {value}")
@@ -314,14 +317,18 @@ class HeaderEdits:
     def replace_field(self, index: int, line: str) -> None:
         self.replace[index] = line
 
+    def insert_before(self, index: int, line: str) -> None:
+        self.insert.setdefault(index, []).append(line)
+
     def __bool__(self) -> bool:
-        return bool(self.prepend or self.replace)
+        return bool(self.prepend or self.replace or self.insert)
 
     def apply(self, msg: Message) -> bytes:
         """The outgoing bytes: new header section, then the original body bytes."""
         newline = "\r\n" if b"\r\n" in msg.raw[: msg.header_end + 2] else "\n"
         lines = [_fold_for_output(line, newline) for line in reversed(self.prepend)]
         for i, (name, value) in enumerate(msg.header_fields):
+            lines.extend(_fold_for_output(line, newline) for line in self.insert.get(i, ()))
             if i in self.replace:
                 new = self.replace[i]
                 if new is not None:

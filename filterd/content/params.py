@@ -47,3 +47,42 @@ PARAMS += [
     Param("bayes_auto_learn_save_interval", "60s", as_time("s"),
           "longest time auto-learned messages stay in memory before the model is saved"),
 ]
+
+# -- Postfix header/body checks (postfix_checks.py) and amavisd-new banned files (banned.py) --
+from importlib import resources  # noqa: E402
+
+from filterd.config.types import as_list, as_positive_int, as_size  # noqa: E402
+
+#: The shipped amavisd-style banned file table, wherever the package is installed.
+DEFAULT_BANNED_FILENAME = str(resources.files("filterd").joinpath("defaults/banned_filename"))
+
+PARAMS += [
+    Param("header_checks", "", as_list,
+          "tables for primary message headers (header_checks(5)), e.g. regexp:/etc/postfix/header_checks"),
+    Param("mime_header_checks", "$header_checks", as_list,
+          "tables for MIME headers anywhere in the message and headers of multipart body parts"),
+    Param("nested_header_checks", "$header_checks", as_list,
+          "tables for the headers of attached message/rfc822 messages (MIME headers excepted)"),
+    Param("body_checks", "", as_list,
+          "tables for every other line: body lines, boundaries and encoded content, undecoded"),
+    Param("body_checks_size_limit", "51200", as_nonneg_int,
+          "bytes of each body segment (attachment) that body_checks looks at; 0 means all"),
+    Param("header_size_limit", "102400", as_positive_int,
+          "longest logical header kept for header checks; the excess is not inspected"),
+    Param("line_length_limit", "2048", as_positive_int,
+          "longer lines are cut into pieces of this many bytes, each inspected on its own"),
+    Param("mime_nesting_limit", "100", as_positive_int,
+          "most nested multipart levels whose boundaries are followed"),
+    Param("mime_boundary_length_limit", "2048", as_positive_int,
+          "bytes of a MIME boundary string that are remembered and compared"),
+    Param("banned_filename_maps", f"regexp:{DEFAULT_BANNED_FILENAME}", as_list,
+          "tables matched against each part's declared MIME type, declared file names, "
+          "sniffed type (.exe, .exe-ms, .zip...) and UNDECIPHERABLE, amavisd-new style; "
+          "OK allows the part and all inside it, DUNNO continues, anything else bans"),
+    Param("banned_archive_max_depth", "2", as_nonneg_int,
+          "how many archive levels (zip in zip) banned checks look into; 0 means none"),
+    Param("banned_archive_max_members", "1000", as_positive_int,
+          "most archive members of one message whose names and types are checked"),
+    Param("banned_archive_max_size", "20m", as_size,
+          "most bytes decompressed while looking into the archives of one message"),
+]

@@ -43,7 +43,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from filterd.actions import Action, parse_action, split_dsn
+from filterd.actions import Action, parse_action
 from filterd.content.message import HeaderEdits, Message
 from filterd.content.symbols import Symbol
 from filterd.maps import LookupTable, MapTempError, open_table
@@ -161,11 +161,6 @@ class ContentCheckResult:
     edits: HeaderEdits = field(default_factory=HeaderEdits)
     warnings: list[str] = field(default_factory=list)
     symbols: list[Symbol] = field(default_factory=list)
-
-    @property
-    def stops_inspection(self) -> bool:
-        """True once cleanup would have turned header/body inspection off."""
-        return self.reject is not None or self.discard or self.redirect is not None
 
 
 # -- Postfix's view of the message: mime_state ---------------------------------------------
@@ -376,19 +371,21 @@ def _symbol(line: Line, spec: str, value: str, note: str = "") -> Symbol:
     return Symbol(f"POSTFIX_{line.check_class.upper()}", 0.0, word, evidence)
 
 
-def reject_reply(optional_text: str) -> Action:
-    """The reply for ``REJECT [text]``: dsn_prepend("5.7.1"), 4.x.x means defer."""
-    if not optional_text:
+def reject_reply(action: Action) -> Action:
+    """The reply for a parsed ``REJECT [text]``: cleanup's dsn_prepend("5.7.1", text).
+
+    A 4.x.x status makes it a deferral (451), as cleanup's CLEANUP_STAT_DEFER does; a
+    2.x.x status is not allowed and becomes 4.x.x with a warning, as in Postfix.
+    """
+    if not action.dsn and not action.text:
         return Action("REJECT", _REJECT_CODE, _REJECT_DSN, _REJECT_TEXT)
-    dsn, text = split_dsn(optional_text)
-    dsn = dsn or _REJECT_DSN
+    dsn = action.dsn or _REJECT_DSN
     if dsn[0] not in "45":
-        log.warning("bad DSN action in %s -- need 4.x.x or 5.x.x", optional_text)
+        log.warning("bad DSN action in %s -- need 4.x.x or 5.x.x", action)
         dsn = "4" + dsn[1:]
-    text = text.strip()
     if dsn[0] == "4":
-        return Action("DEFER", _DEFER_CODE, dsn, text)
-    return Action("REJECT", _REJECT_CODE, dsn, text)
+        return Action("DEFER", _DEFER_CODE, dsn, action.text)
+    return Action("REJECT", _REJECT_CODE, dsn, action.text)
 
 
 class _Applier:
@@ -411,12 +408,12 @@ class _Applier:
 
     def apply(self, line: Line, spec: str, value: str) -> None:
         res = self.result
-        word, _, rest = value.strip().partition(" ")
-        word = word.upper()
-        optional = rest.strip()
-        action = parse_action(value)
+        # cleanup_act(): the command is the first word, case-insensitive; the rest is text.
+        pieces = value.split(None, 1)
+        word = pieces[0].upper() if pieces else "DUNNO"
+        optional = pieces[1].strip() if len(pieces) > 1 else ""
         if word == "REJECT":
-            res.reject = reject_reply(optional)
+            res.reject = reject_reply(parse_action(value))
             self._log("reject", line, " ".join(filter(None, (res.reject.dsn, res.reject.text))))
             self.stopped = True
         elif word in ("WARN", "INFO"):
@@ -465,7 +462,7 @@ class _Applier:
             if line.primary_index is None:
                 return self._not_applied(line, spec, value)
             res.edits.remove(line.primary_index)
-        elif action.kind in ("DUNNO", "OK") and word in ("DUNNO", "OK"):
+        elif word in ("DUNNO", "OK"):
             pass
         else:
             return self._bad(line, spec, value, "unknown command")

@@ -239,9 +239,9 @@ class RestrictionEngine:
         if kind == "PREPEND":
             d.prepend.append(act.text)
         elif kind == "HOLD":
-            d.hold = act.text or "triggers HOLD action"
+            d.hold = act.text
         elif kind == "DISCARD":
-            d.discard = act.text or "triggers DISCARD action"
+            d.discard = act.text
             return self._decide(ev, PERMIT, None, str(act), evidence)
         elif kind == "FILTER":
             d.filter = act.text
@@ -295,8 +295,8 @@ class RestrictionEngine:
             return f"REDIRECT {d.redirect}"
         if d.filter:
             return f"FILTER {d.filter}"
-        if d.hold:
-            return f"HOLD {d.hold}"
+        if d.hold is not None:
+            return f"HOLD {d.hold}".rstrip()
         if d.prepend:
             return f"PREPEND {d.prepend[0]}"
         return None

@@ -114,12 +114,13 @@ async def test_tcp_port_without_listener_is_connection_refused() -> None:
     assert await scanner_for(spec).ping() is False
 
 
-async def test_server_that_never_answers_times_out(fake_clamd) -> None:
-    release = asyncio.Event()
+async def test_server_that_never_answers_times_out_and_the_connection_is_cut(fake_clamd) -> None:
+    hung_up = asyncio.Event()
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read()  # swallow the stream, never reply
-        await release.wait()
+        if await reader.readline():
+            await reader.read()  # swallow the stream and never reply, until the client hangs up
+            hung_up.set()
         writer.close()
 
     spec = await fake_clamd(silent)
@@ -127,8 +128,9 @@ async def test_server_that_never_answers_times_out(fake_clamd) -> None:
     result = await scanner.scan(b"x" * 100_000)
     assert result.status == "error"
     assert result.error == f"clamd at {spec}: no answer within 0.3s"
+    # the worker thread is not left waiting for pyclamd's own socket timeouts
+    await asyncio.wait_for(hung_up.wait(), 10)
     assert await scanner.ping() is False
-    release.set()
 
 
 async def test_listener_that_never_accepts_times_out() -> None:

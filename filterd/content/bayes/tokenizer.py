@@ -111,13 +111,7 @@ def tokenize(msg: Message) -> list[str]:
         add(tok)
     for tok in _mime_tokens(msg):
         add(tok)
-    tokens = list(out)
-    try:
-        "".join(tokens).encode("utf-8")
-    except UnicodeEncodeError:
-        # 8-bit header bytes arrive as surrogate escapes; the hasher needs real text
-        tokens = list(dict.fromkeys(_unescape(t) for t in tokens))
-    return tokens
+    return list(out)
 
 
 def _unescape(token: str) -> str:
@@ -136,17 +130,15 @@ def words(text: str, prefix: str = "", decompose: bool = True) -> list[str]:
     text = _SPLIT_ELLIPSIS.sub(r"\1 \2 \3", text)
     for raw in _WORD.findall(text):
         tok = raw.strip(_TRIM)
+        if _WIDE_CHAR.search(tok):
+            # CJK text has no spaces between words: its characters stand for words
+            out.extend(prefix + "u8:" + ch for ch in _WIDE_CHAR.findall(tok))
+            continue
         if len(tok) < 3:
-            if tok and _WIDE_CHAR.search(tok):  # short CJK words carry meaning
-                out.append(prefix + tok)
             continue
         if _DIGIT.search(tok):
             tok = _DIGIT.sub("9", tok)
         if len(tok) > MAX_TOKEN_LENGTH:
-            if _WIDE_CHAR.search(tok):
-                # no spaces between words in CJK text: characters stand for words
-                out.extend(prefix + "u8:" + ch for ch in _WIDE_CHAR.findall(tok))
-                continue
             tok = "sk:" + tok[:7]
         elif decompose:
             if _NON_WORD.search(tok):
@@ -170,6 +162,10 @@ def _header_tokens(msg: Message) -> list[str]:
     received: list[str] = []
     for name, raw_value in msg.header_fields:
         low = name.lower()
+        eight_bit = not raw_value.isascii()
+        if eight_bit:
+            # raw 8-bit bytes arrive as surrogate escapes; the hasher needs real text
+            raw_value = _unescape(raw_value)
         if low == "received":
             received.append(raw_value)
         if low == "subject":
@@ -182,7 +178,7 @@ def _header_tokens(msg: Message) -> list[str]:
             out.append(prefix + "1")
             continue
         value = decode_header_value(" ".join(raw_value.split()))
-        if any(ord(c) > 127 for c in raw_value):
+        if eight_bit:
             out.append(prefix + "8bit")
         if low in _ADDRESS_FIELDS:
             out.extend(_address_tokens(value, prefix))

@@ -1,0 +1,129 @@
+"""The Bayes tokenizer on crafted messages: headers, body words, URIs, HTML, MIME, 8-bit."""
+
+from __future__ import annotations
+
+from filterd.content.bayes.tokenizer import MAX_TOKEN_LENGTH, tokenize, words
+from filterd.content.message import Message
+
+PLAIN = b"""Received: from relay.example.net (relay.example.net [10.1.2.3]) by mx.example.com
+\twith ESMTP id 4AB12CD34; Mon, 7 Oct 2002 10:00:00 +0100
+Received: from spamhost.bad.example (unknown [192.0.2.77]) by relay.example.net
+\twith SMTP id 99XYZ; Mon, 7 Oct 2002 09:59:00 +0100
+From: "Prize Office" <winner99@lotto.bad.example>
+To: Bob <bob@example.com>
+Reply-To: claims@elsewhere.example
+Subject: You WON $1,000,000!
+Date: Mon, 7 Oct 2002 09:58:00 +0100
+Message-ID: <ABC123def@mailer.bad.example>
+X-Mailer: MassMailer Pro 5.1
+X-Spam-Status: No, hits=0.0
+List-Id: <announce.lists.example.org>
+Content-Type: text/plain; charset="us-ascii"
+
+Dear Friend, CLICK here... to claim your prize at http://www.lotto.bad.example/claim/now?id=42
+Supercalifragilisticexpialidocious offer.
+"""
+
+
+def test_header_tokens_are_prefixed_by_field() -> None:
+    toks = set(tokenize(Message(PLAIN)))
+    assert "H*F:D*lotto.bad.example" in toks and "H*F:D*bad.example" in toks
+    assert "H*F:N*Prize" in toks
+    assert "H*T:U*bob" in toks and "H*T:D*example.com" in toks
+    assert "H*R:D*elsewhere.example" in toks
+    assert "H*s:WON" in toks
+    assert "H*M:mailer.bad.example" in toks and "H*M:shape:A9a" in toks
+    assert "H*x:MassMailer" in toks
+
+
+def test_address_digits_are_folded() -> None:
+    toks = set(tokenize(Message(PLAIN)))
+    assert "H*F:U*winner99" in toks  # "winner99" -> digits folded to 9 keep it stable
+    msg = Message(b"From: user12345@example.com\n\nbody\n")
+    assert "H*F:U*user99999" in set(tokenize(msg))
+
+
+def test_ignored_headers_give_no_tokens() -> None:
+    toks = tokenize(Message(PLAIN))
+    assert not any(t.startswith(("HDate:", "HX-Spam-Status:", "HList-Id:")) for t in toks)
+    assert not any("2002" in t for t in toks if t.startswith("H"))
+
+
+def test_received_uses_earliest_hops_without_ids_or_dates() -> None:
+    toks = set(tokenize(Message(PLAIN)))
+    assert "H*r:bad.example" in toks and "H*r:ip*192.0.2" in toks
+    assert "H*r:ip*10.1.2" in toks  # second-earliest hop
+    assert not any(t.startswith("H*r:") and ("99xyz" in t or "4ab12cd34" in t) for t in toks)
+
+
+def test_body_words_case_numbers_and_long_tokens() -> None:
+    toks = set(tokenize(Message(PLAIN)))
+    assert {"CLICK", "click", "Dear", "dear", "prize"} <= toks
+    assert {"$9,999,999!", "9999999"} <= toks  # "$1,000,000!" folded to its shape
+    assert "sk:Superca" in toks
+    assert all(len(t) <= 40 for t in toks)
+
+
+def test_words_split_ellipses_and_trim_punctuation() -> None:
+    assert words("here...now 'quoted'", decompose=False) == ["here", "now", "quoted"]
+    assert words("ab a", decompose=False) == []
+    long = "x" * (MAX_TOKEN_LENGTH + 1)
+    assert words(long, decompose=False) == ["sk:xxxxxxx"]
+
+
+def test_uri_tokens() -> None:
+    toks = set(tokenize(Message(PLAIN)))
+    assert {"U:s:http", "U:www.lotto.bad.example", "U:bad.example", "UP:claim", "UP:now"} <= toks
+
+
+HTML = b"""From: a@example.com
+Subject: html
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="b1"
+
+--b1
+Content-Type: text/html; charset=iso-8859-1
+
+<html><body><font color="red" size=5>Buy <b>now</b></font>
+<a href="http://shop.example.biz/x">here</a><img src="cid:1" width=1></body></html>
+--b1
+Content-Type: application/octet-stream; name="invoice.exe"
+Content-Disposition: attachment; filename="invoice.exe"
+Content-Transfer-Encoding: base64
+
+TVqQAAMAAAAEAAAA
+--b1--
+"""
+
+
+def test_html_mime_and_attachment_tokens() -> None:
+    toks = set(tokenize(Message(HTML)))
+    assert {"html:font", "html:font.color", "html:font.size", "html:a.href", "html:img.width"} <= toks
+    assert {"MIME:text/html", "MIME:cs:iso-8859-1", "ATT:application/octet-stream", "ATT:ext:exe"} <= toks
+    assert "U:shop.example.biz" in toks
+    assert "Buy" in toks and "buy" in toks
+    assert any(t.startswith("H*ct:b:") for t in toks)
+
+
+def test_8bit_headers_and_cjk_text() -> None:
+    raw = ("From: caf\u00e9@example.com\nSubject: \u4f60\u597d\u4e16\u754c\u4f60\u597d\u4e16\u754c"
+           "\u4f60\u597d\u4e16\u754c\u4f60\u597d\u4e16\u754c\nContent-Type: text/plain; charset=utf-8\n\n"
+           "\u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8\u3067\u3059\u3088\u65e5\u672c\u8a9e\u306e\n").encode()
+    latin1 = b"From: x@example.com\nX-Note: caf\xe9 au lait\n\nbody text\n"
+    toks = set(tokenize(Message(raw)))
+    assert "H*F:8bit" in toks
+    assert {"u8:\u65e5", "H*s:u8:\u4f60"} <= toks  # CJK runs become per-character tokens
+    toks2 = tokenize(Message(latin1))
+    assert "HX-Note:8bit" in toks2
+    assert "HX-Note:caf\u00e9" in toks2  # raw 8-bit byte kept as a stable Latin-1 character
+    for t in toks2:
+        t.encode("utf-8")  # no surrogates escape to the hasher
+
+
+def test_tokens_are_unique_and_broken_input_does_not_raise() -> None:
+    toks = tokenize(Message(PLAIN))
+    assert len(toks) == len(set(toks))
+    for raw in (b"", b"\n\n", b"garbage without header\n", b"Content-Type: multipart/mixed\n\nno boundary",
+                b"Message-ID: <@>\nFrom: <>\nTo: ,,,\nContent-Type: text/plain; boundary=\n\n\xff\xfe"):
+        tokenize(Message(raw))
+    assert "MIME:defects" in tokenize(Message(b"garbage without header\n\nx\n"))

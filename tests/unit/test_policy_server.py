@@ -1,0 +1,190 @@
+"""The policy server over real sockets: persistence, ordering, and every malformed input.
+
+The engine runs a table-only restriction list here, so these tests need no DNS or
+greylist state; the full daemon is tested in tests/integration/test_policy_daemon.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import pytest
+
+from filterd.config import Config
+from filterd.policy.server import PolicyServer
+from filterd.policy.service import MALFORMED, PolicyService
+from filterd.restrict.registry import build_engine
+from filterd.restrict.services import Services
+
+RESTRICTIONS = "check_client_access inline:{ { 192.0.2.66 = REJECT go away } }, check_sender_access inline:{ { hold@example.com = HOLD } }"
+
+
+def request(**attrs: str) -> bytes:
+    base = {"request": "smtpd_access_policy", "protocol_state": "RCPT", "protocol_name": "ESMTP",
+            "client_address": "192.0.2.1", "client_name": "client.example", "helo_name": "client.example",
+            "sender": "a@example.org", "recipient": "b@example.com", "instance": "1.2.3"}
+    base.update(attrs)
+    return "".join(f"{k}={v}\n" for k, v in base.items() if v is not None).encode() + b"\n"
+
+
+@pytest.fixture
+async def server():
+    cfg = Config.from_text(f"policy_restrictions = {RESTRICTIONS}\n")
+    service = PolicyService(build_engine(cfg, Services(cfg)))
+    srv = PolicyServer(service)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    sock.setblocking(False)
+    await srv.start(sock)
+    yield srv, sock.getsockname()[1]
+    await srv.stop(1.0)
+
+
+async def ask(reader, writer, payload: bytes) -> str:
+    writer.write(payload)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.readuntil(b"\n\n"), 5)
+    return data.decode()
+
+
+async def test_many_requests_on_one_connection_in_order(server):
+    _, port = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    assert await ask(reader, writer, request()) == "action=DUNNO\n\n"
+    # Pipelined: three requests in one write, answers in the same order.
+    writer.write(request(client_address="192.0.2.66") + request() + request(sender="hold@example.com"))
+    answers = [await asyncio.wait_for(reader.readuntil(b"\n\n"), 5) for _ in range(3)]
+    assert answers == [b"action=REJECT go away\n\n", b"action=DUNNO\n\n", b"action=HOLD\n\n"]
+    writer.close()
+
+
+async def test_attributes_in_any_order_and_unknown_ones_ignored(server):
+    _, port = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    payload = b"future_attribute=whatever\nclient_address=192.0.2.66\nrequest=smtpd_access_policy\nprotocol_state=RCPT\n\n"
+    assert await ask(reader, writer, payload) == "action=REJECT go away\n\n"
+    writer.close()
+
+
+async def test_line_without_equals_is_logged_and_answered(server, caplog):
+    _, port = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    with caplog.at_level(logging.WARNING, logger="filterd.policy"):
+        answer = await ask(reader, writer, request().replace(b"\n\n", b"\nnot an attribute\n\n"))
+    assert answer == "action=DUNNO\n\n"
+    assert any("line without '='" in r.getMessage() and "127.0.0.1" in r.getMessage() for r in caplog.records)
+    writer.close()
+
+
+async def test_request_without_request_attribute_gets_an_answer(server, caplog):
+    """postgrey 1.37 stays silent here and the client hangs; filterd answers and logs."""
+    _, port = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    with caplog.at_level(logging.WARNING, logger="filterd.policy"):
+        answer = await ask(reader, writer, request(request=None))
+    assert answer.startswith(f"action={MALFORMED}: no request= attribute")
+    assert any("no request= attribute" in r.getMessage() for r in caplog.records)
+    assert await ask(reader, writer, request()) == "action=DUNNO\n\n"  # still serving
+    answer = await ask(reader, writer, request(request="junk"))
+    assert "unknown request type 'junk'" in answer
+    writer.close()
+
+
+async def test_client_address_not_an_ip_is_answered_and_daemon_keeps_serving(server, caplog):
+    """postgrey 1.37 dies on this input; filterd logs it and answers."""
+    _, port = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    with caplog.at_level(logging.WARNING, logger="filterd.policy"):
+        assert await ask(reader, writer, request(client_address="not-an-ip")) == "action=DUNNO\n\n"
+    assert any("not an IP address" in r.getMessage() for r in caplog.records)
+    r2, w2 = await asyncio.open_connection("127.0.0.1", port)
+    assert await ask(r2, w2, request(client_address="192.0.2.66")) == "action=REJECT go away\n\n"
+    writer.close()
+    w2.close()
+
+
+async def test_binary_garbage_gets_a_safe_answer(server):
+    _, port = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answer = await ask(reader, writer, b"\x00\x01\xff\xfe garbage \x80\x81\n\xde\xad\xbe\xef\n\n")
+    assert answer.startswith(f"action={MALFORMED}")
+    writer.close()
+
+
+async def test_overlong_request_closes_only_that_connection(server, caplog):
+    _, port = server
+    good_r, good_w = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    with caplog.at_level(logging.WARNING, logger="filterd.policy"):
+        writer.write(b"x=" + b"y" * 70000)
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+    assert any("longer than" in r.getMessage() and "closing" in r.getMessage() for r in caplog.records)
+    assert await ask(good_r, good_w, request()) == "action=DUNNO\n\n"
+    good_w.close()
+
+
+async def test_client_vanishing_mid_request_is_logged(server, caplog):
+    srv, port = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    with caplog.at_level(logging.WARNING, logger="filterd.policy"):
+        writer.write(b"request=smtpd_access_policy\nclient_addr")
+        await writer.drain()
+        writer.close()
+        for _ in range(100):
+            if any("middle of a request" in r.getMessage() for r in caplog.records):
+                break
+            await asyncio.sleep(0.01)
+    assert any("middle of a request" in r.getMessage() for r in caplog.records)
+    r2, w2 = await asyncio.open_connection("127.0.0.1", port)
+    assert await ask(r2, w2, request()) == "action=DUNNO\n\n"
+    w2.close()
+
+
+async def test_stop_answers_the_request_in_flight():
+    """A slow restriction (a chained policy service) is answered before shutdown ends."""
+    async def slow_policy(reader, writer):
+        while await reader.readuntil(b"\n\n"):
+            await asyncio.sleep(0.3)
+            writer.write(b"action=REJECT slow no\n\n")
+            await writer.drain()
+
+    upstream = await asyncio.start_server(slow_policy, "127.0.0.1", 0)
+    up_port = upstream.sockets[0].getsockname()[1]
+    cfg = Config.from_text(f"policy_restrictions = check_policy_service inet:127.0.0.1:{up_port}\n")
+    services = Services(cfg)
+    srv = PolicyServer(PolicyService(build_engine(cfg, services)))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(4)
+    sock.setblocking(False)
+    await srv.start(sock)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+    writer.write(request())
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    stopping = asyncio.create_task(srv.stop(5.0))
+    answer = await asyncio.wait_for(reader.readuntil(b"\n\n"), 5)
+    assert answer == b"action=REJECT slow no\n\n"
+    await stopping
+    assert await reader.read() == b""
+    await services.close()
+    upstream.close()
+
+
+async def test_chained_policy_service_down_gives_postfix_451():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    cfg = Config.from_text(f"policy_restrictions = check_policy_service {{ inet:127.0.0.1:{port}, timeout=2s }}\n")
+    services = Services(cfg)
+    service = PolicyService(build_engine(cfg, services))
+    from filterd.policy.protocol import parse_block
+
+    action = await service.handle(parse_block(request().rstrip(b"\n")), "test")
+    assert action == "451 4.3.5 Server configuration problem"
+    await services.close()
