@@ -47,10 +47,12 @@ def bind(endpoint: Endpoint) -> socket.socket:
 
 
 async def _open_services(cfg: Config):
-    from filterd.greylist import open_greylister
+    """Per-worker state: each worker opens its own greylist database connection."""
+    from filterd.greylist import Greylister, open_store
     from filterd.restrict.services import Services
 
-    greylister = await open_greylister(cfg)
+    greylister = Greylister(cfg, open_store(cfg), cfg.get("myhostname"))
+    await greylister.start()
     return Services(cfg, greylister=greylister)
 
 

@@ -13,6 +13,8 @@ pyclamd 0.4 shape this module:
   because the stream passed its ``StreamMaxLength``, the caller sees a bare
   ``BrokenPipeError`` instead of clamd's "INSTREAM size limit exceeded" reply.
   :class:`_Channel` wraps the socket to send everything and to recover that reply.
+* It closes its socket only when a command succeeds; :class:`_Conversation` owns and
+  closes every socket, and cuts a conversation whose deadline passed.
 * A connection that closes without any reply, or a reply it cannot classify, makes
   ``scan_stream`` return ``None`` (no virus found).  A scanner must never fail open, so
   a message is only "clean" when clamd literally said ``stream: OK``.
@@ -125,9 +127,6 @@ class _Channel:
 
     def close(self) -> None:
         self._sock.close()
-
-    def settimeout(self, value: float | None) -> None:
-        self._sock.settimeout(value)
 
     def _pending_reply(self) -> bytes:
         """What clamd wrote before it closed on us (its reason for closing), if anything."""

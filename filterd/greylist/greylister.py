@@ -109,8 +109,9 @@ class Greylister:
         self.reload_whitelists()
         self._instances: dict[str, None] = {}
         self._awl_until: dict[str, float] = {}  # client -> known auto-whitelisted until
-        self._to_count: dict[str, str] = {}  # client -> how to name it in the log
-        self._to_touch: dict[str, None] = {}
+        # request time -> client -> how to name it in the log (counts) / None (refreshes)
+        self._to_count: dict[int, dict[str, str]] = {}
+        self._to_touch: dict[int, dict[str, None]] = {}
         self._awl_task: asyncio.Task[None] | None = None
         self._cleanup_task: asyncio.Task[None] | None = None
         self._batcher: Batcher[Sighting, tuple[int, TripletState | None]] = Batcher(
@@ -181,7 +182,7 @@ class Greylister:
         key = f"{client.net}/{normalise_sender(sender)}/{recipient}".lower()
         now, state = await self._batcher.submit(Sighting(key, client.awl_key))
         if state is None:
-            self._queue_awl(client.awl_key, None)
+            self._queue_awl(now, client.awl_key, None)
             result = _AWL
         else:
             result = self._decide(now, state, client, client_name, recipient, instance)
@@ -202,7 +203,7 @@ class Greylister:
         left = self.timing.delay - waited
         if left <= 0 and not state.passed and self.timing.awl_clients:
             name = f"{client_name}[{client.awl_key}]" if client_name else client.awl_key
-            self._queue_awl(client.awl_key, name)
+            self._queue_awl(now, client.awl_key, name)
         if left > 0:
             text = self._text.replace("%s", str(left), 1)
             text = text.replace("%r", recipient_domain(recipient), 1)
@@ -231,34 +232,35 @@ class Greylister:
         return True
 
     # -- auto-whitelist bookkeeping, after the replies ----------------------------------
-    def _queue_awl(self, client: str, name: str | None) -> None:
+    def _queue_awl(self, now: int, client: str, name: str | None) -> None:
         """Count a first pass (``name`` given) or refresh an auto-whitelisted client.
 
-        The writes go out in one background task per event-loop turn; the store's
-        connection runs calls in order, so this process's next batch already sees them.
+        The writes go out in one background task per event-loop turn, stamped with the
+        time of the request that caused them; the store's connection runs calls in
+        order, so this process's next batch already sees them.
         """
         if name is None:
-            self._to_touch[client] = None
+            self._to_touch.setdefault(now, {})[client] = None
         else:
-            self._to_count[client] = name
+            self._to_count.setdefault(now, {})[client] = name
         if self._awl_task is None or self._awl_task.done():
             self._awl_task = asyncio.get_running_loop().create_task(self._write_awl())
 
     async def _write_awl(self) -> None:
         while self._to_count or self._to_touch:
-            count, self._to_count = self._to_count, {}
-            touch, self._to_touch = list(self._to_touch), {}
-            now = int(self._clock())
+            counts, self._to_count = self._to_count, {}
+            touches, self._to_touch = self._to_touch, {}
             try:
-                if count:
-                    counted = await self._store.count_passes(list(count), now, self.timing)
-                    for (client, name), state in zip(count.items(), counted):
+                for now, names in counts.items():
+                    states = await self._store.count_passes(list(names), now, self.timing)
+                    for (client, name), state in zip(names.items(), states):
                         if state is not None:
                             self._remember_awl(client, state)
                             if state.count == self.timing.awl_clients:
                                 log.info("greylist: whitelisted: %s", name)
-                if touch:
-                    for client, state in zip(touch, await self._store.touch_clients(touch, now)):
+                for now, clients in touches.items():
+                    states = await self._store.touch_clients(list(clients), now)
+                    for client, state in zip(clients, states):
                         if state is not None:
                             self._remember_awl(client, state)
             except Exception:

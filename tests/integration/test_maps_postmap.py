@@ -60,7 +60,8 @@ def mail_config(tmp_path: Path) -> dict[str, str]:
         pytest.skip("postmap (Debian package postfix) is not installed")
     conf = tmp_path / "pfconf"
     conf.mkdir()
-    (conf / "main.cf").write_text("compatibility_level = 3.6\n")
+    (conf / "main.cf").write_text(
+        "compatibility_level = 3.6\nmyhostname = localhost.localdomain\nmydomain = localdomain\n")
     return {**os.environ, "MAIL_CONFIG": str(conf)}
 
 

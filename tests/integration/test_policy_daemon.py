@@ -1,0 +1,151 @@
+"""`filterd serve` as a process: workers sharing the socket, greylisting, SIGTERM, restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def ask(sock: socket.socket, **attrs: str) -> str:
+    base = {"request": "smtpd_access_policy", "protocol_state": "RCPT", "protocol_name": "ESMTP",
+            "client_address": "192.0.2.1", "client_name": "mx.client.example",
+            "helo_name": "mx.client.example", "sender": "alice@sender.example",
+            "recipient": "bob@example.com", "instance": "a1.b2", "etrn_domain": ""}
+    base.update(attrs)
+    sock.sendall(("".join(f"{k}={v}\n" for k, v in base.items()) + "\n").encode())
+    data = b""
+    while not data.endswith(b"\n\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data.decode().strip()
+
+
+class Daemon:
+    def __init__(self, tmp: Path, extra: str = "", workers: int = 2):
+        self.port = free_port()
+        self.config = tmp / "filterd.cf"
+        self.log = tmp / "filterd.log"
+        self.config.write_text(
+            f"data_directory = {tmp / 'data'}\n"
+            f"policy_listen = inet:127.0.0.1:{self.port}\n"
+            f"worker_processes = {workers}\n"
+            f"maillog_file = {self.log}\n" + extra
+        )
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Daemon":
+        self.proc = subprocess.Popen([sys.executable, "-m", "filterd", "serve", "--config", str(self.config)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        wait_port(self.port)
+        return self
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=20)
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=10)
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = Daemon(tmp_path, "greylist_delay = 2s\n")
+    d.start()
+    yield d
+    if d.proc and d.proc.poll() is None:
+        d.proc.kill()
+        d.proc.wait()
+
+
+def test_greylisting_is_consistent_across_workers_and_connections(daemon):
+    # Several connections: the kernel hands them to different workers.
+    conns = [daemon.connect() for _ in range(6)]
+    first = ask(conns[0])
+    assert first.startswith("action=DEFER_IF_PERMIT 4.2.0 Greylisted")
+    for c in conns[1:]:  # an early retry on any worker is still deferred
+        assert ask(c).startswith("action=DEFER_IF_PERMIT")
+    time.sleep(2.5)
+    answers = [ask(c, instance=f"m{i}") for i, c in enumerate(conns)]
+    assert answers[0].startswith("action=PREPEND X-Greylist: delayed")
+    assert all(a in ("action=DUNNO",) or a.startswith("action=PREPEND X-Greylist") for a in answers)
+    pids = {line.split("[")[1].split("]")[0] for line in daemon.log.read_text().splitlines() if "filterd/policy[" in line}
+    assert len(pids) >= 1
+    for c in conns:
+        c.close()
+
+
+def test_state_survives_restart_and_sigterm_exits_cleanly(tmp_path):
+    d = Daemon(tmp_path, "greylist_delay = 1s\n").start()
+    try:
+        with d.connect() as c:
+            assert ask(c, sender="x@y.example").startswith("action=DEFER_IF_PERMIT")
+        assert d.stop() == 0
+        assert "terminating on signal" in d.log.read_text()
+        time.sleep(1.2)
+        d.start()
+        with d.connect() as c:
+            assert ask(c, sender="x@y.example").startswith("action=PREPEND X-Greylist")
+    finally:
+        if d.proc and d.proc.poll() is None:
+            d.proc.kill()
+
+
+def test_bad_config_fails_at_startup_with_location(tmp_path):
+    d = Daemon(tmp_path, "policy_restrictions = check_client_access regexp:/nonexistent/file\n")
+    proc = subprocess.run([sys.executable, "-m", "filterd", "serve", "--config", str(d.config)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert "fatal" in proc.stderr and "policy_restrictions" in proc.stderr and "/nonexistent/file" in proc.stderr
+
+
+def test_embedded_default_answers_on_10023(tmp_path):
+    """`filterd serve` with no configuration at all, as on a fresh machine."""
+    if os.path.exists("/etc/filterd/filterd.cf"):
+        pytest.skip("/etc/filterd/filterd.cf exists: the embedded default would not be used")
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", 10023)) == 0:
+            pytest.skip("something already listens on 127.0.0.1:10023")
+    env = {k: v for k, v in os.environ.items() if k != "FILTERD_CONFIG"}
+    env["HOME"] = str(tmp_path)  # where a non-root user's state goes
+    env["XDG_STATE_HOME"] = str(tmp_path / "state")
+    proc = subprocess.Popen([sys.executable, "-m", "filterd", "serve"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_port(10023)
+        with socket.create_connection(("127.0.0.1", 10023), timeout=10) as c:
+            answer = ask(c, sender=f"fresh{time.time_ns()}@example.org")
+        assert answer.startswith("action=DEFER_IF_PERMIT 4.2.0 Greylisted")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=20)[0].decode()
+    assert proc.returncode == 0, out
+    assert "daemon started" in out and "<embedded default>" in out
