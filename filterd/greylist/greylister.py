@@ -135,10 +135,14 @@ class Greylister:
             self._cleanup_task.cancel()
             await asyncio.gather(self._cleanup_task, return_exceptions=True)
             self._cleanup_task = None
-        await self._batcher.drain()
-        if self._awl_task is not None:
-            await asyncio.gather(self._awl_task, return_exceptions=True)
+        await self.flush()
         await self._store.close()
+
+    async def flush(self) -> None:
+        """Wait until every request so far is decided and its bookkeeping written."""
+        await self._batcher.drain()
+        while self._awl_task is not None and not self._awl_task.done():
+            await asyncio.gather(self._awl_task, return_exceptions=True)
 
     async def _cleanup_loop(self) -> None:
         while True:

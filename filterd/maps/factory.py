@@ -17,10 +17,15 @@ from filterd.maps.hashfile import INDEXED_SUFFIXES, HashTable
 from filterd.maps.regexp import PcreDialect, PosixDialect, RegexpTable
 from filterd.maps.simple import FailTable, InlineTable, PipeTable, StaticTable, UnionTable
 
-_OPENERS: dict[str, Callable[[str, str], LookupTable]] = {
-    "texthash": lambda spec, name: HashTable(spec, _path(spec, name), "texthash"),
-    **{kind: (lambda k: lambda spec, name: HashTable(spec, _path(spec, name), k))(kind)
-       for kind in INDEXED_SUFFIXES},
+Opener = Callable[[str, str], LookupTable]
+
+
+def _flat_file(kind: str) -> Opener:
+    return lambda spec, name: HashTable(spec, _path(spec, name), kind)
+
+
+_OPENERS: dict[str, Opener] = {
+    **{kind: _flat_file(kind) for kind in ("texthash", *INDEXED_SUFFIXES)},
     "regexp": lambda spec, name: RegexpTable(spec, _path(spec, name), PosixDialect()),
     "pcre": lambda spec, name: RegexpTable(spec, _path(spec, name), PcreDialect()),
     "cidr": lambda spec, name: CidrTable(spec, _path(spec, name)),

@@ -74,7 +74,7 @@ def _rbl_reply(ev: Evaluation, hit: DnsblHit, rbl_class: str, what: str) -> Repl
         if template is not None:
             break
     if template is None:
-        template = cfg.expand("default_rbl_reply")
+        template = cfg.raw("default_rbl_reply")  # its $names are request facts, not parameters
     txn = ev.txn
     values = {
         "rbl_code": str(code), "rbl_class": rbl_class, "rbl_what": what,
