@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import array
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -240,7 +241,7 @@ def _client_cpu() -> float:
 
 
 def _load_process(spec: LoadSpec, conn_indexes: list[int], start_at: float,
-                  template: str, queue: "multiprocessing.Queue[tuple[object, ...]]") -> None:
+                  template: str, queue: multiprocessing.Queue[tuple[object, ...]]) -> None:
     """Body of one generator process; results go back as plain data (no pickled objects
     of ours cross the boundary except through multiprocessing's own queue)."""
     cpu_before = _client_cpu()
@@ -418,10 +419,8 @@ class Server:
         if self.process is None:
             return
         if self.process.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -662,7 +661,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--client-procs", type=int, default=1,
                         help="load generator processes (default 1)")
     parser.add_argument("--filterd-command",
-                        default=f"{shlex.quote(sys.executable)} -m filterd serve --config {{config}}",
+                        default=f"{shlex.quote(sys.executable)} -m filterd serve "
+                                "--config {config}",
                         help="how to start filterd; {config} is replaced by the config path")
     parser.add_argument("--template", type=Path, default=DEFAULT_TEMPLATE,
                         help="captured Postfix policy requests (the RCPT one is the template)")

@@ -118,7 +118,7 @@ class BannedChecks:
     max_size: int = 20 * 1024 * 1024
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "BannedChecks":
+    def from_config(cls, cfg: Any) -> BannedChecks:
         return cls(
             tables=tuple(open_table(spec) for spec in cfg.get("banned_filename_maps")),
             max_depth=cfg.get("banned_archive_max_depth"),
@@ -145,7 +145,7 @@ class Node:
     """One MIME part or archive member with its descriptors and children."""
 
     descriptors: list[str]
-    children: list["Node"] = field(default_factory=list)
+    children: list[Node] = field(default_factory=list)
 
 
 class _Budget:

@@ -71,8 +71,8 @@ _CLASS_OF_STATE = {_PRIMARY: HEADER, _MULTIPART: MIME_HEADER, _NESTED: NESTED_HE
 #: A header label as Postfix's is_header() accepts it: printable ASCII but colon,
 #: optional white space, then the colon. Group 1 is the name, the match ends before ':'.
 _IS_HEADER = re.compile(rb"([!-9;-~]+)[ \t]*(?=:)")
-_CT_MAIN = re.compile(rb"^:[ \t\r\n]*([!#-'*+.0-9A-Z^-~-]+)[ \t\r\n]*(?:/[ \t\r\n]*([!#-'*+.0-9A-Z^-~-]+))?", re.I)
-_CT_BOUNDARY = re.compile(rb";[ \t\r\n]*boundary[ \t\r\n]*=[ \t\r\n]*(?:\"([^\"]*)\"|([^ \t\r\n;\"]+))", re.I)
+_CT_MAIN = re.compile(rb"^:[ \t\r\n]*([!#-'*+.0-9A-Z^-~-]+)[ \t\r\n]*(?:/[ \t\r\n]*([!#-'*+.0-9A-Z^-~-]+))?", re.IGNORECASE)
+_CT_BOUNDARY = re.compile(rb";[ \t\r\n]*boundary[ \t\r\n]*=[ \t\r\n]*(?:\"([^\"]*)\"|([^ \t\r\n;\"]+))", re.IGNORECASE)
 _PRINTABLE = re.compile(r"[^\x20-\x7e\u00a0-\ud7ff\ue000-\uffff\U00010000-\U0010ffff]")
 
 # Default cleanup_stat_detail(CLEANUP_STAT_CONT) and (CLEANUP_STAT_DEFER) replies.
@@ -115,7 +115,7 @@ class PostfixChecks:
     mime_boundary_length_limit: int = 2048
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "PostfixChecks":
+    def from_config(cls, cfg: Any) -> PostfixChecks:
         """Open the tables named by the configuration (MapError when one is unusable)."""
 
         def tables(name: str) -> TableList:
@@ -350,8 +350,8 @@ def _log_origin(msg: Message) -> str:
 def log_line(msg: Message, action: str, context: str, content: str, text: str) -> str:
     """cleanup_act_log()'s line: ``QUEUEID: action: header ... from ...; from=<> to=<>...``."""
     env = msg.envelope
-    parts = [f"{env.queue_id or 'NOQUEUE'}: {action}: {context} {printable(content[:200])} "
-             f"from {_log_origin(msg)}; from=<{printable(env.sender)}>"]
+    parts = [(f"{env.queue_id or 'NOQUEUE'}: {action}: {context} {printable(content[:200])} "
+              f"from {_log_origin(msg)}; from=<{printable(env.sender)}>")]
     if env.recipients:
         parts.append(f" to=<{printable(env.recipients[0])}>")
     if env.protocol:
@@ -413,7 +413,7 @@ class _Applier:
         word = pieces[0].upper() if pieces else "DUNNO"
         optional = pieces[1].strip() if len(pieces) > 1 else ""
         if word == "REJECT":
-            res.reject = reject_reply(parse_action(value))
+            res.reject = reject_reply(parse_action(f"REJECT {optional}"))
             self._log("reject", line, " ".join(filter(None, (res.reject.dsn, res.reject.text))))
             self.stopped = True
         elif word in ("WARN", "INFO"):

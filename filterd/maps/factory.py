@@ -36,7 +36,7 @@ _OPENERS: dict[str, Opener] = {
     "pipemap": lambda spec, name: PipeTable(spec, name, open_table),
 }
 
-#: Postfix table types that filterd does not read, with what to use instead.
+#: Postfix table types that filterd does not read, named for the error message.
 _UNSUPPORTED = {
     "mysql": "SQL", "pgsql": "SQL", "sqlite": "SQL", "ldap": "LDAP", "memcache": "memcache",
     "tcp": "TCP", "socketmap": "socketmap", "nis": "NIS", "nisplus": "NIS+",

@@ -76,10 +76,10 @@ class FailTable:
         raise MapTempError(f"{self.spec}: lookup of {key!r} failed (fail: table)")
 
 
-Opener = Callable[[str], LookupTable]
+TableOpener = Callable[[str], LookupTable]
 
 
-def _components(spec: str, name: str, opener: Opener, minimum: int) -> list[LookupTable]:
+def _components(spec: str, name: str, opener: TableOpener, minimum: int) -> list[LookupTable]:
     kind = spec.partition(":")[0]
     items = split_braced_list(spec, braced(spec, name))
     if len(items) < minimum or any(":" not in item for item in items):
@@ -94,7 +94,7 @@ class UnionTable:
     As in Postfix, the first table decides whether the union is a pattern table.
     """
 
-    def __init__(self, spec: str, name: str, opener: Opener):
+    def __init__(self, spec: str, name: str, opener: TableOpener):
         self.spec = spec
         self._tables = _components(spec, name, opener, 1)
         self.is_pattern = self._tables[0].is_pattern
@@ -107,7 +107,7 @@ class UnionTable:
 class PipeTable:
     """``pipemap:{a, b, ...}``: a's answer is looked up in b, and so on."""
 
-    def __init__(self, spec: str, name: str, opener: Opener):
+    def __init__(self, spec: str, name: str, opener: TableOpener):
         self.spec = spec
         self._tables = _components(spec, name, opener, 2)
         self.is_pattern = self._tables[0].is_pattern

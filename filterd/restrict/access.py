@@ -48,6 +48,7 @@ def _address_access(ev: Evaluation, arg: str, address: str | None, cls: str) -> 
         [open_table(arg)], address,
         parent_matches_subdomains=_parent_matches(ev),
         rcpt_delim=ev.cfg.get("recipient_delimiter"),
+        null_key=ev.cfg.get("smtpd_null_access_lookup_key"),
     )
     return _found(m, (address, cls)) if m else None
 

@@ -16,6 +16,7 @@ from typing import Awaitable, Callable
 
 from filterd.actions import Action, dsn_class_fix, parse_action
 from filterd.config import Config, ConfigError, split_list
+from filterd.maps.errors import MapTempError
 from filterd.restrict.decision import (
     DEFER, DUNNO, PERMIT, REJECT, Decision, Evidence, Reply,
 )
@@ -193,7 +194,12 @@ class RestrictionEngine:
                 continue
             warn = ev.warn_next
             ev.warn_next = False
-            outcome = await r.fn(ev, arg)
+            try:
+                outcome = await r.fn(ev, arg)
+            except MapTempError as exc:
+                # A table that cannot answer now: Postfix tempfails rather than guess.
+                reply = Reply(451, "4.3.5", "Server configuration error")
+                outcome = Outcome(Action("CODE", 451), f"table lookup failed: {exc}", reply=reply)
             if outcome is None:
                 continue
             name = r.name if arg is None else f"{r.name} {arg}"

@@ -8,72 +8,12 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
+from tests.fixtures.filterd import Daemon, ask, wait_port
+
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
-
-
-def ask(sock: socket.socket, **attrs: str) -> str:
-    base = {"request": "smtpd_access_policy", "protocol_state": "RCPT", "protocol_name": "ESMTP",
-            "client_address": "192.0.2.1", "client_name": "mx.client.example",
-            "helo_name": "mx.client.example", "sender": "alice@sender.example",
-            "recipient": "bob@example.com", "instance": "a1.b2", "etrn_domain": ""}
-    base.update(attrs)
-    sock.sendall(("".join(f"{k}={v}\n" for k, v in base.items()) + "\n").encode())
-    data = b""
-    while not data.endswith(b"\n\n"):
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError("closed")
-        data += chunk
-    return data.decode().strip()
-
-
-class Daemon:
-    def __init__(self, tmp: Path, extra: str = "", workers: int = 2):
-        self.port = free_port()
-        self.config = tmp / "filterd.cf"
-        self.log = tmp / "filterd.log"
-        self.config.write_text(
-            f"data_directory = {tmp / 'data'}\n"
-            f"policy_listen = inet:127.0.0.1:{self.port}\n"
-            f"worker_processes = {workers}\n"
-            f"maillog_file = {self.log}\n" + extra
-        )
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "Daemon":
-        self.proc = subprocess.Popen([sys.executable, "-m", "filterd", "serve", "--config", str(self.config)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        wait_port(self.port)
-        return self
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=20)
-
-    def connect(self) -> socket.socket:
-        return socket.create_connection(("127.0.0.1", self.port), timeout=10)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.fixtures.postfix import PostfixFactory, SinkMessage
+from tests.fixtures.postfix import PostfixFactory, SinkMessage, amavis_master_cf, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -93,6 +93,27 @@ def test_instances_are_independent(postfix_factory: PostfixFactory) -> None:
 
     assert [m.rcpt_to for m in first.wait_messages(1)] == [("one@remote.example",)]
     assert [m.rcpt_to for m in second.wait_messages(1)] == [("two@remote.example",)]
+
+
+def test_content_filter_wiring_passes_mail_through_reinjection(
+        postfix_factory: PostfixFactory) -> None:
+    # No filter in between: the smtp-amavis transport delivers straight to the reinjection
+    # listener. That listener needs its own hostname, or Postfix's smtp client sees its
+    # own name in the EHLO reply and bounces the mail as looping back to itself.
+    reinject = free_port()
+    postfix = postfix_factory(
+        {"content_filter": f"smtp-amavis:[127.0.0.1]:{reinject}"},
+        amavis_master_cf(reinject) + "  -o myhostname=reinject.filterd.test\n",
+    )
+
+    reply = postfix.send("alice@sender.example", ["bob@remote.example"], MESSAGE)
+
+    assert reply.code == 250, reply
+    [data] = postfix.wait_delivered(1)
+    assert b"by reinject.filterd.test (Postfix) with ESMTP" in data
+    assert f"by {postfix.hostname} (Postfix) with ESMTP id {reply.queue_id}".encode() in data
+    assert any(f"relay=127.0.0.1[127.0.0.1]:{reinject}" in line and "status=sent" in line
+               for line in postfix.log_lines())
 
 
 def test_sink_dump_without_received_record_is_rejected() -> None:

@@ -413,8 +413,8 @@ def test_digest_parts_are_nested_messages(tmp_path: Path) -> None:
 def test_log_line_shape(tmp_path: Path) -> None:
     r = run(checks(tmp_path, header_checks="/^Subject:/ WARN suspicious subject\n"), SIMPLE)
     assert r.warnings == [
-        "4F1B2A: warning: header Subject: hello world from mx.b.example[192.0.2.1]; "
-        "from=<a@b.example> to=<c@d.example> proto=ESMTP helo=<helo.b.example>: suspicious subject"]
+        ("4F1B2A: warning: header Subject: hello world from mx.b.example[192.0.2.1]; "
+         "from=<a@b.example> to=<c@d.example> proto=ESMTP helo=<helo.b.example>: suspicious subject")]
 
 
 def test_log_line_without_client_and_text() -> None:

@@ -269,3 +269,9 @@ async def test_check_greylist_translation():
     assert d.result == DUNNO and d.policy_action == "PREPEND X-Greylist: delayed 301 seconds by filterd"
     d = await build_engine(cfg, Services(cfg, greylister=g)).evaluate("policy_restrictions", txn(recipient=None, stage=Stage.MAIL))
     assert d.policy_action == "DUNNO"
+
+
+async def test_table_that_cannot_answer_tempfails_like_postfix():
+    d = await run("", "check_client_access fail:broken, permit")
+    assert d.result == DEFER and str(d.reply) == "451 4.3.5 Server configuration error"
+    assert "table lookup failed" in d.reason

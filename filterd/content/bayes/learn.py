@@ -85,8 +85,13 @@ def _chunks(items: Iterator[bytes], size: int) -> Iterator[list[bytes]]:
 
 
 def learn_command(cfg: Config, spam: list[str], ham: list[str],
-                  out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> int:
-    """Learn the messages under ``spam`` and ``ham`` paths; returns the exit status."""
+                  out: IO[str] | None = None, err: IO[str] | None = None) -> int:
+    """Learn the messages under ``spam`` and ``ham`` paths; returns the exit status.
+
+    Reports go to ``out`` and ``err`` (standard output and error by default).
+    """
+    out = out or sys.stdout
+    err = err or sys.stderr
     if not spam and not ham:
         print("filterd learn: nothing to learn: give --spam PATH... and/or --ham PATH...", file=err)
         return 2
