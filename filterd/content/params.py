@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from filterd.config.types import Param, as_choice, as_str, as_time, parse_endpoint
+from filterd.config.types import Param, as_choice, as_endpoint, as_str, as_time
 
 PARAMS: list[Param] = []
 
 # -- ClamAV scanning (clamav.py) and the quarantine store (quarantine.py) --------------
 PARAMS += [
-    Param("clamav_socket", "unix:/var/run/clamav/clamd.ctl", parse_endpoint,
+    Param("clamav_socket", "unix:/var/run/clamav/clamd.ctl", as_endpoint,
           "clamd to scan with: unix:/path or inet:host:port (Debian's clamd listens on "
-          "/var/run/clamav/clamd.ctl)"),
+          "/var/run/clamav/clamd.ctl); empty turns virus scanning off"),
     Param("clamav_timeout", "60s", as_time("s"),
           "longest time one clamd scan may take, connecting included"),
     Param("clamav_failure_action", "defer", as_choice("defer", "pass"),
@@ -85,4 +85,70 @@ PARAMS += [
           "most archive members of one message whose names and types are checked"),
     Param("banned_archive_max_size", "20m", as_size,
           "most bytes decompressed while looking into the archives of one message"),
+]
+
+# -- content pipeline, verdicts and the content filter (pipeline.py, verdict.py, server.py) ----
+from filterd.content.nexthop import parse_next_hop  # noqa: E402
+
+#: The content pipeline's stages, in the order they run (cheap and decisive first).
+CONTENT_CHECKS = ("postfix_checks", "banned", "clamav", "rules", "bayes")
+
+#: What a verdict may do with a message (amavisd-new's destinies, plus tag and hold).
+VERDICT_ACTIONS = ("pass", "tag", "quarantine", "hold", "reject", "discard")
+
+
+def as_content_checks(value: str) -> list[str]:
+    """A list of pipeline stages; unknown names are an error, order is always CONTENT_CHECKS'."""
+    names = [n.lower() for n in as_list(value)]
+    unknown = [n for n in names if n not in CONTENT_CHECKS]
+    if unknown:
+        raise ValueError(f"unknown content check {unknown[0]!r} (expected some of {', '.join(CONTENT_CHECKS)})")
+    return [n for n in CONTENT_CHECKS if n in names]
+
+
+def _as_level(value: str) -> float:
+    """A spam score level; amavisd-new's ``undef`` (never) is written as an empty value."""
+    return float("inf") if not value.strip() else as_float(value)
+
+
+PARAMS += [
+    Param("content_checks", ", ".join(CONTENT_CHECKS), as_content_checks,
+          "content pipeline stages to run: postfix_checks (header/body checks), banned "
+          "(banned_filename_maps), clamav, rules (score rules), bayes"),
+    Param("filter_listen", "inet:127.0.0.1:10024", as_endpoint,
+          "where the after-queue content filter listens (Postfix content_filter target); "
+          "empty = off"),
+    Param("filter_protocol", "smtp", as_choice("smtp", "lmtp"),
+          "protocol spoken on filter_listen; lmtp gives Postfix one reply per recipient"),
+    Param("filter_forward", "smtp:[127.0.0.1]:10025", parse_next_hop,
+          "where passed mail is reinjected (amavisd-new's forward_method): smtp:[host]:port"),
+    Param("filter_timeout", "300s", as_time("s"),
+          "idle timeout of a content filter client, and the timeout of each command "
+          "sent to filter_forward"),
+    Param("filter_max_connections", "20", as_positive_int,
+          "most simultaneous content filter connections per worker; more get 421 4.3.2"),
+    Param("message_size_limit", "10240000", as_nonneg_int,
+          "largest message the content filter accepts, in bytes (0 = no limit)"),
+    Param("spam_tag_level", "2.0", _as_level,
+          "score at or above which X-Spam-* headers are added (amavisd-new sa_tag_level_deflt)"),
+    Param("spam_tag2_level", "6.31", _as_level,
+          "score at or above which mail is spam: X-Spam-Flag: YES and the subject tag "
+          "(sa_tag2_level_deflt)"),
+    Param("spam_kill_level", "6.31", _as_level,
+          "score at or above which spam_action applies (sa_kill_level_deflt)"),
+    Param("spam_subject_tag", "***Spam***", as_str,
+          "put in front of the Subject of spam (at spam_tag2_level), followed by a space; "
+          "empty = leave the Subject alone"),
+    Param("spam_action", "pass", as_choice(*VERDICT_ACTIONS),
+          "what to do with spam at spam_kill_level (amavisd-new final_spam_destiny)"),
+    Param("virus_action", "quarantine", as_choice(*VERDICT_ACTIONS),
+          "what to do with infected mail (final_virus_destiny)"),
+    Param("banned_action", "reject", as_choice(*VERDICT_ACTIONS),
+          "what to do with mail carrying a banned part (final_banned_destiny)"),
+    Param("virus_admin", "", as_str,
+          "address that gets a short report of each virus found; empty = none"),
+    Param("x_header_tag", "X-Virus-Scanned", as_str,
+          "name of the header saying the message was virus scanned (amavisd-new X_HEADER_TAG)"),
+    Param("x_header_line", "filterd at $mydomain", as_str,
+          "value of that header (amavisd-new X_HEADER_LINE)"),
 ]

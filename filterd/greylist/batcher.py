@@ -26,7 +26,6 @@ class Batcher(Generic[T, R]):
         self._key = key
         self._max = max_batch
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
-        self._busy = False
         self._task: asyncio.Task[None] | None = None  # kept: the loop holds tasks weakly
 
     def submit(self, item: T) -> asyncio.Future[R]:
@@ -34,25 +33,35 @@ class Batcher(Generic[T, R]):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, future))
-        if not self._busy:
-            self._busy = True
-            loop.call_soon(self._launch, loop)
+        if self._task is None:
+            # The task's first step runs on the next loop turn, after everything else
+            # that is ready now -- which is what lets this turn's submissions coalesce.
+            self._task = loop.create_task(self._work())
         return future
 
-    def _launch(self, loop: asyncio.AbstractEventLoop) -> None:
-        batch, keys, rest = [], set(), []
+    def _take(self) -> list[tuple[T, asyncio.Future[R]]]:
+        batch: list[tuple[T, asyncio.Future[R]]] = []
+        rest: list[tuple[T, asyncio.Future[R]]] = []
+        keys: set[Hashable] = set()
         for entry in self._pending:
+            if entry[1].cancelled():
+                continue
             k = self._key(entry[0])
-            if len(batch) < self._max and k not in keys and not entry[1].cancelled():
+            if len(batch) < self._max and k not in keys:
                 keys.add(k)
                 batch.append(entry)
-            elif not entry[1].cancelled():
+            else:
                 rest.append(entry)
         self._pending = rest
-        if not batch:
-            self._busy = False
-            return
-        self._task = loop.create_task(self._execute(batch))
+        return batch
+
+    async def _work(self) -> None:
+        """Run batches until nothing is pending; one task serves a whole busy period."""
+        try:
+            while batch := self._take():
+                await self._execute(batch)
+        finally:
+            self._task = None
 
     async def _execute(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
@@ -60,7 +69,6 @@ class Batcher(Generic[T, R]):
         except asyncio.CancelledError:
             for _, future in batch:
                 future.cancel()
-            self._busy = False
             raise
         except Exception as exc:  # every waiter gets the store's error
             for _, future in batch:
@@ -70,16 +78,8 @@ class Batcher(Generic[T, R]):
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
-        if self._pending:
-            self._launch(asyncio.get_running_loop())
-        else:
-            self._busy = False
 
     async def drain(self) -> None:
         """Wait until everything submitted so far has run (used when shutting down)."""
-        while self._busy:
-            task = self._task
-            if task is not None and not task.done():
-                await asyncio.wait({task})
-            else:
-                await asyncio.sleep(0)
+        while self._task is not None:
+            await asyncio.wait({self._task})

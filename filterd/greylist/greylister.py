@@ -11,8 +11,12 @@ whitelists are dictionary lookups, the client's network is cached, and the tripl
 to the store in a batch with every other request of the same event-loop turn (one
 atomic upsert for all of them). Auto-whitelist bookkeeping -- counting a pass, refreshing
 a whitelisted client once an hour -- only affects later requests, so it is written after
-the replies are out; each process remembers which clients it saw auto-whitelisted until
-their next hourly refresh is due, and answers them without asking the store.
+the replies are out. Each process remembers which clients it saw auto-whitelisted (until
+their next hourly refresh is due) and which triplets it saw pass (for an hour), and
+answers those without asking the store: neither state can be undone by another worker
+before it expires, so the answer is the store's. The one difference from postgrey: a
+passed triplet's last-seen time is stored at most hourly per process, so after 35 days of
+silence it may be forgotten up to an hour early.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ except importlib.metadata.PackageNotFoundError:  # running from a checkout never
 
 CLEANUP_INTERVAL = 3600  # postgrey attempts maintenance hourly too
 AWL_REFRESH = 3600  # postgrey counts and refreshes a client at most once an hour
+PASSED_MEMORY = 3600  # how long a process answers a passed triplet without the store
 _INSTANCES = 4096  # messages remembered per process for "one X-Greylist header each"
 _CACHE = 65536  # bound of the per-process client caches
 _STARTS_WITH_DIGIT = re.compile(r"[0-9]")
@@ -71,6 +76,7 @@ class GreylistResult:
 
 
 _AWL = GreylistResult("awl", None, "", 0, "client auto-whitelisted")
+_PASSED = GreylistResult("pass", None, "", 0, "triplet passed before")
 
 
 def header_date(when: float) -> str:
@@ -109,6 +115,11 @@ class Greylister:
         self.reload_whitelists()
         self._instances: dict[str, None] = {}
         self._awl_until: dict[str, float] = {}  # client -> known auto-whitelisted until
+        # triplet -> known passed until. A passed triplet keeps passing until it is not
+        # seen for max_age; answering it from memory for up to an hour only lets its
+        # stored last-seen time lag by that hour.
+        self._passed: dict[str, float] = {}
+        self._passed_ttl = min(PASSED_MEMORY, self.timing.max_age)
         # request time -> client -> how to name it in the log (counts) / None (refreshes)
         self._to_count: dict[int, dict[str, str]] = {}
         self._to_touch: dict[int, dict[str, None]] = {}
@@ -184,12 +195,17 @@ class Greylister:
                     return _AWL
                 del self._awl_until[client.awl_key]
         key = f"{client.net}/{normalise_sender(sender)}/{recipient}".lower()
+        until = self._passed.get(key)
+        if until is not None:
+            if self._clock() < until:
+                return _PASSED
+            del self._passed[key]
         now, state = await self._batcher.submit(Sighting(key, client.awl_key))
         if state is None:
             self._queue_awl(now, client.awl_key, None)
             result = _AWL
         else:
-            result = self._decide(now, state, client, client_name, recipient, instance)
+            result = self._decide(now, key, state, client, client_name, recipient, instance)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("action=%s, reason=%s, client_name=%s, client_address=%s, sender=%s, "
                       "recipient=%s", result.action, result.reason, client_name,
@@ -201,8 +217,8 @@ class Greylister:
         states = await self._store.see(sightings, now, self.timing)
         return [(now, state) for state in states]
 
-    def _decide(self, now: int, state: TripletState, client: Client, client_name: str,
-                recipient: str, instance: str) -> GreylistResult:
+    def _decide(self, now: int, key: str, state: TripletState, client: Client,
+                client_name: str, recipient: str, instance: str) -> GreylistResult:
         waited = now - state.first
         left = self.timing.delay - waited
         if left <= 0 and not state.passed and self.timing.awl_clients:
@@ -213,8 +229,9 @@ class Greylister:
             text = text.replace("%r", recipient_domain(recipient), 1)
             reason = "new triplet" if waited == 0 else f"early retry ({left}s left)"
             return GreylistResult("defer", None, text, left, reason)
+        self._remember(self._passed, key, now + self._passed_ttl)
         if state.passed:
-            return GreylistResult("pass", None, "", 0, "triplet passed before")
+            return _PASSED
         if not self._new_instance(instance):
             return GreylistResult("pass", None, "", waited,
                                   f"triplet passed after {waited}s; message already has "
@@ -272,11 +289,15 @@ class Greylister:
                 log.exception("greylist: updating the client auto-whitelist failed")
 
     def _remember_awl(self, client: str, state: ClientState) -> None:
-        if state.count < self.timing.awl_clients:
-            return
-        if len(self._awl_until) >= _CACHE:
+        if state.count >= self.timing.awl_clients:
+            self._remember(self._awl_until, client, state.last + AWL_REFRESH)
+
+    def _remember(self, cache: dict[str, float], key: str, until: float) -> None:
+        """Store in a bounded cache: when full, drop what expired, else everything."""
+        if len(cache) >= _CACHE and key not in cache:
             now = self._clock()
-            self._awl_until = {k: v for k, v in self._awl_until.items() if v > now}
-            if len(self._awl_until) >= _CACHE:
-                self._awl_until.clear()
-        self._awl_until[client] = state.last + AWL_REFRESH
+            for stale in [k for k, v in cache.items() if v <= now]:
+                del cache[stale]
+            if len(cache) >= _CACHE:
+                cache.clear()
+        cache[key] = until

@@ -14,7 +14,7 @@ Flags toggle the defaults, as in Postfix:
   ``\\'`` are translated; a backslash inside ``[...]`` is a literal backslash, and an
   escaped letter that POSIX does not define (``\\d``) is that letter - as glibc, and so
   Postfix, reads them (a warning says so).
-- ``pcre:``: ``i`` (default on), ``m`` multi-line, ``s`` dot-all, ``x`` extended,
+- ``pcre:``: ``i`` (default on), ``m`` multi-line, ``s`` dot-all (default on), ``x`` extended,
   ``A`` anchored.  ``E``, ``U`` and ``X`` have no equivalent here and are refused.
 """
 
@@ -126,7 +126,7 @@ class PcreDialect:
     name = "pcre"
 
     def compile(self, pattern: str, flags: str, place: str) -> tuple[Any, bool]:
-        options = regex.IGNORECASE
+        options = regex.IGNORECASE | regex.DOTALL  # pcre_table(5): i and s default on
         anchored = False
         toggles = {"i": regex.IGNORECASE, "m": regex.MULTILINE, "s": regex.DOTALL, "x": regex.VERBOSE}
         for f in flags:

@@ -103,6 +103,22 @@ async def test_pass_after_delay_adds_header_once_per_instance(make: Factory) -> 
     assert (later.action, later.header, later.reason) == ("pass", None, "triplet passed before")
 
 
+async def test_passed_triplet_is_answered_from_memory_for_an_hour(make: Factory,
+                                                                  tmp_path: Path) -> None:
+    clock = Clock()
+    g = await make(clock=clock)
+    await check(g)
+    clock.advance(300)
+    assert (await check(g)).action == "pass"
+    passed_at = int(clock.now)
+    clock.advance(HOUR - 1)
+    assert (await check(g)).reason == "triplet passed before"
+    assert rows(tmp_path / "greylist.db", "triplet")[0][2] == passed_at  # not asked
+    clock.advance(1)
+    assert (await check(g)).reason == "triplet passed before"
+    assert rows(tmp_path / "greylist.db", "triplet")[0][2] == passed_at + HOUR
+
+
 async def test_no_instance_means_a_header_on_every_first_pass(make: Factory) -> None:
     clock = Clock()
     g = await make(clock=clock)
@@ -299,6 +315,7 @@ async def test_two_workers_on_one_database_agree(make: Factory) -> None:
     assert (await check(b)).reason == "early retry (200s left)"
     clock.advance(200)
     assert (await check(b, instance="M")).header is not None
+    await b.flush()  # b counted that pass for the client
     assert (await check(a, instance="M")).reason == "triplet passed before"
     clock.advance(HOUR)
     await pass_new_triplet(a, clock, "192.0.2.10", 2)  # second counted pass, in worker a

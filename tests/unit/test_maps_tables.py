@@ -484,3 +484,14 @@ def test_bad_specs(spec: str, message: str) -> None:
 def test_map_error_is_value_error() -> None:
     assert issubclass(MapError, ValueError)
     assert split_spec("HASH:/x") == ("hash", "/x")
+
+
+def test_pcre_dot_matches_newline_by_default_like_postfix(tmp_path):
+    """pcre_table(5): the s flag (PCRE_DOTALL) is on by default, so folded headers match."""
+    from filterd.maps import open_table
+
+    f = tmp_path / "hdr.pcre"
+    f.write_text("/^Subject:.*bar/ REJECT folded\n/^X-A:.*z/s DUNNO\n")
+    t = open_table(f"pcre:{f}")
+    assert t.lookup("Subject: foo\n\tbar") == "REJECT folded"
+    assert t.lookup("X-A: y\n z") is None  # s toggles DOTALL off
