@@ -260,7 +260,7 @@ def test_pcre_flags(tmp_path: Path) -> None:
     f = write(tmp_path / "p", (
         "/^\\d+$/ digits\n"
         "/^a b$/x spaced\n"
-        "/^x.y$/s dotall\n"
+        "/^x.y$/ dotall\n"
         "/bc/A anchored\n"
         "/^Q$/i exact-case\n"
         "/(?<name>z)(\\w)/ $2\n"
