@@ -725,6 +725,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "client_procs": args.client_procs,
                                        "greylist_delay": GREYLIST_DELAY,
                                        "repeat_triplets": REPEAT_TRIPLETS,
+                                       "state_directory": tempfile.gettempdir(),
                                        "cpus": os.cpu_count()}}, indent=2))
     else:
         print(format_table(measurements))

@@ -65,7 +65,22 @@ def cmd_map(args: argparse.Namespace) -> int:
     return query_command(args.table, args.keys)
 
 
-COMMANDS: dict[str, Command] = {"serve": cmd_serve, "config": cmd_config, "map": cmd_map}
+def cmd_check(args: argparse.Namespace) -> int:
+    from filterd.content.commands import check_command
+
+    return check_command(_load(args), args.files, args.json)
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from filterd.content.commands import quarantine_command
+
+    ids = getattr(args, "ids", None) or ([args.id] if getattr(args, "id", None) else [])
+    return quarantine_command(_load(args), args.quarantine_command, ids,
+                              kind=getattr(args, "kind", None), limit=getattr(args, "limit", 100))
+
+
+COMMANDS: dict[str, Command] = {"serve": cmd_serve, "config": cmd_config, "map": cmd_map,
+                                "check": cmd_check, "quarantine": cmd_quarantine}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     q = msub.add_parser("query", parents=[common], help="look up keys (postmap -q)")
     q.add_argument("table", metavar="type:name")
     q.add_argument("keys", nargs="+", metavar="KEY")
+    p = sub.add_parser("check", parents=[common],
+                       help="run the content checks on message files and show the verdicts")
+    p.add_argument("--json", action="store_true", help="one JSON object per message")
+    p.add_argument("files", nargs="+", metavar="FILE", help="RFC 822 message files ('-' = stdin)")
+    p = sub.add_parser("quarantine", parents=[common], help="list, show, release or delete quarantined mail")
+    qsub = p.add_subparsers(dest="quarantine_command", required=True)
+    q = qsub.add_parser("list", parents=[common], help="newest quarantined messages")
+    q.add_argument("--kind", choices=["virus", "banned", "spam", "badh"])
+    q.add_argument("--limit", type=int, default=100)
+    q = qsub.add_parser("show", parents=[common], help="print a quarantined message")
+    q.add_argument("id", metavar="ID")
+    q = qsub.add_parser("release", parents=[common], help="reinject to the original recipients")
+    q.add_argument("ids", nargs="+", metavar="ID")
+    q = qsub.add_parser("delete", parents=[common], help="remove from the quarantine")
+    q.add_argument("ids", nargs="+", metavar="ID")
     return parser
 
 

@@ -6,10 +6,12 @@ One line per event, so pflogsumm-style tooling and grep habits carry over. Logge
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
 import time
+from typing import TextIO
 
 from filterd.config import Config
 
@@ -35,6 +37,56 @@ class PostfixFormatter(logging.Formatter):
         return f"{stamp} {self.hostname} {self.syslog_name}/{part}[{os.getpid()}]: {msg}"
 
 
+class EventLog:
+    """The per-request line writer: the same stream and shape as the logging handler.
+
+    One line per policy request or message is the hot path of logging: a LogRecord and
+    a flush per line cost more than answering a cached greylist request. This writer
+    formats the time stamp once a second, skips LogRecord, and flushes once per event
+    loop turn (after every line written in that turn), so ``tail -f`` stays current.
+    """
+
+    def __init__(self, stream: TextIO, hostname: str, syslog_name: str):
+        self.stream = stream
+        self.prefix = f" {hostname.split('.')[0] or 'localhost'} {syslog_name}/"
+        self._second = -1
+        self._stamp = ""
+        self._flush_pending = False
+
+    def line(self, part: str, msg: str) -> None:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._stamp = time.strftime("%b %d %H:%M:%S", time.localtime(now))
+        if "\n" in msg or "\r" in msg:
+            msg = msg.replace("\r", "\\r").replace("\n", "\\n")
+        self.stream.write(f"{self._stamp}{self.prefix}{part}[{os.getpid()}]: {msg}\n")
+        if not self._flush_pending:
+            try:
+                asyncio.get_running_loop().call_soon(self._flush)
+                self._flush_pending = True
+            except RuntimeError:  # no loop (a command-line tool): flush now
+                self.stream.flush()
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+_event_log: EventLog | None = None
+
+
+def event(part: str, msg: str) -> None:
+    """Log one per-request/per-message INFO line (``filterd/<part>[pid]: msg``)."""
+    if _event_log is not None:
+        _event_log.line(part, msg)
+    else:
+        logging.getLogger(f"filterd.{part}").info("%s", msg)
+
+
 def setup_logging(cfg: Config) -> None:
     root = logging.getLogger("filterd")
     for handler in list(root.handlers):
@@ -49,3 +101,9 @@ def setup_logging(cfg: Config) -> None:
     root.addHandler(handler)
     root.setLevel(cfg.get("log_level").upper())
     root.propagate = False
+    global _event_log
+    stream = getattr(handler, "stream", None)
+    if root.isEnabledFor(logging.INFO) and stream is not None:
+        _event_log = EventLog(stream, cfg.get("myhostname"), cfg.get("syslog_name"))
+    else:
+        _event_log = None  # INFO is off: per-request lines are not written at all

@@ -65,8 +65,13 @@ def check_config(cfg: Config) -> None:
     PolicyService(build_engine(cfg, Services(cfg))).check_config()
 
 
-async def worker_main(cfg: Config, listeners: dict[str, socket.socket]) -> int:
-    """One worker: open state, serve until SIGTERM, finish requests in flight, exit."""
+async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_pipe: int | None = None) -> int:
+    """One worker: open state, serve until SIGTERM, finish requests in flight, exit.
+
+    ``master_pipe`` is the read end of a pipe whose write end only the master holds:
+    when the master dies, even by SIGKILL, the pipe reads EOF and the worker stops
+    instead of serving on as an orphan.
+    """
     from filterd.policy.server import PolicyServer
     from filterd.policy.service import PolicyService
     from filterd.restrict.registry import build_engine
@@ -75,12 +80,25 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket]) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if master_pipe is not None:
+        def master_gone() -> None:
+            log.warning("master process has gone away; stopping")
+            loop.remove_reader(master_pipe)
+            stop.set()
+
+        loop.add_reader(master_pipe, master_gone)
     services = await _open_services(cfg)
     servers = []
     if "policy" in listeners:
         server = PolicyServer(PolicyService(build_engine(cfg, services)))
         await server.start(listeners["policy"])
         servers.append(server)
+    if "filter" in listeners:
+        from filterd.content.server import ContentFilterServer
+
+        content_filter = ContentFilterServer.from_config(cfg)
+        await content_filter.start(listeners["filter"])
+        servers.append(content_filter)
     await stop.wait()
     grace = cfg.get("policy_shutdown_grace")
     await asyncio.gather(*(s.stop(grace) for s in servers))
@@ -88,9 +106,9 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket]) -> int:
     return 0
 
 
-def _run_worker(cfg: Config, listeners: dict[str, socket.socket]) -> int:
+def _run_worker(cfg: Config, listeners: dict[str, socket.socket], master_pipe: int | None = None) -> int:
     try:
-        return asyncio.run(worker_main(cfg, listeners))
+        return asyncio.run(worker_main(cfg, listeners, master_pipe))
     except Exception:  # noqa: BLE001 - logged; the master restarts the worker
         log.exception("worker failed")
         return 1
@@ -106,8 +124,11 @@ def serve(cfg: Config) -> int:
     endpoint = cfg.get("policy_listen")
     if endpoint is not None:
         listeners["policy"] = bind(endpoint)
+    endpoint = cfg.get("filter_listen")
+    if endpoint is not None:
+        listeners["filter"] = bind(endpoint)
     if not listeners:
-        log.error("nothing to serve: policy_listen is empty")
+        log.error("nothing to serve: policy_listen and filter_listen are empty")
         return 1
     where = ", ".join(f"{name} on {cfg.expand(name + '_listen')}" for name in listeners)
     workers = cfg.get("worker_processes") or os.cpu_count() or 1
@@ -124,13 +145,15 @@ def _supervise(cfg: Config, listeners: dict[str, socket.socket], count: int) -> 
     """Fork ``count`` workers, replace those that die, pass SIGTERM on, wait for all."""
     stopping = False
     children: dict[int, float] = {}
+    alive_r, alive_w = os.pipe()  # workers watch alive_r: EOF means the master died
 
     def spawn() -> None:
         pid = os.fork()
         if pid == 0:
+            os.close(alive_w)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            os._exit(_run_worker(cfg, listeners))
+            os._exit(_run_worker(cfg, listeners, alive_r))
         children[pid] = time.monotonic()
 
     def on_signal(signum: int, frame: object) -> None:

@@ -8,4 +8,4 @@ at shutdown.
 from filterd.greylist.greylister import Greylister, GreylistResult
 from filterd.greylist.store import GreylistStore, open_store
 
-__all__ = ["Greylister", "GreylistResult", "GreylistStore", "open_store"]
+__all__ = ["GreylistResult", "GreylistStore", "Greylister", "open_store"]

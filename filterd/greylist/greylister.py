@@ -27,13 +27,18 @@ import importlib.metadata
 import logging
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from filterd.config import Config
 from filterd.greylist.batcher import Batcher
 from filterd.greylist.store import (
-    CleanupStats, ClientState, GreylistStore, Sighting, Timing, TripletState,
+    CleanupStats,
+    ClientState,
+    GreylistStore,
+    Sighting,
+    Timing,
+    TripletState,
 )
 from filterd.greylist.triplet import Client, normalise_sender, parse_client, recipient_domain
 from filterd.greylist.whitelist import ClientWhitelist, RecipientWhitelist
@@ -56,7 +61,7 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
            "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class GreylistResult:
     """One decision.
 
@@ -180,6 +185,15 @@ class Greylister:
         An empty ``instance`` means the client did not send one: every first pass then
         gets the header, as postgrey does.
         """
+        result = await self._check(client_address, client_name, sender, recipient, instance)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("action=%s, reason=%s, client_name=%s, client_address=%s, sender=%s, "
+                      "recipient=%s", result.action, result.reason, client_name,
+                      client_address, sender, recipient)
+        return result
+
+    async def _check(self, client_address: str, client_name: str, sender: str,
+                     recipient: str, instance: str) -> GreylistResult:
         client = self._client(client_address)
         entry = self.client_whitelist.match(client_name, client.ip)
         if entry is not None:
@@ -203,14 +217,8 @@ class Greylister:
         now, state = await self._batcher.submit(Sighting(key, client.awl_key))
         if state is None:
             self._queue_awl(now, client.awl_key, None)
-            result = _AWL
-        else:
-            result = self._decide(now, key, state, client, client_name, recipient, instance)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("action=%s, reason=%s, client_name=%s, client_address=%s, sender=%s, "
-                      "recipient=%s", result.action, result.reason, client_name,
-                      client_address, sender, recipient)
-        return result
+            return _AWL
+        return self._decide(now, key, state, client, client_name, recipient, instance)
 
     async def _see(self, sightings: Sequence[Sighting]) -> list[tuple[int, TripletState | None]]:
         now = int(self._clock())

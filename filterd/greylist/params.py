@@ -13,7 +13,14 @@ from __future__ import annotations
 from importlib import resources
 
 from filterd.config.types import (
-    Converter, Param, as_bool, as_int, as_list, as_nonneg_int, as_str, as_time,
+    Converter,
+    Param,
+    as_bool,
+    as_int,
+    as_list,
+    as_nonneg_int,
+    as_str,
+    as_time,
 )
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from filterd.config import Config
 
@@ -28,7 +28,7 @@ class Timing:
     awl_clients: int  # 0: no auto-whitelist
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "Timing":
+    def from_config(cls, cfg: Config) -> Timing:
         return cls(
             delay=int(cfg.get("greylist_delay")),
             retry_window=int(cfg.get("greylist_retry_window")),

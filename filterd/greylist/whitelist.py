@@ -24,8 +24,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 log = logging.getLogger("filterd.greylist")
 
@@ -141,7 +141,7 @@ class ClientWhitelist:
         self._nets: dict[int, dict[int, dict[int, Entry]]] = {4: {}, 6: {}}
 
     @classmethod
-    def load(cls, files: Iterable[str]) -> "ClientWhitelist":
+    def load(cls, files: Iterable[str]) -> ClientWhitelist:
         wl = cls()
         loader = _Loader()
         for path in files:
@@ -219,7 +219,7 @@ class RecipientWhitelist:
         self._regexes = _Regexes()
 
     @classmethod
-    def load(cls, files: Iterable[str]) -> "RecipientWhitelist":
+    def load(cls, files: Iterable[str]) -> RecipientWhitelist:
         wl = cls()
         loader = _Loader()
         for path in files:

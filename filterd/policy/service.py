@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 
+from filterd.log import event
 from filterd.policy.protocol import PolicyRequest, to_transaction
 from filterd.restrict.decision import DEFER, DUNNO, PERMIT, REJECT, Decision
 from filterd.restrict.engine import RestrictionEngine
@@ -70,7 +71,7 @@ class PolicyService:
             log.exception("policy client %s: error evaluating %s for %s", peer, param, txn.client_label)
             return FAILURE
         if log.isEnabledFor(logging.INFO):
-            log.info("%s", format_log_line(txn, decision))
+            event("policy", format_log_line(txn, decision))
         for warning in decision.warnings:
             log.warning("%s: %s: %s from %s; from=<%s> to=<%s>", txn.queue_id or "NOQUEUE",
                         warning, txn.stage.value, txn.client_label, txn.sender or "", txn.recipient or "")

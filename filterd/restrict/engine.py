@@ -104,6 +104,7 @@ class RestrictionEngine:
         self.restrictions = restrictions
         self.classes = {name: self._compile_class(name) for name in cfg.restriction_classes()}
         self._lists: dict[str, list[tuple[Restriction | str, str | None]]] = {}
+        self._by_param: dict[str, list[tuple[Restriction | str, str | None]]] = {}
 
     def _compile_class(self, name: str) -> list[str]:
         if not self.cfg.is_set(name):
@@ -166,7 +167,9 @@ class RestrictionEngine:
 
     async def evaluate(self, param: str, txn: Transaction) -> Decision:
         """Evaluate the restriction list held by parameter ``param`` for ``txn``."""
-        items = self.compile(split_list(self.cfg.expand(param)), param)
+        items = self._by_param.get(param)
+        if items is None:
+            items = self._by_param[param] = self.compile(split_list(self.cfg.expand(param)), param)
         ev = Evaluation(self, txn)
         outcome = await self._run_list(ev, items)
         return self._finish(ev, outcome)

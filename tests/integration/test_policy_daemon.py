@@ -22,8 +22,7 @@ def daemon(tmp_path):
     d.start()
     yield d
     if d.proc and d.proc.poll() is None:
-        d.proc.kill()
-        d.proc.wait()
+        d.stop()
 
 
 def test_greylisting_is_consistent_across_workers_and_connections(daemon):
@@ -56,7 +55,26 @@ def test_state_survives_restart_and_sigterm_exits_cleanly(tmp_path):
             assert ask(c, sender="x@y.example").startswith("action=PREPEND X-Greylist")
     finally:
         if d.proc and d.proc.poll() is None:
-            d.proc.kill()
+            d.stop()
+
+
+def test_workers_stop_when_the_master_is_killed(tmp_path):
+    """SIGKILL leaves no orphan workers serving on the socket."""
+    d = Daemon(tmp_path, workers=2).start()
+    with d.connect() as c:
+        assert ask(c).startswith("action=")
+    d.proc.kill()
+    d.proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", d.port), timeout=0.5).close()
+            time.sleep(0.1)
+        except OSError:
+            break
+    else:
+        pytest.fail("workers still accept connections after the master was killed")
+    assert "master process has gone away" in d.log.read_text()
 
 
 def test_bad_config_fails_at_startup_with_location(tmp_path):

@@ -13,7 +13,6 @@ from filterd.content.bayes.check import BayesClassifier
 from filterd.content.bayes.model import BayesModel, BayesModelError
 from filterd.content.message import Message
 from filterd.content.symbols import Symbol
-
 from tests.unit.bayes_corpus import make_message
 
 
@@ -138,7 +137,10 @@ def test_concurrent_writers_are_merged(tmp_path: Path) -> None:
 
 def test_load_returns_one_instance_per_model(tmp_path: Path) -> None:
     cfg = config(tmp_path)
-    assert BayesClassifier.load(cfg) is BayesClassifier.load(cfg)
+    first = BayesClassifier.load(cfg)
+    assert BayesClassifier.load(cfg) is first
+    reloaded = config(tmp_path, "bayes_scores = BAYES_00=-3\n")
+    assert BayesClassifier.load(reloaded) is first and first.scores["BAYES_00"] == -3.0
 
 
 def test_autolearn_thresholds(tmp_path: Path) -> None:

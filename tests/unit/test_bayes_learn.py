@@ -8,7 +8,6 @@ from pathlib import Path
 from filterd.config import Config
 from filterd.content.bayes.learn import iter_messages, learn_command, main, split_mbox
 from filterd.content.bayes.model import BayesModel
-
 from tests.unit.bayes_corpus import make_message
 
 

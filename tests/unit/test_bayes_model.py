@@ -11,7 +11,6 @@ import pytest
 from filterd.content.bayes import model as model_mod
 from filterd.content.bayes.model import BayesModel, BayesModelError, message_key
 from filterd.content.message import Message
-
 from tests.unit.bayes_corpus import make_message
 
 N_FEATURES = 2**16  # small vectors keep the tests fast; the format records the width

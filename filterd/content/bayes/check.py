@@ -20,8 +20,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import ClassVar
 
 from filterd.config import Config
 from filterd.content.bayes.bands import BANDS
@@ -50,12 +51,24 @@ def _file_id(path: str) -> _FileId | None:
 class BayesClassifier:
     """Classify with, and learn into, the model in ``bayes_directory``."""
 
-    _instances: dict[str, "BayesClassifier"] = {}
-    _instances_lock = threading.Lock()
+    _instances: ClassVar[dict[str, BayesClassifier]] = {}
+    _instances_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, cfg: Config):
         self.directory: str = cfg.get("bayes_directory")
         self.path = os.path.join(self.directory, MODEL_FILE)
+        self._configure(cfg)
+        self._lock = threading.RLock()
+        self._model: BayesModel | None = None
+        self._file_id: _FileId | None = None
+        self._checked = float("-inf")
+        self._pending: list[LearnBatch] = []
+        self._last_save = time.monotonic()
+        self.error: str | None = None  # why the model file could not be used
+
+    def _configure(self, cfg: Config) -> None:
+        """Take the settings from ``cfg`` (again, when the configuration was reloaded)."""
+        self._cfg = cfg
         self.enabled: bool = cfg.get("use_bayes")
         self.min_spam: int = cfg.get("bayes_min_spam_num")
         self.min_ham: int = cfg.get("bayes_min_ham_num")
@@ -65,22 +78,21 @@ class BayesClassifier:
         self.auto_spam: float = cfg.get("bayes_auto_learn_threshold_spam")
         self.auto_ham: float = cfg.get("bayes_auto_learn_threshold_nonspam")
         self.save_interval: float = cfg.get("bayes_auto_learn_save_interval")
-        self._lock = threading.RLock()
-        self._model: BayesModel | None = None
-        self._file_id: _FileId | None = None
-        self._checked = float("-inf")
-        self._pending: list[LearnBatch] = []
-        self._last_save = time.monotonic()
-        self.error: str | None = None  # why the model file could not be used
 
     @classmethod
-    def load(cls, cfg: Config) -> "BayesClassifier":
-        """The process-wide classifier for ``cfg``'s model file (created on first use)."""
+    def load(cls, cfg: Config) -> BayesClassifier:
+        """The process-wide classifier for ``cfg``'s model file (created on first use).
+
+        A reloaded configuration updates the settings of the existing instance; the
+        loaded model and any unsaved learning are kept.
+        """
         path = os.path.join(cfg.get("bayes_directory"), MODEL_FILE)
         with cls._instances_lock:
             inst = cls._instances.get(path)
             if inst is None:
                 inst = cls._instances[path] = cls(cfg)
+            elif inst._cfg is not cfg:
+                inst._configure(cfg)
             return inst
 
     # -- the model file ----------------------------------------------------------------

@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from itertools import islice
-from typing import IO, Iterable, Iterator
+from typing import IO
 
 from filterd.config import Config, ConfigError
 from filterd.content.bayes.check import BayesClassifier

@@ -26,8 +26,8 @@ import hashlib
 import os
 import tempfile
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import numpy as np
 from scipy.sparse import csr_matrix
@@ -126,7 +126,7 @@ class BayesModel:
         return int(self.nb.class_count_[HAM])
 
     # -- learning ------------------------------------------------------------------
-    def learn(self, msgs: Iterable[Message], spam: bool) -> tuple[int, int, "LearnBatch"]:
+    def learn(self, msgs: Iterable[Message], spam: bool) -> tuple[int, int, LearnBatch]:
         """Learn messages as one class; returns (learned, examined, the batch learned).
 
         A message already learned as this class is skipped; one learned as the other
@@ -148,7 +148,7 @@ class BayesModel:
         batch = LearnBatch(keys, self.vectorizer.transform(rows) if rows else None, spam)
         return self.learn_batch(batch), examined, batch
 
-    def learn_batch(self, batch: "LearnBatch") -> int:
+    def learn_batch(self, batch: LearnBatch) -> int:
         """Learn already vectorized messages; returns how many were new to this model."""
         if batch.rows is None:
             return 0
@@ -246,7 +246,7 @@ class BayesModel:
             os.close(dir_fd)
 
     @classmethod
-    def load(cls, path: str) -> "BayesModel":
+    def load(cls, path: str) -> BayesModel:
         """Read a model file; :class:`BayesModelError` says why one is unusable."""
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -258,7 +258,7 @@ class BayesModel:
         return cls._from_fields(path, fields)
 
     @classmethod
-    def _from_fields(cls, path: str, fields: dict[str, np.ndarray]) -> "BayesModel":
+    def _from_fields(cls, path: str, fields: dict[str, np.ndarray]) -> BayesModel:
         required = ("format", "format_version", "tokenizer_version", "n_features",
                     "token_counts", "class_counts", "learned_keys", "learned_spam")
         missing = [name for name in required if name not in fields]

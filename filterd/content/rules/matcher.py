@@ -13,6 +13,7 @@ how little work that takes.
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 
@@ -26,6 +27,15 @@ except ImportError:  # pragma: no cover - hyperscan is a declared dependency of 
     hyperscan = None  # type: ignore[assignment]
 
 EVIDENCE_MAX = 80
+# Hyperscan's compile time explodes on long alternations (ReplaceTags expansions) combined
+# with bounded repeats (``.{0,200}``): minutes for a few dozen rules. Such patterns are
+# given to it with every bounded repeat made unbounded (a superset, see perlre).
+HS_MAX_PATTERN = 1000
+HS_MAX_REPEAT = 100
+_BOUNDED = re.compile(r"\{(\d+)(?:,(\d*))?\}")
+# constructs Hyperscan only takes in prefilter mode
+_HS_UNSUPPORTED = re.compile(
+    r"\\[1-9gkKG]|\(\?(?:[=!>(]|<[=!]|P?<\w+>|\?)|(?<!\\)[*+?}]\+|\(\?[-imsx]*\)(?!$)")
 
 
 def hyperscan_available() -> bool:
@@ -68,47 +78,45 @@ class PatternSet:
         return len(self._always) if self._db is not None else len(self.rules)
 
     def _build_hyperscan(self) -> None:
+        """One database for the set; per-pattern compiles only if the whole set fails.
+
+        Whether a pattern needs prefilter mode is decided from its syntax (Hyperscan lacks
+        back-references, look-around, atomic groups, possessive quantifiers...), so the
+        usual case is a single compile call.
+        """
         assert hyperscan is not None
-        exprs: list[bytes] = []
-        ids: list[int] = []
-        flags: list[int] = []
-        always: list[int] = []
+        entries: list[tuple[int, bytes, int]] = []
         for i, rule in enumerate(self.rules):
-            base = hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_ALLOWEMPTY
+            flags = hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_ALLOWEMPTY
             if rule.perl.ignorecase:
-                base |= hyperscan.HS_FLAG_CASELESS
+                flags |= hyperscan.HS_FLAG_CASELESS
             if rule.perl.multiline:
-                base |= hyperscan.HS_FLAG_MULTILINE
+                flags |= hyperscan.HS_FLAG_MULTILINE
             if rule.perl.dotall:
-                base |= hyperscan.HS_FLAG_DOTALL
-            try:
-                expr = rule.perl.hyperscan.encode("latin-1")
-            except UnicodeEncodeError:
-                always.append(i)
-                continue
-            for extra in (0, hyperscan.HS_FLAG_PREFILTER):
-                if _hs_compiles(expr, base | extra):
-                    exprs.append(expr)
-                    ids.append(i)
-                    flags.append(base | extra)
-                    if extra:
-                        self.hs_prefilter += 1
-                    else:
-                        self.hs_exact += 1
-                    break
-            else:
-                always.append(i)
-        if not exprs:
-            return
-        db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-        try:
-            db.compile(expressions=exprs, ids=ids, elements=len(exprs), flags=flags)
-        except hyperscan.error:
-            # all compiled one by one but not together (resource limits): regex does it all
-            self.hs_exact = self.hs_prefilter = 0
-            return
+                flags |= hyperscan.HS_FLAG_DOTALL
+            text = rule.perl.hyperscan if _hs_suitable(rule.perl.hyperscan) else rule.perl.hyperscan_loose
+            if _HS_UNSUPPORTED.search(text):
+                flags |= hyperscan.HS_FLAG_PREFILTER
+            entries.append((i, text.encode("latin-1"), flags))
+        db = _hs_database(entries)
+        always: list[int] = []
+        if db is None:  # find the patterns Hyperscan refuses, one by one
+            kept: list[tuple[int, bytes, int]] = []
+            for i, expr, flags in entries:
+                for extra in (0, hyperscan.HS_FLAG_PREFILTER):
+                    if _hs_database([(i, expr, flags | extra)]) is not None:
+                        kept.append((i, expr, flags | extra))
+                        break
+                else:
+                    always.append(i)
+            entries = kept
+            db = _hs_database(entries) if entries else None
+            if db is None:
+                return
         self._db = db
         self._always = always
+        self.hs_prefilter = sum(1 for _, _, f in entries if f & hyperscan.HS_FLAG_PREFILTER)
+        self.hs_exact = len(entries) - self.hs_prefilter
 
     def _scratch(self) -> object:
         """One Hyperscan scratch per thread: a scratch cannot be shared by concurrent scans."""
@@ -186,11 +194,22 @@ def _add(found: dict[int, Match], i: int, m: Match, rule: PatternRule) -> None:
     found[i] = Match(count, old.evidence)
 
 
-def _hs_compiles(expr: bytes, flags: int) -> bool:
-    assert hyperscan is not None
-    try:
-        hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK).compile(
-            expressions=[expr], ids=[0], elements=1, flags=[flags])
-    except hyperscan.error:
+def _hs_suitable(pattern: str) -> bool:
+    if len(pattern) > HS_MAX_PATTERN:
         return False
+    for m in _BOUNDED.finditer(pattern):
+        upper = m.group(2)
+        if upper == "" or int(upper if upper is not None else m.group(1)) >= HS_MAX_REPEAT:
+            return False
     return True
+
+
+def _hs_database(entries: list[tuple[int, bytes, int]]) -> object | None:
+    assert hyperscan is not None
+    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    try:
+        db.compile(expressions=[e for _, e, _ in entries], ids=[i for i, _, _ in entries],
+                   elements=len(entries), flags=[f for _, _, f in entries])
+    except hyperscan.error:
+        return None
+    return db

@@ -44,6 +44,7 @@ class PerlRegex:
     mods: str  # the modifiers as written (``g`` and ``o`` kept, they are ignored)
     python: str  # pattern text for the ``regex`` module (compile as bytes, latin-1)
     hyperscan: str  # pattern text for Hyperscan (bytes, latin-1)
+    hyperscan_loose: str  # a superset for Hyperscan: bounded repeats made unbounded
 
     @property
     def ignorecase(self) -> bool:
@@ -128,11 +129,17 @@ def make_perl_regex(pattern: str, mods: str = "") -> PerlRegex:
         mods=mods,
         python=_translate(pattern, extended, for_hyperscan=False),
         hyperscan=_translate(pattern, extended, for_hyperscan=True),
+        hyperscan_loose=_translate(pattern, extended, for_hyperscan=True, loose=True),
     )
 
 
-def _translate(p: str, extended: bool, for_hyperscan: bool) -> str:
-    """One pass over the pattern, rewriting what the target does not read like Perl."""
+def _translate(p: str, extended: bool, for_hyperscan: bool, loose: bool = False) -> str:
+    """One pass over the pattern, rewriting what the target does not read like Perl.
+
+    ``loose`` turns every ``{n,m}`` into ``*`` (n = 0) or ``+``: the language only grows,
+    so the result is a valid pre-filter, and Hyperscan compiles it in a fraction of the
+    time large bounded repeats cost it.
+    """
     out: list[str] = []
     # one entry per open group: how many extra ')' its close must emit (for scoped (?i))
     groups: list[int] = [0]
@@ -165,6 +172,10 @@ def _translate(p: str, extended: bool, for_hyperscan: bool) -> str:
                     raise PerlRegexError(f"\\x{{{p[i + 3:end]}}} is not a byte (patterns match bytes)")
                 out.append(f"\\x{code:02x}")
                 i = end + 1
+                continue
+            if nxt == "e":  # Perl's escape character
+                out.append("\\x1b")
+                i += 2
                 continue
             if not in_class:
                 if nxt == "z":
@@ -263,7 +274,7 @@ def _translate(p: str, extended: bool, for_hyperscan: bool) -> str:
         if ch == "{":
             m = _QUANT.match(p, i)
             if m and out and not (out[-1] in ("(", "|") or out[-1].endswith("(")):
-                out.append(m.group(0))
+                out.append(("*" if m.group(1) == "0" else "+") if loose else m.group(0))
                 i = m.end()
                 continue
             out.append("\\{")  # not a quantifier: literal in Perl

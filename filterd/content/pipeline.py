@@ -1,0 +1,230 @@
+"""The content pipeline: every check of one message, cheap and decisive first, then a verdict.
+
+Order, as amavisd-new orders its work: Postfix header/body checks (a REJECT there makes
+everything else moot), banned file names, ClamAV, then the score rules and Bayes. A
+stage that blocks the message (a virus to quarantine, a banned part to reject) ends the
+scan: scoring spam that will not be delivered only costs time, and amavisd-new logs such
+mail with ``Hits: -`` too.
+
+Each stage's outcome becomes :class:`~filterd.content.symbols.Symbol` objects, so
+``verdict.symbols`` explains everything that happened. CPU-bound stages run in one small
+thread pool per worker (``run_in_executor``), so the event loop keeps answering other
+connections while a large message is parsed and scored.
+
+Failure policy: a Postfix table that cannot answer, a banned check that fails, or a
+clamd that cannot scan (with ``clamav_failure_action = defer``) makes the verdict
+*tempfail*: Postfix keeps the message and tries again. The score rules and Bayes are
+different: if they fail, the message is scored without them and the failure is a symbol,
+as amavisd-new passes mail when SpamAssassin fails. Broken MIME never raises: message
+defects become the ``MIME_DEFECTS`` symbol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from filterd.content.banned import BannedChecks, check_banned
+from filterd.content.clamav import ClamavScanner
+from filterd.content.message import Message
+from filterd.content.params import CONTENT_CHECKS
+from filterd.content.postfix_checks import PostfixChecks, run_postfix_checks
+from filterd.content.symbols import Symbol
+from filterd.content.verdict import Findings, Verdict, VerdictPolicy, decide
+from filterd.maps import MapTempError
+
+log = logging.getLogger("filterd.content")
+
+#: Score of a message whose MIME structure or header syntax is broken (a hint, not proof).
+MIME_DEFECTS_SCORE = 0.5
+#: Threads per worker for CPU-bound checks: they keep the loop responsive; with the GIL,
+#: more threads would not make scoring faster.
+CPU_THREADS = 2
+
+T = TypeVar("T")
+_serial = itertools.count(1)
+
+
+def new_log_id() -> str:
+    """amavisd-new's log id: the process id and a per-process message count, ``01234-05``."""
+    return f"{os.getpid():05d}-{next(_serial):02d}"
+
+
+def _rules_stage(cfg: Any) -> Any:
+    """The compiled score rules, or None when the rules module is not part of this build."""
+    try:
+        from filterd.content.rules import RuleSet  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    if not (cfg.known("rules_directory") and cfg.known("rules_extra_directories")):
+        return None
+    paths = [cfg.get("rules_directory"), *cfg.get("rules_extra_directories")]
+    return RuleSet.load([p for p in paths if p])
+
+
+def _bayes_stage(cfg: Any) -> Any:
+    try:
+        from filterd.content.bayes.check import BayesClassifier
+    except ImportError:
+        return None
+    return BayesClassifier.load(cfg)
+
+
+class ContentPipeline:
+    """All content checks of one worker, built once; :meth:`scan` is safe to run concurrently."""
+
+    def __init__(
+        self,
+        policy: VerdictPolicy,
+        *,
+        postfix_checks: PostfixChecks | None = None,
+        banned: BannedChecks | None = None,
+        clamav: ClamavScanner | None = None,
+        clamav_failure_action: str = "defer",
+        ruleset: Any = None,
+        bayes: Any = None,
+        executor: concurrent.futures.Executor | None = None,
+    ):
+        self.policy = policy
+        self.postfix_checks = postfix_checks
+        self.banned = banned
+        self.clamav = clamav
+        self.clamav_failure_action = clamav_failure_action
+        self.ruleset = ruleset
+        self.bayes = bayes
+        self._own_executor = executor is None
+        self.executor = executor or concurrent.futures.ThreadPoolExecutor(
+            max_workers=CPU_THREADS, thread_name_prefix="filterd-content")
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "ContentPipeline":
+        """Build every stage named in ``content_checks`` (tables opened, rules compiled).
+
+        A stage whose module is not part of this installation is left out with a warning.
+        """
+        checks = cfg.get("content_checks")
+        stages: dict[str, Any] = {}
+        if "postfix_checks" in checks:
+            stages["postfix_checks"] = PostfixChecks.from_config(cfg)
+        if "banned" in checks:
+            stages["banned"] = BannedChecks.from_config(cfg)
+        if "clamav" in checks and cfg.get("clamav_socket") is not None:
+            stages["clamav"] = ClamavScanner(cfg)
+        if "rules" in checks:
+            stages["ruleset"] = _rules_stage(cfg)
+            if stages["ruleset"] is None:
+                log.warning("content check 'rules' is not available in this installation; skipped")
+        if "bayes" in checks:
+            stages["bayes"] = _bayes_stage(cfg)
+        return cls(VerdictPolicy.from_config(cfg),
+                   clamav_failure_action=cfg.get("clamav_failure_action"), **stages)
+
+    @property
+    def stages(self) -> list[str]:
+        """The stages that run, in order (for logs and ``filterd check``)."""
+        present = {
+            "postfix_checks": self.postfix_checks is not None,
+            "banned": self.banned is not None,
+            "clamav": self.clamav is not None,
+            "rules": self.ruleset is not None,
+            "bayes": self.bayes is not None,
+        }
+        return [name for name in CONTENT_CHECKS if present[name]]
+
+    def close(self) -> None:
+        if self._own_executor:
+            self.executor.shutdown(wait=True)
+
+    async def _cpu(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def scan(self, msg: Message, log_id: str | None = None) -> Verdict:
+        """Run the stages on ``msg`` and decide. Never raises for anything in the message."""
+        log_id = log_id or new_log_id()
+        findings = Findings()
+        await self._scan(msg, findings)
+        return decide(self.policy, msg, findings, log_id)
+
+    async def _scan(self, msg: Message, found: Findings) -> None:
+        where = msg.envelope.queue_id or "NOQUEUE"
+        if self.postfix_checks is not None:
+            try:
+                found.postfix = await self._cpu(run_postfix_checks, self.postfix_checks, msg)
+            except Exception as exc:  # noqa: BLE001 - an unchecked message must not pass
+                log.exception("%s: header/body checks failed", where)
+                found.tempfail = f"header/body checks FAILED: {type(exc).__name__}"
+                return
+            found.symbols += found.postfix.symbols
+            pf = found.postfix
+            if pf.reject is not None or pf.discard or pf.hold:
+                return
+        if self.banned is not None:
+            try:
+                found.banned = await self._cpu(check_banned, self.banned, msg)
+            except MapTempError as exc:
+                found.tempfail = f"banned check FAILED: {exc}"
+                return
+            except Exception as exc:  # noqa: BLE001 - an unchecked message must not pass
+                log.exception("%s: banned file check failed", where)
+                found.tempfail = f"banned check FAILED: {type(exc).__name__}"
+                return
+            found.symbols += found.banned.symbols
+            if found.banned.banned and self.policy.banned_action not in ("pass", "tag"):
+                return
+        if self.clamav is not None:
+            result = await self.clamav.scan(msg.raw)
+            if result.status == "error":
+                found.symbols.append(Symbol("CLAMAV_FAILURE", 0.0, "clamd could not scan the message",
+                                            result.error or ""))
+                if self.clamav_failure_action == "defer":
+                    found.tempfail = f"virus_scan FAILED: {result.error}"
+                    return
+                log.warning("%s: passing unscanned message: %s", where, result.error)
+                found.virus_unchecked = result.error or "clamd unavailable"
+            else:
+                found.virus = result
+                for name in result.virus_names:
+                    found.symbols.append(Symbol("CLAMAV_VIRUS", 0.0, "ClamAV found a virus", name))
+                if result.status == "infected" and self.policy.virus_action not in ("pass", "tag"):
+                    return
+        found.symbols += await self._cpu(self._score, msg, list(found.symbols), found)
+        found.spam_checked = True
+
+    def _score(self, msg: Message, earlier: list[Symbol], found: Findings) -> list[Symbol]:
+        """MIME defects, score rules and Bayes, then Bayes auto-learning (in a worker thread)."""
+        where = msg.envelope.queue_id or "NOQUEUE"
+        symbols: list[Symbol] = []
+        defects = msg.defects
+        if defects:
+            symbols.append(Symbol("MIME_DEFECTS", MIME_DEFECTS_SCORE,
+                                  "message has MIME structure or header syntax defects",
+                                  "; ".join(defects[:5])[:300]))
+        if self.ruleset is not None:
+            try:
+                symbols += self.ruleset.evaluate(msg)
+            except Exception as exc:  # noqa: BLE001 - scored without rules, like SA failing in amavis
+                log.exception("%s: score rules failed", where)
+                symbols.append(Symbol("RULES_FAILURE", 0.0, "score rules failed", type(exc).__name__))
+        if self.bayes is not None:
+            try:
+                symbols += self.bayes.symbols(msg)
+            except Exception as exc:  # noqa: BLE001
+                log.exception("%s: Bayes classification failed", where)
+                symbols.append(Symbol("BAYES_FAILURE", 0.0, "Bayes classification failed", type(exc).__name__))
+            found.autolearn = self._autolearn(msg, earlier + symbols)
+        return symbols
+
+    def _autolearn(self, msg: Message, symbols: list[Symbol]) -> str:
+        if not (self.bayes.enabled and self.bayes.auto_learn):
+            return "disabled"
+        try:
+            learned = self.bayes.maybe_autolearn(msg, sum(s.score for s in symbols), symbols)
+        except Exception:  # noqa: BLE001 - learning is best effort, never the message's fate
+            log.exception("Bayes auto-learning failed")
+            return "unavailable"
+        return {True: "spam", False: "ham", None: "no"}[learned]
