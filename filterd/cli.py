@@ -79,8 +79,15 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
                               kind=getattr(args, "kind", None), limit=getattr(args, "limit", 100))
 
 
+def cmd_learn(args: argparse.Namespace) -> int:
+    from filterd.content.bayes.learn import learn_command
+
+    return learn_command(_load(args), args.spam, args.ham)
+
+
 COMMANDS: dict[str, Command] = {"serve": cmd_serve, "config": cmd_config, "map": cmd_map,
-                                "check": cmd_check, "quarantine": cmd_quarantine}
+                                "check": cmd_check, "quarantine": cmd_quarantine,
+                                "learn": cmd_learn}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("ids", nargs="+", metavar="ID")
     q = qsub.add_parser("delete", parents=[common], help="remove from the quarantine")
     q.add_argument("ids", nargs="+", metavar="ID")
+    p = sub.add_parser("learn", parents=[common], help="train the Bayes model, like sa-learn")
+    p.add_argument("--spam", nargs="+", default=[], metavar="PATH",
+                   help="spam: files, directories, mbox files or Maildirs")
+    p.add_argument("--ham", nargs="+", default=[], metavar="PATH",
+                   help="ham: files, directories, mbox files or Maildirs")
     return parser
 
 

@@ -6,7 +6,8 @@ import io
 from pathlib import Path
 
 from filterd.config import Config
-from filterd.content.bayes.learn import iter_messages, learn_command, main, split_mbox
+from filterd.cli import main
+from filterd.content.bayes.learn import iter_messages, learn_command, split_mbox
 from filterd.content.bayes.model import BayesModel
 from tests.unit.bayes_corpus import make_message
 
@@ -122,8 +123,8 @@ def test_broken_model_file_is_reported(tmp_path: Path) -> None:
     assert bad.read_bytes() == b"junk"
 
 
-def test_module_entry_point(tmp_path: Path, capsys) -> None:
+def test_filterd_learn_command(tmp_path: Path, capsys) -> None:
     spam = write_dir(tmp_path / "spam", True, 2)
-    rc = main(["-o", f"data_directory={tmp_path / 'data'}", "--spam", str(spam)])
+    rc = main(["learn", "-o", f"data_directory={tmp_path / 'data'}", "--spam", str(spam)])
     assert rc == 0
     assert "Learned tokens from 2 message(s)" in capsys.readouterr().out

@@ -117,26 +117,3 @@ def learn_command(cfg: Config, spam: list[str], ham: list[str],
     print(f"Learned tokens from {learned} message(s) ({examined} message(s) examined)", file=out)
     print(classifier.describe(), file=out)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m filterd.content.bayes.learn",
-        description="Learn spam and ham into filterd's Bayes model (like sa-learn).",
-    )
-    parser.add_argument("-c", "--config", help="configuration file (default: the search order)")
-    parser.add_argument("-o", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
-                        help="override a parameter, e.g. -o data_directory=/tmp/x")
-    parser.add_argument("--spam", nargs="+", default=[], metavar="PATH", help="spam to learn")
-    parser.add_argument("--ham", nargs="+", default=[], metavar="PATH", help="ham to learn")
-    args = parser.parse_args(argv)
-    try:
-        cfg = Config.load(args.config, args.overrides)
-    except (ConfigError, OSError) as exc:
-        print(f"filterd learn: {exc}", file=sys.stderr)
-        return 1
-    return learn_command(cfg, args.spam, args.ham)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
