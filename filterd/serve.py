@@ -5,7 +5,7 @@ The master binds every configured listening socket once, then forks
 loop with its own greylist connection and accepts from the shared sockets, so the kernel
 spreads connections over the cores. SIGTERM (or SIGINT) in the master is passed to the
 workers, which stop accepting, answer what is in flight and exit; a worker that dies
-unexpectedly is replaced.
+unexpectedly is replaced. SIGHUP makes every worker re-read the greylist whitelists.
 """
 
 from __future__ import annotations
@@ -88,6 +88,19 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
 
         loop.add_reader(master_pipe, master_gone)
     services = await _open_services(cfg)
+
+    def reload() -> None:
+        """SIGHUP, as postgrey: re-read the greylist whitelist files (tables reload
+        by themselves when their files change)."""
+        async def run() -> None:
+            try:
+                await asyncio.to_thread(services.greylister.reload_whitelists)
+                log.info("reloaded greylist whitelists on SIGHUP")
+            except Exception:  # noqa: BLE001 - keep the old lists, say why
+                log.exception("reloading greylist whitelists failed; keeping the old ones")
+        loop.create_task(run())
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     servers = []
     if "policy" in listeners:
         server = PolicyServer(PolicyService(build_engine(cfg, services)))
@@ -151,8 +164,8 @@ def _supervise(cfg: Config, listeners: dict[str, socket.socket], count: int) -> 
         pid = os.fork()
         if pid == 0:
             os.close(alive_w)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
             os._exit(_run_worker(cfg, listeners, alive_r))
         children[pid] = time.monotonic()
 
@@ -165,8 +178,16 @@ def _supervise(cfg: Config, listeners: dict[str, socket.socket], count: int) -> 
             except ProcessLookupError:
                 pass
 
+    def on_hup(signum: int, frame: object) -> None:
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
     for _ in range(count):
         spawn()
     status = 0

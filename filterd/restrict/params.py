@@ -11,10 +11,11 @@ _R45 = as_reply_code("45")
 _R5 = as_reply_code("5")
 
 PARAMS = [
-    Param("mynetworks", "127.0.0.0/8 [::1]/128", as_networks,
-          "trusted client networks (permit_mynetworks)"),
+    Param("mynetworks", "", as_networks,
+          "trusted client networks (permit_mynetworks); empty: derived from mynetworks_style"),
     Param("mynetworks_style", "host", as_choice("host", "subnet", "class"),
-          "used only when mynetworks is empty: which networks to trust"),
+          "when mynetworks is empty: trust this host (host), its subnets (subnet) or "
+          "their class A/B/C networks (class); loopback always"),
     Param("mydestination", "", as_list, "domains this host is final destination for"),
     Param("relay_domains", "", as_list,
           "domains filterd's gateway relays mail to (permit_auth_destination)"),

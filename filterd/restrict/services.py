@@ -14,6 +14,7 @@ from filterd.config import Config
 from filterd.maps import open_table
 from filterd.maps.access import lookup_domain, lookup_ip
 from filterd.policy.client import PolicyClient, ServiceSpec
+from filterd.restrict.localnets import style_networks
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -98,7 +99,8 @@ class Services:
 
     def __init__(self, cfg: Config, greylister: object | None = None):
         self.cfg = cfg
-        self.mynetworks = NetworkMatcher(cfg.get("mynetworks"))
+        nets = cfg.get("mynetworks") or style_networks(cfg.get("mynetworks_style"))
+        self.mynetworks = NetworkMatcher(nets)
         self.destinations = Destinations(cfg)
         self._greylister = greylister
         self._policy_clients: dict[str, PolicyClient] = {}

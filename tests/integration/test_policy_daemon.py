@@ -89,9 +89,10 @@ def test_embedded_default_answers_on_10023(tmp_path):
     """`filterd serve` with no configuration at all, as on a fresh machine."""
     if os.path.exists("/etc/filterd/filterd.cf"):
         pytest.skip("/etc/filterd/filterd.cf exists: the embedded default would not be used")
-    with socket.socket() as s:
-        if s.connect_ex(("127.0.0.1", 10023)) == 0:
-            pytest.skip("something already listens on 127.0.0.1:10023")
+    for port in (10023, 10024):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                pytest.skip(f"something already listens on 127.0.0.1:{port}")
     env = {k: v for k, v in os.environ.items() if k != "FILTERD_CONFIG"}
     env["HOME"] = str(tmp_path)  # where a non-root user's state goes
     env["XDG_STATE_HOME"] = str(tmp_path / "state")
@@ -107,3 +108,21 @@ def test_embedded_default_answers_on_10023(tmp_path):
         out = proc.communicate(timeout=20)[0].decode()
     assert proc.returncode == 0, out
     assert "daemon started" in out and "<embedded default>" in out
+
+
+def test_sighup_reloads_greylist_whitelists(tmp_path):
+    wl = tmp_path / "whitelist_clients"
+    wl.write_text("# none yet\n")
+    d = Daemon(tmp_path, f"greylist_whitelist_clients = {wl}\n").start()
+    try:
+        with d.connect() as c:
+            assert ask(c, client_name="friend.example").startswith("action=DEFER_IF_PERMIT")
+        wl.write_text("friend.example\n")
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while d.log.read_text().count("reloaded greylist whitelists") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with d.connect() as c:
+            assert ask(c, client_name="mx.friend.example", sender="other@x.example") == "action=DUNNO"
+    finally:
+        d.stop()

@@ -275,3 +275,20 @@ async def test_table_that_cannot_answer_tempfails_like_postfix():
     d = await run("", "check_client_access fail:broken, permit")
     assert d.result == DEFER and str(d.reply) == "451 4.3.5 Server configuration error"
     assert "table lookup failed" in d.reason
+
+
+def test_mynetworks_style_when_mynetworks_is_empty():
+    import ipaddress
+
+    from filterd.restrict.localnets import style_networks
+
+    addrs = [ipaddress.ip_interface("192.0.2.2/24"), ipaddress.ip_interface("10.1.2.3/16"),
+             ipaddress.ip_interface("fd00::2/64"), ipaddress.ip_interface("fe80::1/64")]
+    assert style_networks("host", addrs) == ["127.0.0.0/8", "::1/128", "192.0.2.2/32", "10.1.2.3/32", "fd00::2/128"]
+    assert style_networks("subnet", addrs) == ["127.0.0.0/8", "::1/128", "192.0.2.0/24", "10.1.0.0/16", "fd00::/64"]
+    assert style_networks("class", addrs) == ["127.0.0.0/8", "::1/128", "192.0.2.0/24", "10.0.0.0/8", "fd00::/64"]
+
+
+async def test_default_mynetworks_trusts_loopback():
+    d = await run("", "permit_mynetworks, reject", txn(client_address="127.0.0.1"))
+    assert d.result == PERMIT
