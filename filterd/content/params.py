@@ -152,3 +152,19 @@ PARAMS += [
     Param("x_header_line", "filterd at $mydomain", as_str,
           "value of that header (amavisd-new X_HEADER_LINE)"),
 ]
+
+# -- SpamAssassin-language score rules (filterd/content/rules/) ---------------------------
+from filterd.content.rules.paths import shipped_rules_directory  # noqa: E402
+
+PARAMS += [
+    Param("rules_directory", shipped_rules_directory(), as_str,
+          "directory of score rules in SpamAssassin's language; every *.cf in it is loaded "
+          "in name order (default: the rules shipped with filterd)"),
+    Param("rules_extra_directories", "", as_list,
+          "more rule directories or files loaded after rules_directory, e.g. "
+          "/usr/share/spamassassin for SpamAssassin's own rules"),
+    Param("rules_engine", "hyperscan", as_choice("hyperscan", "regex"),
+          "how patterns are matched: hyperscan pre-filters all patterns of a kind in one "
+          "scan (regex confirms every hit); regex runs each pattern alone. hyperscan falls "
+          "back to regex when the module is not installed"),
+]

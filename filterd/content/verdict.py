@@ -36,6 +36,7 @@ from filterd.content.clamav import ScanResult
 from filterd.content.message import HeaderEdits, Message
 from filterd.content.postfix_checks import ContentCheckResult
 from filterd.content.symbols import Symbol
+from filterd.reply import Reply
 
 #: Existing headers of these names are removed when filterd writes its own (amavisd-new's
 #: remove_existing_spam_headers): a spammer's "X-Spam-Flag: NO" must not survive.
@@ -46,27 +47,6 @@ ALERT_HEADER = "X-Filterd-Alert"
 SPAM_LEVEL_MAX = 64
 
 _UNFOLD = re.compile(r"\r?\n(?=[ \t])")
-
-
-@dataclass(frozen=True)
-class Reply:
-    """One SMTP reply: code, enhanced status code and text."""
-
-    code: int
-    dsn: str
-    text: str
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.dsn} {self.text}"
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.code < 300
-
-    @property
-    def temporary(self) -> bool:
-        return 400 <= self.code < 500
-
 
 @dataclass(frozen=True)
 class VerdictPolicy:

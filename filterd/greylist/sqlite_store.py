@@ -161,6 +161,16 @@ class SqliteGreylistStore(GreylistStore):
                 except sqlite3.Error as exc:
                     log.warning("greylist: WAL checkpoint of %s failed: %s", self.path, exc)
 
+    async def _execute(self, sql: str, params: Sequence[object]) -> list[tuple]:
+        """Non-waiting connection first, aiosqlite when busy. Decisions and auto-whitelist
+        writes both go this way, so one process's writes stay in order (the next
+        decision sees the count the previous pass wrote)."""
+        db = self._conn()
+        rows = self._run_fast(sql, params)
+        if rows is None:
+            rows = list(await db.execute_fetchall(sql, params))
+        return rows
+
     def _run_fast(self, sql: str, params: Sequence[object]) -> list[tuple] | None:
         """Run on the non-waiting connection; None if the database is busy right now."""
         assert self._fast is not None
@@ -214,10 +224,7 @@ class SqliteGreylistStore(GreylistStore):
             params.append(s.key)
             params.append(s.client)
         sql = self._text("see", len(sightings), timing.awl_clients > 0)
-        db = self._conn()
-        rows = self._run_fast(sql, params)
-        if rows is None:
-            rows = await db.execute_fetchall(sql, params)
+        rows = await self._execute(sql, params)
         states = {key: TripletState(first, bool(passed)) for key, first, passed in rows}
         return [states.get(s.key) for s in sightings]
 
@@ -226,7 +233,7 @@ class SqliteGreylistStore(GreylistStore):
         if not clients:
             return []
         sql = self._text("count", len(clients))
-        rows = await self._conn().execute_fetchall(sql, [now, timing.max_age, *clients])
+        rows = await self._execute(sql, [now, timing.max_age, *clients])
         states = {key: ClientState(count, last) for key, count, last in rows}
         return [states.get(c) for c in clients]
 
@@ -234,8 +241,7 @@ class SqliteGreylistStore(GreylistStore):
         if not clients:
             return []
         unique = list(dict.fromkeys(clients))
-        rows = await self._conn().execute_fetchall(self._text("touch", len(unique)),
-                                                   [now, *unique])
+        rows = await self._execute(self._text("touch", len(unique)), [now, *unique])
         states = {key: ClientState(count, last) for key, count, last in rows}
         return [states.get(c) for c in clients]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from filterd.config.types import Param, as_endpoint, as_list, as_reply_code, as_str, as_time
+from filterd.config.types import Param, as_endpoint, as_list, as_time
 
 PARAMS = [
     Param("policy_listen", "inet:127.0.0.1:10023", as_endpoint,

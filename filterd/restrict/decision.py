@@ -11,17 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from filterd.reply import Reply
 
-@dataclass(frozen=True)
-class Reply:
-    """An SMTP reply: code, enhanced status code and text."""
-
-    code: int
-    dsn: str
-    text: str
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.dsn} {self.text}"
+__all__ = ["Decision", "Evidence", "Reply", "PERMIT", "REJECT", "DEFER", "DUNNO"]
 
 
 @dataclass(frozen=True)

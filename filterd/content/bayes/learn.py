@@ -11,14 +11,13 @@ Also runnable as ``python -m filterd.content.bayes.learn [-c filterd.cf] --spam 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import IO
 
-from filterd.config import Config, ConfigError
+from filterd.config import Config
 from filterd.content.bayes.check import BayesClassifier
 from filterd.content.bayes.model import BayesModelError
 from filterd.content.message import Message

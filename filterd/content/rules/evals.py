@@ -102,6 +102,12 @@ def _html_message(v: MessageViews, args: tuple[str, ...]) -> bool:
     return any(p.html is not None for p in v.msg.text_parts)
 
 
+def _html_tag_exists(v: MessageViews, args: tuple[str, ...]) -> bool:
+    """html_tag_exists(tag): the HTML source of some part has that element."""
+    tag = re.compile(rf"<{re.escape(args[0])}(?=[\s/>])", re.I)
+    return any(p.html is not None and tag.search(p.html) for p in v.msg.text_parts)
+
+
 def _body_length(v: MessageViews, args: tuple[str, ...]) -> bool:
     return len(v.msg.body_bytes) < int(args[0])
 
@@ -152,6 +158,7 @@ NATIVE_EVALS: dict[str, NativeEval] = {
         _illegal_chars, lambda a: len(a) == 3 and _is_num(a[1]) and a[2].isdigit()),
     "check_for_mime_html_only": NativeEval(_html_only),
     "html_test": NativeEval(_html_message, lambda a: a == ("html",)),
+    "html_tag_exists": NativeEval(_html_tag_exists, lambda a: len(a) == 1 and a[0].isalnum()),
     "check_body_length": NativeEval(_body_length, lambda a: len(a) == 1 and a[0].isdigit()),
     "check_all_trusted": NativeEval(_all_trusted),
     "check_for_matching_env_and_hdr_from": NativeEval(_env_matches_from),

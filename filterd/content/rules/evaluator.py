@@ -206,16 +206,16 @@ class RuleSet:
                 broken.add(name)
                 return False
             state[name] = 1
-            ok = True
-            for dep in metas[name][1]:
-                if dep in metas and not visit(dep, chain + [name]):
-                    ok = False
+            bad_deps = sorted(d for d in metas[name][1] if d in metas and not visit(d, chain + [name]))
             state[name] = 2
-            if ok:
-                ordered.append(_MetaRule(name, metas[name][0]))
-            else:
+            if bad_deps and name not in broken:
+                self.stats.meta_errors.append(
+                    Problem(metas[name][2].where, f"depends on broken meta {', '.join(bad_deps)}", name))
+            if bad_deps or name in broken:
                 broken.add(name)
-            return ok
+                return False
+            ordered.append(_MetaRule(name, metas[name][0]))
+            return True
 
         for name in metas:
             visit(name, [])

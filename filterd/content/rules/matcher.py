@@ -32,6 +32,7 @@ EVIDENCE_MAX = 80
 # given to it with every bounded repeat made unbounded (a superset, see perlre).
 HS_MAX_PATTERN = 1000
 HS_MAX_REPEAT = 100
+HS_HEAVY_GROUP = 16
 _BOUNDED = re.compile(r"\{(\d+)(?:,(\d*))?\}")
 # constructs Hyperscan only takes in prefilter mode
 _HS_UNSUPPORTED = re.compile(
@@ -65,7 +66,7 @@ class PatternSet:
     def __init__(self, rules: list[PatternRule], use_hyperscan: bool):
         self.rules = rules
         self.hs_exact = self.hs_prefilter = 0
-        self._db = None
+        self._dbs: list = []
         self._always: list[int] = list(range(len(rules)))  # indexes checked with regex on every text
         self._local = threading.local()
         if use_hyperscan and hyperscan is not None and rules:
@@ -75,17 +76,21 @@ class PatternSet:
 
     @property
     def regex_only(self) -> int:
-        return len(self._always) if self._db is not None else len(self.rules)
+        return len(self._always) if self._dbs else len(self.rules)
 
     def _build_hyperscan(self) -> None:
-        """One database for the set; per-pattern compiles only if the whole set fails.
+        """Hyperscan databases for the set: one for plain patterns, small ones for heavy ones.
 
         Whether a pattern needs prefilter mode is decided from its syntax (Hyperscan lacks
         back-references, look-around, atomic groups, possessive quantifiers...), so the
-        usual case is a single compile call.
+        usual case is one compile call per database. Heavy patterns (prefilter mode or
+        loosened, see :data:`HS_MAX_PATTERN`) go in groups of :data:`HS_HEAVY_GROUP`:
+        compiling them together costs far more than apart, and scanning a few more small
+        databases costs microseconds.
         """
         assert hyperscan is not None
-        entries: list[tuple[int, bytes, int]] = []
+        light: list[tuple[int, bytes, int]] = []
+        heavy: list[tuple[int, bytes, int]] = []
         for i, rule in enumerate(self.rules):
             flags = hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_ALLOWEMPTY
             if rule.perl.ignorecase:
@@ -94,52 +99,61 @@ class PatternSet:
                 flags |= hyperscan.HS_FLAG_MULTILINE
             if rule.perl.dotall:
                 flags |= hyperscan.HS_FLAG_DOTALL
-            text = rule.perl.hyperscan if _hs_suitable(rule.perl.hyperscan) else rule.perl.hyperscan_loose
+            suitable = _hs_suitable(rule.perl.hyperscan)
+            text = rule.perl.hyperscan if suitable else rule.perl.hyperscan_loose
             if _HS_UNSUPPORTED.search(text):
                 flags |= hyperscan.HS_FLAG_PREFILTER
-            entries.append((i, text.encode("latin-1"), flags))
-        db = _hs_database(entries)
+            entry = (i, text.encode("latin-1"), flags)
+            (light if suitable and not flags & hyperscan.HS_FLAG_PREFILTER else heavy).append(entry)
+        groups = [light] + [heavy[k:k + HS_HEAVY_GROUP] for k in range(0, len(heavy), HS_HEAVY_GROUP)]
         always: list[int] = []
-        if db is None:  # find the patterns Hyperscan refuses, one by one
-            kept: list[tuple[int, bytes, int]] = []
-            for i, expr, flags in entries:
-                for extra in (0, hyperscan.HS_FLAG_PREFILTER):
-                    if _hs_database([(i, expr, flags | extra)]) is not None:
-                        kept.append((i, expr, flags | extra))
-                        break
-                else:
-                    always.append(i)
-            entries = kept
-            db = _hs_database(entries) if entries else None
-            if db is None:
-                return
-        self._db = db
-        self._always = always
-        self.hs_prefilter = sum(1 for _, _, f in entries if f & hyperscan.HS_FLAG_PREFILTER)
-        self.hs_exact = len(entries) - self.hs_prefilter
+        for group in groups:
+            if not group:
+                continue
+            db = _hs_database(group)
+            if db is None:  # find the patterns Hyperscan refuses, one by one
+                kept: list[tuple[int, bytes, int]] = []
+                for i, expr, flags in group:
+                    for extra in (0, hyperscan.HS_FLAG_PREFILTER):
+                        if _hs_database([(i, expr, flags | extra)]) is not None:
+                            kept.append((i, expr, flags | extra))
+                            break
+                    else:
+                        always.append(i)
+                group = kept
+                db = _hs_database(group) if group else None
+                if db is None:
+                    always.extend(i for i, _, _ in group)
+                    continue
+            self._dbs.append(db)
+            prefilter = sum(1 for _, _, f in group if f & hyperscan.HS_FLAG_PREFILTER)
+            self.hs_prefilter += prefilter
+            self.hs_exact += len(group) - prefilter
+        self._always = sorted(always)
 
-    def _scratch(self) -> object:
-        """One Hyperscan scratch per thread: a scratch cannot be shared by concurrent scans."""
-        scratch = getattr(self._local, "scratch", None)
-        if scratch is None:
+    def _scratches(self) -> list[object]:
+        """Hyperscan scratch space per thread: a scratch cannot serve two scans at once."""
+        scratches = getattr(self._local, "scratches", None)
+        if scratches is None:
             assert hyperscan is not None
-            scratch = self._local.scratch = hyperscan.Scratch(self._db)
-        return scratch
+            scratches = self._local.scratches = [hyperscan.Scratch(db) for db in self._dbs]
+        return scratches
 
     def match(self, texts: list[bytes]) -> dict[int, Match]:
         """Rule index -> Match for every rule matching at least one of ``texts``."""
-        if self._db is None:
+        if not self._dbs:
             return self._regex_only(texts, range(len(self.rules)))
         found: dict[int, Match] = {}
         rules = self.rules
-        scratch = self._scratch()
+        dbs = list(zip(self._dbs, self._scratches()))
         for text in texts:
             if not text:
                 for i, m in self._empty.items():
                     _add(found, i, m, rules[i])
                 continue
             candidates: list[int] = []
-            self._db.scan(text, match_event_handler=_collect, context=candidates, scratch=scratch)
+            for db, scratch in dbs:
+                db.scan(text, match_event_handler=_collect, context=candidates, scratch=scratch)
             candidates.extend(self._always)
             for i in candidates:
                 rule = rules[i]
