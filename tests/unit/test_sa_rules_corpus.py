@@ -1,0 +1,54 @@
+"""Both engines agree on real mail with SpamAssassin's own rule set (every non-eval rule loads)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from filterd.content.message import Message
+from filterd.content.rules import RuleSet
+from filterd.content.rules.matcher import hyperscan_available
+from filterd.content.rules.paths import shipped_rules_directory
+
+REPO = Path(__file__).resolve().parents[2]
+CORPUS = Path(os.environ.get("FILTERD_CORPUS", REPO / ".." / "shared" / "corpus"))
+SA_RULES = Path("/usr/share/spamassassin")
+SAMPLE = 100
+
+pytestmark = [
+    pytest.mark.skipif(not (CORPUS / "spamassassin").is_dir(), reason=f"corpus not found at {CORPUS}"),
+    pytest.mark.skipif(not any(SA_RULES.glob("*.cf")), reason="SpamAssassin rules (Debian spamassassin) not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def sample() -> list[bytes]:
+    files = sorted(p for p in (CORPUS / "spamassassin").glob("*/*") if p.is_file())
+    step = max(1, len(files) // SAMPLE)
+    return [p.read_bytes() for p in files[::step][:SAMPLE]]
+
+
+@pytest.fixture(scope="module")
+def regex_rules() -> RuleSet:
+    return RuleSet.load([shipped_rules_directory(), str(SA_RULES)], engine="regex")
+
+
+def test_spamassassin_rules_load_completely(regex_rules: RuleSet) -> None:
+    stats = regex_rules.stats
+    assert stats.ok, (stats.parse_errors, stats.regex_errors, stats.meta_errors, stats.unsupported_types)
+    assert stats.loaded["body"] > 500 and stats.loaded["header"] > 500 and stats.loaded["meta"] > 700
+
+
+@pytest.mark.skipif(not hyperscan_available(), reason="hyperscan module not installed")
+def test_hyperscan_and_regex_agree_on_corpus(regex_rules: RuleSet, sample: list[bytes]) -> None:
+    hs_rules = RuleSet.load([shipped_rules_directory(), str(SA_RULES)], engine="hyperscan")
+    assert hs_rules.stats.engine == "hyperscan" and hs_rules.stats.hyperscan_accelerated > 1000
+    fired = 0
+    for raw in sample:
+        expected = regex_rules.evaluate(Message(raw))
+        got = hs_rules.evaluate(Message(raw))
+        assert got == expected
+        fired += len(expected)
+    assert fired > len(sample)  # the comparison is not vacuous
