@@ -85,7 +85,15 @@ def cmd_learn(args: argparse.Namespace) -> int:
     return learn_command(_load(args), args.spam, args.ham)
 
 
-COMMANDS: dict[str, Command] = {"serve": cmd_serve, "config": cmd_config, "map": cmd_map,
+def cmd_rules(args: argparse.Namespace) -> int:
+    from filterd.content.rules import rule_paths
+    from filterd.content.rules.check import rules_check_command
+
+    cfg = _load(args)
+    return rules_check_command(args.paths or rule_paths(cfg), engine=cfg.get("rules_engine"))
+
+
+COMMANDS: dict[str, Command] = {"rules": cmd_rules, "serve": cmd_serve, "config": cmd_config, "map": cmd_map,
                                 "check": cmd_check, "quarantine": cmd_quarantine,
                                 "learn": cmd_learn}
 
@@ -124,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("ids", nargs="+", metavar="ID")
     q = qsub.add_parser("delete", parents=[common], help="remove from the quarantine")
     q.add_argument("ids", nargs="+", metavar="ID")
+    p = sub.add_parser("rules", parents=[common], help="score rules (SpamAssassin language) tools")
+    p.add_argument("--check", action="store_true", required=True,
+                   help="load the rules and report what loaded and what is unsupported")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="rule files or directories (default: rules_directory and rules_extra_directories)")
     p = sub.add_parser("learn", parents=[common], help="train the Bayes model, like sa-learn")
     p.add_argument("--spam", nargs="+", default=[], metavar="PATH",
                    help="spam: files, directories, mbox files or Maildirs")
