@@ -65,12 +65,14 @@ def check_config(cfg: Config) -> None:
     PolicyService(build_engine(cfg, Services(cfg))).check_config()
 
 
-async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_pipe: int | None = None) -> int:
+async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_pipe: int | None = None,
+                      preloaded: object | None = None) -> int:
     """One worker: open state, serve until SIGTERM, finish requests in flight, exit.
 
     ``master_pipe`` is the read end of a pipe whose write end only the master holds:
     when the master dies, even by SIGKILL, the pipe reads EOF and the worker stops
-    instead of serving on as an orphan.
+    instead of serving on as an orphan. ``preloaded`` holds the content pipeline's
+    compiled rules and Bayes model, built once by the master before the fork.
     """
     from filterd.policy.server import PolicyServer
     from filterd.policy.service import PolicyService
@@ -107,9 +109,11 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
         await server.start(listeners["policy"])
         servers.append(server)
     if "filter" in listeners:
+        from filterd.content.pipeline import ContentPipeline
         from filterd.content.server import ContentFilterServer
 
-        content_filter = ContentFilterServer.from_config(cfg)
+        pipeline = ContentPipeline.from_config(cfg, preloaded)  # type: ignore[arg-type]
+        content_filter = ContentFilterServer.from_config(cfg, pipeline)
         await content_filter.start(listeners["filter"])
         servers.append(content_filter)
     await stop.wait()
@@ -119,9 +123,10 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
     return 0
 
 
-def _run_worker(cfg: Config, listeners: dict[str, socket.socket], master_pipe: int | None = None) -> int:
+def _run_worker(cfg: Config, listeners: dict[str, socket.socket], master_pipe: int | None = None,
+                preloaded: object | None = None) -> int:
     try:
-        return asyncio.run(worker_main(cfg, listeners, master_pipe))
+        return asyncio.run(worker_main(cfg, listeners, master_pipe, preloaded))
     except Exception:  # noqa: BLE001 - logged; the master restarts the worker
         log.exception("worker failed")
         return 1
@@ -133,6 +138,13 @@ def serve(cfg: Config) -> int:
     for warning in getattr(cfg, "warnings", []):
         log.warning("%s", warning)
     os.makedirs(cfg.get("data_directory"), exist_ok=True)
+    preloaded = None
+    if cfg.get("filter_listen") is not None:
+        from filterd.content.pipeline import Preloaded
+
+        started = time.monotonic()
+        preloaded = Preloaded.from_config(cfg)
+        log.info("content pipeline loaded in %.1fs (shared by all workers)", time.monotonic() - started)
     listeners: dict[str, socket.socket] = {}
     endpoint = cfg.get("policy_listen")
     if endpoint is not None:
@@ -148,13 +160,13 @@ def serve(cfg: Config) -> int:
     log.info("daemon started -- version %s, configuration %s, %d worker(s), %s",
              _version(), cfg.source, workers, where)
     if workers == 1:
-        status = _run_worker(cfg, listeners)
+        status = _run_worker(cfg, listeners, None, preloaded)
         log.info("terminating on signal")
         return status
-    return _supervise(cfg, listeners, workers)
+    return _supervise(cfg, listeners, workers, preloaded)
 
 
-def _supervise(cfg: Config, listeners: dict[str, socket.socket], count: int) -> int:
+def _supervise(cfg: Config, listeners: dict[str, socket.socket], count: int, preloaded: object | None) -> int:
     """Fork ``count`` workers, replace those that die, pass SIGTERM on, wait for all."""
     stopping = False
     children: dict[int, float] = {}
@@ -166,7 +178,7 @@ def _supervise(cfg: Config, listeners: dict[str, socket.socket], count: int) -> 
             os.close(alive_w)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
-            os._exit(_run_worker(cfg, listeners, alive_r))
+            os._exit(_run_worker(cfg, listeners, alive_r, preloaded))
         children[pid] = time.monotonic()
 
     def on_signal(signum: int, frame: object) -> None:

@@ -27,13 +27,16 @@ import itertools
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from filterd.content.banned import BannedChecks, check_banned
+from filterd.content.bayes.check import BayesClassifier
 from filterd.content.clamav import ClamavScanner
 from filterd.content.message import Message
 from filterd.content.params import CONTENT_CHECKS
 from filterd.content.postfix_checks import PostfixChecks, run_postfix_checks
+from filterd.content.rules import RuleSet, ruleset_from_config
 from filterd.content.symbols import Symbol
 from filterd.content.verdict import Findings, Verdict, VerdictPolicy, decide
 from filterd.maps import MapTempError
@@ -55,24 +58,25 @@ def new_log_id() -> str:
     return f"{os.getpid():05d}-{next(_serial):02d}"
 
 
-def _rules_stage(cfg: Any) -> Any:
-    """The compiled score rules, or None when the rules module is not part of this build."""
-    try:
-        from filterd.content.rules import RuleSet  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    if not (cfg.known("rules_directory") and cfg.known("rules_extra_directories")):
-        return None
-    paths = [cfg.get("rules_directory"), *cfg.get("rules_extra_directories")]
-    return RuleSet.load([p for p in paths if p])
+@dataclass
+class Preloaded:
+    """The slow-to-build, read-only parts of a pipeline (compiled rules, the Bayes model).
 
+    ``filterd serve`` builds them once in the master, before it forks the workers, so
+    every worker shares the same memory (copy-on-write) and rules compile once, not once
+    per worker.
+    """
 
-def _bayes_stage(cfg: Any) -> Any:
-    try:
-        from filterd.content.bayes.check import BayesClassifier
-    except ImportError:
-        return None
-    return BayesClassifier.load(cfg)
+    ruleset: RuleSet | None = None
+    bayes: BayesClassifier | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "Preloaded":
+        checks = cfg.get("content_checks")
+        return cls(
+            ruleset_from_config(cfg) if "rules" in checks else None,
+            BayesClassifier.load(cfg) if "bayes" in checks else None,
+        )
 
 
 class ContentPipeline:
@@ -86,8 +90,8 @@ class ContentPipeline:
         banned: BannedChecks | None = None,
         clamav: ClamavScanner | None = None,
         clamav_failure_action: str = "defer",
-        ruleset: Any = None,
-        bayes: Any = None,
+        ruleset: RuleSet | None = None,
+        bayes: BayesClassifier | None = None,
         executor: concurrent.futures.Executor | None = None,
     ):
         self.policy = policy
@@ -102,12 +106,10 @@ class ContentPipeline:
             max_workers=CPU_THREADS, thread_name_prefix="filterd-content")
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "ContentPipeline":
-        """Build every stage named in ``content_checks`` (tables opened, rules compiled).
-
-        A stage whose module is not part of this installation is left out with a warning.
-        """
+    def from_config(cls, cfg: Any, preloaded: Preloaded | None = None) -> "ContentPipeline":
+        """Build every stage named in ``content_checks`` (tables opened, rules compiled)."""
         checks = cfg.get("content_checks")
+        preloaded = preloaded or Preloaded.from_config(cfg)
         stages: dict[str, Any] = {}
         if "postfix_checks" in checks:
             stages["postfix_checks"] = PostfixChecks.from_config(cfg)
@@ -115,12 +117,8 @@ class ContentPipeline:
             stages["banned"] = BannedChecks.from_config(cfg)
         if "clamav" in checks and cfg.get("clamav_socket") is not None:
             stages["clamav"] = ClamavScanner(cfg)
-        if "rules" in checks:
-            stages["ruleset"] = _rules_stage(cfg)
-            if stages["ruleset"] is None:
-                log.warning("content check 'rules' is not available in this installation; skipped")
-        if "bayes" in checks:
-            stages["bayes"] = _bayes_stage(cfg)
+        stages["ruleset"] = preloaded.ruleset
+        stages["bayes"] = preloaded.bayes
         return cls(VerdictPolicy.from_config(cfg),
                    clamav_failure_action=cfg.get("clamav_failure_action"), **stages)
 

@@ -187,12 +187,12 @@ class RuleFileParser:
         elif word in _PATTERN_KINDS:
             self._pattern_rule(_PATTERN_KINDS[word], rest, where)
         elif word == "meta":
-            name, expr = _split_name(rest, where)
+            name, expr = _split_name(rest)
             if not expr:
                 raise _LineError("meta rule without an expression", name)
             cfg.rules[name] = RuleDef(name, RuleKind.META, where, meta=expr)
         elif word == "score":
-            name, values = _split_name(rest, where)
+            name, values = _split_name(rest)
             scores = [v.strip("()") for v in values.split()]
             if len(scores) not in (1, 4):
                 raise _LineError("score needs 1 or 4 numbers", name)
@@ -201,13 +201,13 @@ class RuleFileParser:
             except ValueError:
                 raise _LineError(f"bad score {values!r}", name) from None
         elif word == "describe":
-            name, text = _split_name(rest, where)
+            name, text = _split_name(rest)
             cfg.describes[name] = text
         elif word == "tflags":
-            name, flags = _split_name(rest, where)
+            name, flags = _split_name(rest)
             cfg.tflags[name] = set(flags.split())
         elif word == "priority":
-            name, value = _split_name(rest, where)
+            name, value = _split_name(rest)
             try:
                 cfg.priorities[name] = int(value)
             except ValueError:
@@ -236,7 +236,7 @@ class RuleFileParser:
             cfg.ignored_directives[word] += 1
 
     def _header(self, rest: str, where: str) -> None:
-        name, spec = _split_name(rest, where)
+        name, spec = _split_name(rest)
         if not spec:
             raise _LineError("header rule without a test", name)
         if spec.startswith("eval:"):
@@ -266,7 +266,7 @@ class RuleFileParser:
                                           negate=op == "!~", header=hdr, if_unset=if_unset)
 
     def _pattern_rule(self, kind: RuleKind, rest: str, where: str) -> None:
-        name, spec = _split_name(rest, where)
+        name, spec = _split_name(rest)
         if not spec:
             raise _LineError(f"{kind.value} rule without a pattern", name)
         if spec.startswith("eval:"):
@@ -287,7 +287,7 @@ class _LineError(ValueError):
         self.rule = rule
 
 
-def _split_name(rest: str, where: str) -> tuple[str, str]:
+def _split_name(rest: str) -> tuple[str, str]:
     parts = rest.split(None, 1)
     if not parts:
         raise _LineError("missing rule name")
