@@ -38,7 +38,9 @@ def bind(endpoint: Endpoint) -> socket.socket:
         os.chmod(path, 0o660)
     else:
         family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto given explicitly: asyncio sets TCP_NODELAY only on IPPROTO_TCP sockets, and
+        # without it pipelined SMTP replies wait 40 ms for the client's delayed ACK (Nagle)
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((endpoint.host, endpoint.port))
     sock.listen(1024)

@@ -9,6 +9,8 @@ fires. ``ruleset_from_config(cfg)`` loads what ``rules_directory``,
 
 from __future__ import annotations
 
+import os
+
 from filterd.config import Config
 from filterd.content.rules.evaluator import SCORE_SET, RuleSet, default_engine
 from filterd.content.rules.model import LoadStats
@@ -21,7 +23,8 @@ def rule_paths(cfg: Config) -> list[str]:
 
 def ruleset_from_config(cfg: Config) -> RuleSet:
     """Load the configured rules with the configured engine (CPU-bound: run off the loop)."""
-    return RuleSet.load(rule_paths(cfg), engine=cfg.get("rules_engine"))
+    cache = os.path.join(cfg.get("data_directory"), "rules-cache")
+    return RuleSet.load(rule_paths(cfg), engine=cfg.get("rules_engine"), cache_dir=cache)
 
 
 __all__ = ["LoadStats", "RuleSet", "SCORE_SET", "default_engine", "rule_paths", "ruleset_from_config"]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from filterd.content.message import Message
 from filterd.content.rules.evals import NATIVE_EVALS, NativeEval
 from filterd.content.rules.expr import Evaluator, ExprError, compile_expr
-from filterd.content.rules.matcher import PatternRule, PatternSet, hyperscan_available
+from filterd.content.rules.matcher import HsCache, PatternRule, PatternSet, hyperscan_available
 from filterd.content.rules.model import LoadStats, Problem, RuleConfig, RuleDef, RuleKind
 from filterd.content.rules.parser import parse_rule_files
 from filterd.content.rules.perlre import PerlRegexError, make_perl_regex
@@ -85,8 +85,12 @@ class RuleSet:
 
     # -- loading ---------------------------------------------------------------------
     @classmethod
-    def load(cls, paths: list[str], engine: str | None = None, score_set: int = SCORE_SET) -> "RuleSet":
-        """Load rule files/directories; problems are recorded in :attr:`stats`, never raised."""
+    def load(cls, paths: list[str], engine: str | None = None, score_set: int = SCORE_SET,
+             cache_dir: str | None = None) -> "RuleSet":
+        """Load rule files/directories; problems are recorded in :attr:`stats`, never raised.
+
+        ``cache_dir`` keeps compiled Hyperscan databases between runs (see HsCache).
+        """
         engine = engine or default_engine()
         if engine not in ENGINES:
             raise ValueError(f"rules_engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -98,10 +102,11 @@ class RuleSet:
                           unsupported_types=config.unsupported_types,
                           skipped_blocks=config.skipped_blocks, engine=engine)
         ruleset = cls(stats)
-        ruleset._compile(config, engine == "hyperscan", score_set)
+        ruleset._compile(config, engine == "hyperscan", score_set,
+                         HsCache(cache_dir) if cache_dir else None)
         return ruleset
 
-    def _compile(self, cfg: RuleConfig, use_hs: bool, score_set: int) -> None:
+    def _compile(self, cfg: RuleConfig, use_hs: bool, score_set: int, cache: HsCache | None) -> None:
         stats = self.stats
         _expand_replace_tags(cfg)
         pattern_rules: dict[RuleKind, list[PatternRule]] = defaultdict(list)
@@ -149,13 +154,13 @@ class RuleSet:
             stats.loaded[rule.kind.value] += 1
 
         for (spec, if_unset), members in header_groups.items():
-            pset = PatternSet([p for p, _ in members], use_hs)
+            pset = PatternSet([p for p, _ in members], use_hs, cache)
             self._count_engine(pset)
             rules = tuple(_HeaderRule(i, p.name, neg) for i, (p, neg) in enumerate(members))
             unset = None if if_unset is None else to_bytes(if_unset)
             self._headers.append(_HeaderGroup(spec, unset, pset, rules))
         for kind, plist in pattern_rules.items():
-            pset = PatternSet(plist, use_hs)
+            pset = PatternSet(plist, use_hs, cache)
             self._count_engine(pset)
             self._sets[kind] = pset
         self._order_metas(metas)

@@ -13,6 +13,8 @@ how little work that takes.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import threading
 from dataclasses import dataclass
@@ -63,12 +65,13 @@ class Match:
 class PatternSet:
     """Patterns matched together against a list of texts (paragraphs, URIs, one header...)."""
 
-    def __init__(self, rules: list[PatternRule], use_hyperscan: bool):
+    def __init__(self, rules: list[PatternRule], use_hyperscan: bool, cache: "HsCache | None" = None):
         self.rules = rules
         self.hs_exact = self.hs_prefilter = 0
         self._dbs: list = []
         self._always: list[int] = list(range(len(rules)))  # indexes checked with regex on every text
         self._local = threading.local()
+        self._cache = cache
         if use_hyperscan and hyperscan is not None and rules:
             self._build_hyperscan()
         # what each pattern does with an empty text (absent headers are empty strings)
@@ -110,18 +113,18 @@ class PatternSet:
         for group in groups:
             if not group:
                 continue
-            db = _hs_database(group)
+            db = _hs_database(group, self._cache)
             if db is None:  # find the patterns Hyperscan refuses, one by one
                 kept: list[tuple[int, bytes, int]] = []
                 for i, expr, flags in group:
                     for extra in (0, hyperscan.HS_FLAG_PREFILTER):
-                        if _hs_database([(i, expr, flags | extra)]) is not None:
+                        if _hs_database([(i, expr, flags | extra)], self._cache) is not None:
                             kept.append((i, expr, flags | extra))
                             break
                     else:
                         always.append(i)
                 group = kept
-                db = _hs_database(group) if group else None
+                db = _hs_database(group, self._cache) if group else None
                 if db is None:
                     always.extend(i for i, _, _ in group)
                     continue
@@ -218,12 +221,81 @@ def _hs_suitable(pattern: str) -> bool:
     return True
 
 
-def _hs_database(entries: list[tuple[int, bytes, int]]) -> object | None:
+def _hs_database(entries: list[tuple[int, bytes, int]], cache: "HsCache | None" = None) -> object | None:
     assert hyperscan is not None
+    key = cache.key(entries) if cache is not None else ""
+    if cache is not None:
+        cached = cache.get(key)
+        if cached is not None:
+            return cached or None  # b"" records a compile failure
     db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
     try:
         db.compile(expressions=[e for _, e, _ in entries], ids=[i for i, _, _ in entries],
                    elements=len(entries), flags=[f for _, _, f in entries])
     except hyperscan.error:
+        if cache is not None:
+            cache.put(key, None)
         return None
+    if cache is not None:
+        cache.put(key, db)
     return db
+
+
+class HsCache:
+    """Compiled Hyperscan databases on disk, so a restart does not recompile every rule.
+
+    Compiling Debian's whole SpamAssassin rule set takes tens of seconds; loading the
+    compiled databases takes milliseconds. A database is stored under the SHA-256 of
+    the Hyperscan version and exactly what was compiled (expressions, ids, flags), with
+    a SHA-256 of its bytes that is checked before Hyperscan is given them (Hyperscan's
+    own deserialisation does not detect every corruption). The files are Hyperscan's
+    serialisation format, never pickle; a compile failure is remembered as an empty
+    entry. Any problem with the cache only means compiling again.
+    """
+
+    MAGIC = b"filterd-hsdb-1\n"
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def key(self, entries: list[tuple[int, bytes, int]]) -> str:
+        h = hashlib.sha256(hyperscan.__version__.encode() if hyperscan else b"")
+        for i, expr, flags in entries:
+            h.update(b"%d\0%d\0%d\0" % (i, flags, len(expr)))
+            h.update(expr)
+        return h.hexdigest()
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.directory, key[:2], key)
+
+    def get(self, key: str) -> object | bytes | None:
+        """The database, ``b""`` for a remembered failure, or None when not cached."""
+        try:
+            with open(self._path(key), "rb") as fh:
+                data = fh.read()
+        except OSError:
+            return None
+        if not data.startswith(self.MAGIC):
+            return None
+        digest, _, payload = data[len(self.MAGIC):].partition(b"\n")
+        if hashlib.sha256(payload).hexdigest().encode() != digest:
+            return None
+        if not payload:
+            return b""
+        try:
+            return hyperscan.loadb(payload, mode=hyperscan.HS_MODE_BLOCK)
+        except hyperscan.error:
+            return None
+
+    def put(self, key: str, db: object | None) -> None:
+        payload = hyperscan.dumpb(db) if db is not None else b""
+        data = self.MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+        path = self._path(key)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a cache that cannot be written costs compile time, nothing else
