@@ -70,6 +70,7 @@ RSPAMD_OFF = ("rbl", "surbl", "spf", "dkim", "dmarc", "arc", "asn", "fuzzy_check
               "mx_check", "once_received", "emails")
 SA_REQUIRED_SCORE = 5.0
 RSPAMD_SPAM_ACTIONS = ("add header", "rewrite subject", "reject")
+SA_RULES = "/usr/share/spamassassin"
 
 
 def program(name: str) -> str:
@@ -552,7 +553,7 @@ def prepare_filterd_data(workdir: Path, corpus_root: Path, args: argparse.Namesp
 
 
 def filterd_config(workdir: Path, listen: int, forward: int, data: Path, clamav: str,
-                   args: argparse.Namespace) -> Path:
+                   args: argparse.Namespace, extra_rules: str = "") -> Path:
     config = workdir / f"filterd-{listen}.cf"
     lines = [
         f"filter_listen = inet:127.0.0.1:{listen}",
@@ -567,27 +568,45 @@ def filterd_config(workdir: Path, listen: int, forward: int, data: Path, clamav:
     ]
     if args.rules_directory:
         lines.append(f"rules_directory = {args.rules_directory}")
+    if extra_rules:
+        lines.append(f"rules_extra_directories = {extra_rules}")
     config.write_text("\n".join(lines) + "\n")
     return config
 
 
 def filterd_stages(config: Path) -> tuple[list[str], str]:
-    """The content stages this build really runs with ``config``: asks filterd itself,
-    so score rules are measured as soon as the rules module and its parameters exist."""
+    """The content stages ``config`` makes filterd run, decided as ContentPipeline does
+    (score rules once filterd.content.rules has a RuleSet and its parameters are declared)
+    without compiling anything here."""
     from filterd.config import Config
-    from filterd.content.pipeline import ContentPipeline
+    from filterd.content.params import CONTENT_CHECKS
 
     cfg = Config.load(str(config))
-    pipeline = ContentPipeline.from_config(cfg)
+    checks = cfg.get("content_checks")
+    stages = [name for name in CONTENT_CHECKS if name in checks]
     try:
-        stages = pipeline.stages
-    finally:
-        pipeline.close()
-    if "rules" in stages:
-        return stages, f"score rules on ({cfg.expand('rules_directory')})"
+        from filterd.content.rules import RuleSet  # noqa: F401
+    except ImportError:
+        return [n for n in stages if n != "rules"], "score rules OFF: no RuleSet in this build"
     if not (cfg.known("rules_directory") and cfg.known("rules_extra_directories")):
-        return stages, "score rules OFF: rules_directory/rules_extra_directories not declared in this build"
-    return stages, "score rules OFF: filterd.content.rules provides no RuleSet in this build"
+        return [n for n in stages if n != "rules"], "score rules OFF: parameters not declared"
+    paths = [cfg.expand("rules_directory"), *cfg.get("rules_extra_directories")]
+    return stages, "score rules on: " + ", ".join(p for p in paths if p)
+
+
+def wait_idle(daemons: list[Daemon], timeout: float = 240.0, busy: float = 0.05) -> float:
+    """Wait until the servers use less than ``busy`` of a core over half a second, so
+    start-up work (rule compilation in every worker, hyperscan, spare children) is not
+    measured. Returns the seconds waited."""
+    began = time.monotonic()
+    before = sum(d.cpu() for d in daemons)
+    while time.monotonic() - began < timeout:
+        time.sleep(0.5)
+        now = sum(d.cpu() for d in daemons)
+        if now - before < busy * 0.5:
+            break
+        before = now
+    return time.monotonic() - began
 
 
 def start_filterd(stack: Stack, workdir: Path, config: Path, port: int) -> Daemon:
@@ -719,32 +738,39 @@ class Bench:
     # -- filterd alone --------------------------------------------------------------
 
     def filterd(self) -> list[Measurement]:
-        workdir = self.workdir("filterd")
+        return self._filterd("filterd", "")
+
+    def filterd_sarules(self) -> list[Measurement]:
+        """filterd with SpamAssassin's own rules added: the like-for-like against spamd."""
+        return self._filterd("filterd-sarules", SA_RULES)
+
+    def _filterd(self, system: str, extra_rules: str) -> list[Measurement]:
+        workdir = self.workdir(system)
         data = self.filterd_data()
         clamd, clamav = start_clamd(self.stack, workdir)
         sink, sink_port = start_sink(self.stack, workdir)
         port = free_port()
-        config = filterd_config(workdir, port, sink_port, data, clamav, self.args)
+        config = filterd_config(workdir, port, sink_port, data, clamav, self.args, extra_rules)
         stages, rules_note = filterd_stages(config)
-        self.info["filterd_stages"] = stages
-        self.info["filterd_rules"] = rules_note
-        self.say(f"filterd: stages {stages}; {rules_note}")
+        self.info[f"{system}_stages"] = stages
+        self.info[f"{system}_rules"] = rules_note
+        self.say(f"{system}: stages {stages}; {rules_note}")
         server = start_filterd(self.stack, workdir, config, port)
         log_path = workdir / f"filterd-{port}.log"
         client = lambda: SmtpClient(port)  # noqa: E731
         self.warm_up(client)
+        self.info[f"{system}_settle_seconds"] = round(wait_idle([server]), 1)
         out = []
         for concurrency in self.args.concurrency:
-            self.say(f"filterd x{concurrency}...")
+            self.say(f"{system} x{concurrency}...")
             offset = log_path.stat().st_size if log_path.exists() else 0
-            m = measure("filterd", concurrency, [server], ("clamd", [clamd]),
+            m = measure(system, concurrency, [server], ("clamd", [clamd]),
                         lambda: self.load(client, concurrency))
             time.sleep(0.3)  # the last verdict lines are flushed at the end of a loop turn
             judged, spam, bayes, statuses, _ = filterd_log_verdicts(log_path, offset)
             if judged:
                 m.spam_percent, m.bayes_percent = 100 * spam / judged, 100 * bayes / judged
-            m.notes.append(f"verdicts {dict(statuses)}; stages {','.join(stages)}; "
-                           f"smtp-sink {sink.cpu():.1f}s CPU so far")
+            m.notes.append(f"verdicts {dict(statuses)}; smtp-sink {sink.cpu():.1f}s CPU in all")
             out.append(m)
         return out
 
@@ -789,6 +815,7 @@ class Bench:
         wait_until(lambda: port_open(port), server, "listening")
         client = lambda: SpamdClient(port)  # noqa: E731
         self.warm_up(client)
+        self.info["spamd_settle_seconds"] = round(wait_idle([server]), 1)
         out = []
         for concurrency in self.args.concurrency:
             self.say(f"spamd x{concurrency}...")
@@ -859,6 +886,7 @@ class Bench:
         self.info["rspamd_bayes"] = f"learned {learned}"
         client = lambda: RspamdClient(normal)  # noqa: E731
         self.warm_up(client)
+        self.info["rspamd_settle_seconds"] = round(wait_idle([server, redis]), 1)
         out = []
         for concurrency in self.args.concurrency:
             self.say(f"rspamd x{concurrency}...")
@@ -1095,14 +1123,14 @@ def ratios(measurements: list[Measurement]) -> list[dict[str, object]]:
     by_key = {(m.system, m.concurrency): m for m in measurements}
     rows = []
     for (system, concurrency), ours in by_key.items():
-        if system != "filterd":
+        if not system.startswith("filterd"):
             continue
         for peer in ("spamd", "rspamd"):
             theirs = by_key.get((peer, concurrency))
             if theirs is None:
                 continue
             rows.append({
-                "peer": peer, "concurrency": concurrency,
+                "system": system, "peer": peer, "concurrency": concurrency,
                 "messages_per_s": _ratio(ours.messages_per_s, theirs.messages_per_s),
                 "cpu_filterd_only": _ratio(ours.server_cpu_ms, theirs.total_cpu_ms),
                 "cpu_filterd_with_clamd": _ratio(ours.total_cpu_ms, theirs.total_cpu_ms),
@@ -1117,16 +1145,18 @@ def _ratio(a: float, b: float) -> float:
 def format_ratios(rows: list[dict[str, object]]) -> str:
     if not rows:
         return "ratios: need filterd and a peer measured at the same concurrency"
-    lines = ["filterd/peer    conc   msgs/s (>1 better)   CPU/msg filterd only   CPU/msg filterd+clamd (<1 better)"]
+    lines = ["ratio                     conc   msgs/s (>1 better)   CPU/msg filterd only   "
+             "CPU/msg filterd+clamd (<1 better)"]
     for row in rows:
-        lines.append(f"filterd/{row['peer']:<7} {row['concurrency']:>4}   {row['messages_per_s']:>18}   "
+        name = f"{row['system']}/{row['peer']}"
+        lines.append(f"{name:<25} {row['concurrency']:>4}   {row['messages_per_s']:>18}   "
                      f"{row['cpu_filterd_only']:>20}   {row['cpu_filterd_with_clamd']:>20}")
     return "\n".join(lines)
 
 
 # -- main -------------------------------------------------------------------------------
 
-SYSTEMS = ("filterd", "spamd", "rspamd", "postfix")
+SYSTEMS = ("filterd", "filterd-sarules", "spamd", "rspamd", "postfix")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1185,7 +1215,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in systems:
             try:
-                measurements += getattr(bench, name)()
+                measurements += getattr(bench, name.replace("-", "_"))()
             except (RuntimeError, OSError, subprocess.CalledProcessError) as error:
                 failures[name] = str(error)
             finally:

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from filterd.config.types import Param, as_choice, as_endpoint, as_str, as_time
+from importlib import resources
+
+from filterd.config.types import (
+    Param, as_bool, as_choice, as_endpoint, as_float, as_list, as_nonneg_int, as_positive_int, as_size, as_str, as_time,
+)
+from filterd.content.bayes.bands import DEFAULT_SCORES_TEXT, as_bayes_scores
+from filterd.content.nexthop import parse_next_hop
+from filterd.content.rules.paths import shipped_rules_directory
+
 
 PARAMS: list[Param] = []
 
@@ -21,8 +29,6 @@ PARAMS += [
 ]
 
 # -- Bayes classifier (filterd/content/bayes/): SpamAssassin's names and defaults ----------
-from filterd.config.types import as_bool, as_float, as_nonneg_int  # noqa: E402
-from filterd.content.bayes.bands import DEFAULT_SCORES_TEXT, as_bayes_scores  # noqa: E402
 
 PARAMS += [
     Param("use_bayes", "yes", as_bool,
@@ -49,9 +55,7 @@ PARAMS += [
 ]
 
 # -- Postfix header/body checks (postfix_checks.py) and amavisd-new banned files (banned.py) --
-from importlib import resources  # noqa: E402
 
-from filterd.config.types import as_list, as_positive_int, as_size  # noqa: E402
 
 #: The shipped amavisd-style banned file table, wherever the package is installed.
 DEFAULT_BANNED_FILENAME = str(resources.files("filterd").joinpath("defaults/banned_filename"))
@@ -88,7 +92,6 @@ PARAMS += [
 ]
 
 # -- content pipeline, verdicts and the content filter (pipeline.py, verdict.py, server.py) ----
-from filterd.content.nexthop import parse_next_hop  # noqa: E402
 
 #: The content pipeline's stages, in the order they run (cheap and decisive first).
 CONTENT_CHECKS = ("postfix_checks", "banned", "clamav", "rules", "bayes")
@@ -154,7 +157,6 @@ PARAMS += [
 ]
 
 # -- SpamAssassin-language score rules (filterd/content/rules/) ---------------------------
-from filterd.content.rules.paths import shipped_rules_directory  # noqa: E402
 
 PARAMS += [
     Param("rules_directory", shipped_rules_directory(), as_str,
