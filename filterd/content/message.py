@@ -13,6 +13,7 @@ complains about ends up in :attr:`Message.defects`, which rules can score.
 from __future__ import annotations
 
 import email
+import email.errors
 import email.header
 import email.policy
 import email.utils
@@ -68,8 +69,8 @@ def decode_header_value(value: str) -> str:
         return value
     try:
         chunks = email.header.decode_header(value)
-    except (ValueError, LookupError, AssertionError):
-        return value
+    except (ValueError, LookupError, AssertionError, email.errors.MessageError):
+        return value  # hostile or broken encoded-words: shown as written
     out: list[str] = []
     for chunk, charset in chunks:
         if isinstance(chunk, str):

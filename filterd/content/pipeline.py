@@ -226,3 +226,21 @@ class ContentPipeline:
             log.exception("Bayes auto-learning failed")
             return "unavailable"
         return {True: "spam", False: "ham", None: "no"}[learned]
+
+
+def quality_scorer(cfg: Any) -> Callable[[Message], float]:
+    """A blocking ``message -> score`` function running this pipeline's real :meth:`scan`.
+
+    For ``bench/quality.py``: it must measure exactly what ``filterd serve`` runs, so the
+    pipeline is built by :meth:`ContentPipeline.from_config` and every message goes through
+    :meth:`scan` and :func:`decide`, on one event loop kept for all calls (a loop per
+    message would cost more than small messages take to score). The returned function
+    keeps the loop and the pipeline's threads for the life of the process.
+    """
+    pipeline = ContentPipeline.from_config(cfg)
+    runner = asyncio.Runner()
+
+    def score(msg: Message) -> float:
+        return runner.run(pipeline.scan(msg)).score
+
+    return score
