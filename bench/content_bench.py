@@ -7,8 +7,10 @@ with a fixed seed so every prefix is a representative mix) are pushed through:
   filterd   ``filterd serve`` with only the content filter (SMTP on a free port), clamd,
             score rules (when this build has them) and Bayes on, reinjecting into
             Postfix's ``smtp-sink``; the load generator speaks SMTP as Postfix's
-            ``smtp-amavis`` transport does (XFORWARD, one message per transaction, the
+            ``smtp-amavis`` transport does (XFORWARD, pipelined MAIL/RCPT/DATA, the
             connection reused)
+  filterd-sarules  the same with SpamAssassin's rules added (``rules_extra_directories =
+            /usr/share/spamassassin``): the like-for-like against spamd
   spamd     SpamAssassin 4 ``spamd -L`` (local tests only, Bayes trained with ``sa-learn``
             on the same corpus into a fresh database), spamc protocol spoken directly
   rspamd    rspamd 3.4 with its network modules off and Bayes in a private redis-server,
@@ -45,15 +47,19 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from policy_bench import free_port, process_tree_cpu  # noqa: E402
+from policy_bench import free_port, process_tree_cpu
+
+if TYPE_CHECKING:
+    from tests.fixtures.postfix import PostfixInstance, SmtpSink
 
 SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 CATEGORIES = ("ham", "hard_ham", "spam")
@@ -207,7 +213,7 @@ class SmtpClient(Client):
                         break
             for (code, text), want in zip(replies, expected):
                 if code != want:
-                    return await self._fail(f"{code} {text}", reset=True)
+                    return await self._fail(f"{code} {text}")
             self.writer.write(sample.smtp_data)
             code, text = await self._reply()
             if code != 250:
@@ -216,7 +222,7 @@ class SmtpClient(Client):
         except (OSError, ConnectionError, TimeoutError) as error:
             return await self._fail(f"{type(error).__name__}: {error}")
 
-    async def _fail(self, detail: str, reset: bool = False) -> Outcome:
+    async def _fail(self, detail: str) -> Outcome:
         """A refused or broken transaction: drop the connection so the next one is clean."""
         await self.close()
         return Outcome(False, detail)
@@ -230,12 +236,15 @@ class SmtpClient(Client):
         self.reader = self.writer = None
 
 
-async def _exchange(port: int, request: bytes) -> bytes:
-    """One request on a fresh connection, reply read to EOF (spamd and HTTP/1.0 close)."""
+async def _exchange(port: int, request: bytes, half_close: bool) -> bytes:
+    """One request on a fresh connection, reply read to EOF (spamd and HTTP/1.0 close).
+
+    spamc shuts its sending side down after the message; rspamd's HTTP server takes a
+    half-close for an aborted request, so only spamd gets one."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(request)
-        if writer.can_write_eof():
+        if half_close and writer.can_write_eof():
             writer.write_eof()
         return await asyncio.wait_for(reader.read(), IO_TIMEOUT)
     finally:
@@ -256,7 +265,7 @@ class SpamdClient(Client):
     async def check(self, sample: Sample) -> Outcome:
         head = b"SYMBOLS SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(sample.raw)
         try:
-            reply = await _exchange(self.port, head + sample.raw)
+            reply = await _exchange(self.port, head + sample.raw, half_close=True)
         except (OSError, TimeoutError) as error:
             return Outcome(False, f"{type(error).__name__}: {error}")
         return parse_spamd_reply(reply)
@@ -290,7 +299,7 @@ class RspamdClient(Client):
     async def post(self, sample: Sample) -> tuple[int, bytes]:
         head = (f"POST {self.path} HTTP/1.0\r\nContent-Length: {len(sample.raw)}\r\n"
                 + "".join(f"{k}: {v}\r\n" for k, v in self.headers.items()) + "\r\n").encode()
-        reply = await _exchange(self.port, head + sample.raw)
+        reply = await _exchange(self.port, head + sample.raw, half_close=False)
         status_line, _, rest = reply.partition(b"\r\n")
         parts = status_line.split()
         if len(parts) < 2 or not parts[1].isdigit():
@@ -426,8 +435,9 @@ class Daemon:
         if process is None:
             return
         if process.poll() is None:
+            # the leader first: spamd, rspamd and filterd stop and reap their own children
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
+                os.kill(process.pid, signal.SIGTERM)
             try:
                 process.wait(timeout=STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
@@ -534,14 +544,7 @@ def start_sink(stack: Stack, workdir: Path) -> tuple[Daemon, int]:
     return daemon, port
 
 
-@dataclass
-class FilterdSetup:
-    data_directory: Path
-    stages: list[str]
-    rules_note: str
-
-
-def prepare_filterd_data(workdir: Path, corpus_root: Path, args: argparse.Namespace) -> Path:
+def prepare_filterd_data(workdir: Path, corpus_root: Path) -> Path:
     """A data_directory with a Bayes model learned on the whole corpus (``filterd learn``)."""
     data = workdir / "filterd-data"
     data.mkdir()
@@ -616,6 +619,15 @@ def start_filterd(stack: Stack, workdir: Path, config: Path, port: int) -> Daemo
     return daemon
 
 
+def add_filterd_verdicts(m: Measurement, log_path: Path, offset: int) -> None:
+    """spam%/bayes% and the verdict counts from filterd's log lines of this measurement."""
+    time.sleep(0.3)  # the last verdict lines are flushed at the end of a loop turn
+    judged, spam, bayes, statuses, _ = filterd_log_verdicts(log_path, offset)
+    if judged:
+        m.spam_percent, m.bayes_percent = 100 * spam / judged, 100 * bayes / judged
+    m.notes.append(f"filterd verdicts {dict(statuses)}")
+
+
 FILTERD_LOG_RE = re.compile(r"\) (Passed|Blocked|Tempfailed) ([A-Z-]+).*?Tests: \[([^\]]*)\]")
 
 
@@ -669,14 +681,17 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 
 def measure(system: str, concurrency: int, server: list[Daemon], helper: tuple[str, list[Daemon]],
-            run: Callable[[], LoadResult]) -> Measurement:
-    """CPU of the server's and the helpers' process trees around one load run."""
+            run: Callable[[], LoadResult], others: Sequence[Daemon] = ()) -> Measurement:
+    """CPU of the server's and the helpers' process trees around one load run; ``others``
+    (the sink, Postfix) are reported in a note, outside the system's figures."""
     def cpu(daemons: list[Daemon]) -> float:
         return sum(d.cpu() for d in daemons)
 
     server_before, helper_before = cpu(server), cpu(helper[1])
+    others_before = [d.cpu() for d in others]
     result = run()
     server_cpu, helper_cpu = cpu(server) - server_before, cpu(helper[1]) - helper_before
+    others_cpu = [d.cpu() - before for d, before in zip(others, others_before)]
     for daemon in server + helper[1]:
         if not daemon.alive():
             result.failures[f"{daemon.name} died during the run"] += 1
@@ -693,7 +708,9 @@ def measure(system: str, concurrency: int, server: list[Daemon], helper: tuple[s
         client_cpu_percent=100 * result.client_cpu / elapsed,
         spam_percent=100 * result.spam / result.judged if result.judged else float("nan"),
         bayes_percent=100 * result.bayes / result.judged if result.judged else float("nan"),
-        failures=dict(result.failures))
+        failures=dict(result.failures),
+        notes=[", ".join(f"{d.name} {c / n * 1000:.2f} ms/msg ({100 * c / elapsed:.0f}% CPU)"
+                         for d, c in zip(others, others_cpu))] if others else [])
 
 
 class Bench:
@@ -732,7 +749,7 @@ class Bench:
         if self._filterd_data is None:
             self.say("filterd: learning Bayes on the corpus...")
             self._filterd_data = prepare_filterd_data(self.workdir("filterd-bayes"),
-                                                      self.corpus_root, self.args)
+                                                      self.corpus_root)
         return self._filterd_data
 
     # -- filterd alone --------------------------------------------------------------
@@ -757,7 +774,7 @@ class Bench:
         self.say(f"{system}: stages {stages}; {rules_note}")
         server = start_filterd(self.stack, workdir, config, port)
         log_path = workdir / f"filterd-{port}.log"
-        client = lambda: SmtpClient(port)  # noqa: E731
+        client = lambda: SmtpClient(port)
         self.warm_up(client)
         self.info[f"{system}_settle_seconds"] = round(wait_idle([server]), 1)
         out = []
@@ -765,12 +782,8 @@ class Bench:
             self.say(f"{system} x{concurrency}...")
             offset = log_path.stat().st_size if log_path.exists() else 0
             m = measure(system, concurrency, [server], ("clamd", [clamd]),
-                        lambda: self.load(client, concurrency))
-            time.sleep(0.3)  # the last verdict lines are flushed at the end of a loop turn
-            judged, spam, bayes, statuses, _ = filterd_log_verdicts(log_path, offset)
-            if judged:
-                m.spam_percent, m.bayes_percent = 100 * spam / judged, 100 * bayes / judged
-            m.notes.append(f"verdicts {dict(statuses)}; smtp-sink {sink.cpu():.1f}s CPU in all")
+                        lambda c=concurrency: self.load(client, c), others=[sink])
+            add_filterd_verdicts(m, log_path, offset)
             out.append(m)
         return out
 
@@ -813,14 +826,14 @@ class Bench:
             chown_tree(bayes, "nobody")
         server = self.stack.daemon(Daemon("spamd", argv, workdir, env))
         wait_until(lambda: port_open(port), server, "listening")
-        client = lambda: SpamdClient(port)  # noqa: E731
+        client = lambda: SpamdClient(port)
         self.warm_up(client)
         self.info["spamd_settle_seconds"] = round(wait_idle([server]), 1)
         out = []
         for concurrency in self.args.concurrency:
             self.say(f"spamd x{concurrency}...")
             out.append(measure("spamd", concurrency, [server], ("-", []),
-                               lambda: self.load(client, concurrency)))
+                               lambda c=concurrency: self.load(client, c)))
         out[-1].notes.append(f"spamd max children {children}; Bayes {self.info['spamd_bayes']}")
         return out
 
@@ -884,14 +897,14 @@ class Bench:
         self.say("rspamd: learning Bayes on the corpus...")
         learned = self.rspamd_learn(controller)
         self.info["rspamd_bayes"] = f"learned {learned}"
-        client = lambda: RspamdClient(normal)  # noqa: E731
+        client = lambda: RspamdClient(normal)
         self.warm_up(client)
         self.info["rspamd_settle_seconds"] = round(wait_idle([server, redis]), 1)
         out = []
         for concurrency in self.args.concurrency:
             self.say(f"rspamd x{concurrency}...")
             out.append(measure("rspamd", concurrency, [server], ("redis", [redis]),
-                               lambda: self.load(client, concurrency)))
+                               lambda c=concurrency: self.load(client, c)))
         out[-1].notes.append(f"rspamd normal workers {self.args.workers}; Bayes {self.info['rspamd_bayes']}")
         return out
 
@@ -901,15 +914,15 @@ class Bench:
         outcomes: Counter[str] = Counter()
 
         async def learn_all() -> None:
-            queue = list(enumerate(self.samples))
+            queue = list(self.samples)
 
             async def one_session() -> None:
                 while queue:
-                    _, sample = queue.pop()
+                    sample = queue.pop()
                     kind = "spam" if sample.category == "spam" else "ham"
                     client = RspamdClient(controller, f"/learn{kind}", {"Learn-Type": "bulk"})
                     try:
-                        status, body = await client.post(sample)
+                        status, _ = await client.post(sample)
                         outcomes[f"{kind} {'ok' if status == 200 else status}"] += 1
                     except (OSError, TimeoutError, ConnectionError) as error:
                         outcomes[f"{kind} {type(error).__name__}"] += 1
@@ -936,7 +949,7 @@ class Bench:
             out.append(self._postfix_run(PostfixInstance, workdir, data, clamd, clamav, concurrency))
         return out
 
-    def _postfix_run(self, instance_class: type, workdir: Path, data: Path, clamd: Daemon,
+    def _postfix_run(self, instance_class: type[PostfixInstance], workdir: Path, data: Path, clamd: Daemon,
                      clamav: str, concurrency: int) -> Measurement:
         filter_port, reinject_port = free_port(), free_port()
         root = Path(tempfile.mkdtemp(prefix=f"pf-{concurrency}-", dir=self.workroot))
@@ -953,7 +966,7 @@ class Bench:
         instance = instance_class(root, {
             "content_filter": f"smtp-amavis:[127.0.0.1]:{filter_port}",
         }, master_extra)
-        instance.sink.start = _sink_without_dumps(instance.sink)
+        instance.sink = quiet_sink(instance.sink)
         self.stack.push(lambda: shutil.rmtree(root, ignore_errors=True))
         self.stack.push(instance.stop)
         config = filterd_config(workdir, filter_port, reinject_port, data, clamav, self.args)
@@ -972,7 +985,7 @@ class Bench:
             submitted_counter[0] += 1
 
         submitted_counter = [counter.poll()["delivered"]]
-        client = lambda: SmtpClient(instance.smtp_port)  # noqa: E731
+        client = lambda: SmtpClient(instance.smtp_port)
         self.warm_up(client)
         wait_for(lambda: counter.poll()["delivered"] >= WARMUP_MESSAGES, 120)
         submitted_counter[0] = counter.poll()["delivered"]
@@ -989,34 +1002,39 @@ class Bench:
             result.latencies = []
             return result
 
-        m = measure("postfix+filterd", concurrency, [server], ("postfix", [postfix, clamd]), run)
-        m.helper = "postfix+clamd"
+        log_path = workdir / f"filterd-{filter_port}.log"
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        m = measure("postfix+filterd", concurrency, [server], ("clamd", [clamd]), run,
+                    others=[postfix])
         # drain what is still queued, so nothing is silently lost
         wait_for(lambda: counter.poll()["delivered"] >= submitted_counter[0], 120)
         counts = counter.poll()
-        m.notes.append(f"submitted {submitted_counter[0] - delivered_before + 0} in window, "
-                       f"finally delivered {counts['delivered']}; filter deliveries "
+        add_filterd_verdicts(m, log_path, offset)
+        m.notes.append(f"submitted {submitted_counter[0]} (warm-up included), delivered "
+                       f"{counts['delivered']}; Postfix -> filterd deliveries "
                        f"{dict(counter.statuses)}; smtp-amavis maxproc {concurrency}")
         instance.stop()
         server.stop()
         return m
 
 
-def _sink_without_dumps(sink: object) -> Callable[[], None]:
-    """smtp-sink for the end-to-end run: no per-message dump files (disk writes would be
-    measured as Postfix cost); same port, same user handling as the fixture's sink."""
-    from tests.fixtures.postfix import START_TIMEOUT as SINK_TIMEOUT, wait_for_port
+def quiet_sink(sink: SmtpSink) -> SmtpSink:
+    """The fixture's smtp-sink on the same port, without per-message dump files (their disk
+    writes would be measured as Postfix's cost) and in its own session (Ctrl-C)."""
+    from tests.fixtures.postfix import START_TIMEOUT as SINK_TIMEOUT
+    from tests.fixtures.postfix import SmtpSink, wait_for_port
 
-    def start() -> None:
-        argv = [sink.binary] + (["-u", "nobody"] if os.geteuid() == 0 else [])  # type: ignore[attr-defined]
-        sink._process = subprocess.Popen(  # type: ignore[attr-defined]
-            argv + ["-4", f"127.0.0.1:{sink.port}", "256"],  # type: ignore[attr-defined]
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
-        if not wait_for_port(sink.port, SINK_TIMEOUT):  # type: ignore[attr-defined]
-            raise RuntimeError("smtp-sink did not start")
+    class QuietSink(SmtpSink):
+        def start(self) -> None:
+            argv = [self.binary] + (["-u", "nobody"] if os.geteuid() == 0 else [])
+            self._process = subprocess.Popen(
+                argv + ["-4", f"127.0.0.1:{self.port}", "256"], stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            if not wait_for_port(self.port, SINK_TIMEOUT):
+                self.stop()
+                raise RuntimeError(f"smtp-sink did not start on 127.0.0.1:{self.port}")
 
-    return start
+    return QuietSink(sink.binary, sink.dump_dir, sink.port)
 
 
 class PostfixProcesses(Daemon):
@@ -1024,9 +1042,9 @@ class PostfixProcesses(Daemon):
     and exited ones through the master's cutime/cstime). Started and stopped by
     PostfixInstance, not by this object."""
 
-    def __init__(self, instance: object) -> None:
-        super().__init__("postfix", [], Path(instance.root))  # type: ignore[attr-defined]
-        pid = instance._master_pid()  # type: ignore[attr-defined]
+    def __init__(self, instance: PostfixInstance) -> None:
+        super().__init__("postfix", [], instance.root)
+        pid = instance._master_pid()
         if pid is None:
             raise RuntimeError("postfix master pid not found")
         self.pid = pid
@@ -1145,8 +1163,8 @@ def _ratio(a: float, b: float) -> float:
 def format_ratios(rows: list[dict[str, object]]) -> str:
     if not rows:
         return "ratios: need filterd and a peer measured at the same concurrency"
-    lines = ["ratio                     conc   msgs/s (>1 better)   CPU/msg filterd only   "
-             "CPU/msg filterd+clamd (<1 better)"]
+    lines = [("ratio                     conc   msgs/s (>1 better)   CPU/msg filterd only   "
+              "CPU/msg filterd+clamd (<1 better)")]
     for row in rows:
         name = f"{row['system']}/{row['peer']}"
         lines.append(f"{name:<25} {row['concurrency']:>4}   {row['messages_per_s']:>18}   "
@@ -1198,6 +1216,7 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     corpus_root = (args.corpus / "spamassassin").resolve()
     try:
         samples = load_corpus(corpus_root)
@@ -1246,4 +1265,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # servers are already stopped by main's finally blocks
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -13,15 +13,19 @@ hard_ham counted as ham:
 
 Systems:
   bayes         filterd's Bayes alone (threshold: probability 0.5, BAYES_50 and up)
-  pipeline      filterd's whole content pipeline, if filterd.content.pipeline provides
-                ``quality_scorer(cfg) -> Callable[[Message], float]`` (threshold --pipeline-threshold)
+  pipeline      filterd's whole content pipeline through ``quality_scorer(cfg)`` (its real
+                ``scan()``): filterd's shipped rules plus SpamAssassin's shipped rules
+                (``rules_extra_directories = /usr/share/spamassassin``), filterd Bayes learned
+                with ``filterd learn`` on the training part, Postfix checks and banned files
+                with their defaults, ClamAV off. Threshold: the configuration's
+                spam_tag2_level (6.31, where filterd marks spam), or --pipeline-threshold
   spamassassin  SpamAssassin 4 from Debian, network tests off, Bayes on: sa-learn into a
                 fresh database per fold, then spamd on 127.0.0.1 scored with 8 concurrent
                 ``spamc -x -c`` (threshold: required_score 5.0). Slow (about 20 msg/s here),
                 so only the first --sa-folds folds are run.
 
 Usage: python bench/quality.py [--systems bayes,pipeline,spamassassin] [--folds 5]
-       [--sa-folds 2] [--sample N] [--seed 1]
+       [--sa-folds 2] [--sample N] [--seed 1] [--pipeline-threshold S] [--scores FILE.tsv]
 The corpus is $FILTERD_CORPUS/spamassassin (default ../shared/corpus next to the repo).
 """
 
@@ -162,8 +166,22 @@ def bayes_system(corpus: Corpus) -> Scorer:
     return score
 
 
-def pipeline_system(corpus: Corpus) -> Scorer | str:
-    """filterd's whole pipeline, or the reason it cannot be run yet."""
+#: The pipeline's configuration, as an administrator would write it: filterd's shipped
+#: rules (rules_directory, default) plus SpamAssassin's shipped rules, Postfix checks and
+#: banned files with their defaults, ClamAV off (clamd is not part of this measurement).
+PIPELINE_CF = """\
+rules_extra_directories = /usr/share/spamassassin
+clamav_socket =
+"""
+
+
+def pipeline_system(corpus: Corpus, run_dir: Path) -> Scorer | str:
+    """filterd's whole pipeline, or the reason it cannot be run.
+
+    ``data_directory`` is ``run_dir``, kept for the whole run, so the compiled Hyperscan
+    databases (``rules-cache``) are built once; each fold learns its own
+    ``bayes_directory``.
+    """
     try:
         pipeline = importlib.import_module("filterd.content.pipeline")
     except ImportError as exc:
@@ -176,7 +194,7 @@ def pipeline_system(corpus: Corpus) -> Scorer | str:
 
     def score(train: np.ndarray, test: np.ndarray) -> np.ndarray:
         with tempfile.TemporaryDirectory(prefix="filterd-quality-") as tmp:
-            cfg = Config.from_text(f"data_directory = {tmp}\n")
+            cfg = Config.from_text(f"data_directory = {run_dir}\nbayes_directory = {tmp}/bayes\n" + PIPELINE_CF)
             spam_dir, ham_dir = _link_files(corpus, train, Path(tmp) / "train")
             with open(os.devnull, "w") as devnull:
                 if learn_command(cfg, [str(spam_dir)], [str(ham_dir)], out=devnull) != 0:
@@ -299,7 +317,8 @@ def _spamc_scores(corpus: Corpus, test: np.ndarray, port: int) -> np.ndarray:
 
 # -- driver -----------------------------------------------------------------------------
 def run_system(name: str, scorer: Scorer, corpus: Corpus, folds: list[tuple[np.ndarray, np.ndarray]],
-               threshold: float) -> list[Row]:
+               threshold: float, scores_out: list[str] | None = None) -> list[Row]:
+    """Score each fold; with ``scores_out``, append one TSV line per scored message to it."""
     rows: list[Row] = []
     all_scores: list[np.ndarray] = []
     all_idx: list[np.ndarray] = []
@@ -312,6 +331,9 @@ def run_system(name: str, scorer: Scorer, corpus: Corpus, folds: list[tuple[np.n
         rows.append(evaluate(str(n), scores, corpus.is_spam[test], threshold, seconds))
         all_scores.append(scores)
         all_idx.append(test)
+        if scores_out is not None:
+            scores_out += [f"{name}\t{n}\t{CATEGORIES[corpus.category[i]]}\t{corpus.paths[i].name}\t{s:.4f}"
+                           for i, s in zip(test.tolist(), scores.tolist())]
         print(f"  {name}: fold {n}/{len(folds)} done in {seconds:.0f} s", file=sys.stderr, flush=True)
     idx = np.concatenate(all_idx)
     rows.append(evaluate("all", np.concatenate(all_scores), corpus.is_spam[idx], threshold, total))
@@ -327,8 +349,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=None,
                         help="score at most N messages of each test fold (all systems, same messages)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--pipeline-threshold", type=float, default=5.0,
-                        help="pipeline score counted as spam (like required_score)")
+    parser.add_argument("--pipeline-threshold", type=float, default=None,
+                        help="pipeline score counted as spam (default: the pipeline's spam_tag2_level, "
+                             "where filterd marks mail as spam)")
+    parser.add_argument("--scores", type=Path, default=None,
+                        help="write every score to this TSV file (system, fold, folder, file, score)")
     parser.add_argument("--corpus", type=Path,
                         default=Path(os.environ.get("FILTERD_CORPUS", REPO.parent / "shared" / "corpus")))
     args = parser.parse_args(argv)
@@ -340,24 +365,35 @@ def main(argv: list[str] | None = None) -> int:
     counts = {c: int(np.sum(corpus.category == i)) for i, c in enumerate(CATEGORIES)}
     print(f"corpus {args.corpus / 'spamassassin'}: {counts}; {args.folds} stratified folds, seed {args.seed}"
           + (f", test parts sampled to {args.sample} messages" if args.sample else ""))
+    pipeline_cf = "; ".join(line for line in PIPELINE_CF.splitlines() if line)
+    if args.pipeline_threshold is None:
+        from filterd.config import Config
+        args.pipeline_threshold = float(Config.from_text(PIPELINE_CF).get("spam_tag2_level"))
     makers = {
         "bayes": (bayes_system, BAYES_THRESHOLD, len(folds), "filterd Bayes alone (spam if p >= 0.5)"),
         "pipeline": (pipeline_system, args.pipeline_threshold, len(folds),
-                     f"filterd pipeline (spam if score >= {args.pipeline_threshold:g})"),
+                     f"filterd pipeline: filterd rules + SpamAssassin rules + filterd Bayes "
+                     f"({pipeline_cf}; spam if score >= {args.pipeline_threshold:g})"),
         "spamassassin": (spamassassin_system, SA_REQUIRED_SCORE, min(args.sa_folds, len(folds)),
                          "SpamAssassin 4, -L, Bayes on, spamd + 8 x spamc (spam if score >= 5.0)"),
     }
-    for name in [s.strip() for s in args.systems.split(",") if s.strip()]:
-        if name not in makers:
-            print(f"unknown system {name!r}; choose from {', '.join(makers)}", file=sys.stderr)
-            return 2
-        maker, threshold, n_folds, title = makers[name]
-        scorer = maker(corpus)
-        if isinstance(scorer, str):
-            print(f"\n{title}: skipped: {scorer}")
-            continue
-        rows = run_system(name, scorer, corpus, folds[:n_folds], threshold)
-        print_table(f"{title}: folds 1-{n_folds} of {len(folds)}, trained on the other folds", rows)
+    names = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = [n for n in names if n not in makers]
+    if unknown:
+        print(f"unknown system {unknown[0]!r}; choose from {', '.join(makers)}", file=sys.stderr)
+        return 2
+    scores_out: list[str] | None = [] if args.scores else None
+    with tempfile.TemporaryDirectory(prefix="filterd-quality-run-") as run_dir:
+        for name in names:
+            maker, threshold, n_folds, title = makers[name]
+            scorer = maker(corpus, Path(run_dir)) if name == "pipeline" else maker(corpus)
+            if isinstance(scorer, str):
+                print(f"\n{title}: skipped: {scorer}")
+                continue
+            rows = run_system(name, scorer, corpus, folds[:n_folds], threshold, scores_out)
+            print_table(f"{title}: folds 1-{n_folds} of {len(folds)}, trained on the other folds", rows)
+    if args.scores and scores_out is not None:
+        args.scores.write_text("".join(line + "\n" for line in scores_out))
     return 0
 
 

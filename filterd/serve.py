@@ -5,7 +5,7 @@ The master binds every configured listening socket once, then forks
 loop with its own greylist connection and accepts from the shared sockets, so the kernel
 spreads connections over the cores. SIGTERM (or SIGINT) in the master is passed to the
 workers, which stop accepting, answer what is in flight and exit; a worker that dies
-unexpectedly is replaced. SIGHUP makes every worker re-read the greylist whitelists.
+unexpectedly is replaced (on its slot's sockets, which the master holds). SIGHUP makes every worker re-read the greylist whitelists.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from filterd.config.types import Endpoint
 log = logging.getLogger("filterd.master")
 
 
-def bind(endpoint: Endpoint) -> socket.socket:
+def bind(endpoint: Endpoint, reuseport: bool = False) -> socket.socket:
     """A listening socket for ``endpoint`` (stale unix sockets are replaced)."""
     if endpoint.kind == "unix":
         path = endpoint.path
@@ -42,10 +42,30 @@ def bind(endpoint: Endpoint) -> socket.socket:
         # without it pipelined SMTP replies wait 40 ms for the client's delayed ACK (Nagle)
         sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((endpoint.host, endpoint.port))
     sock.listen(1024)
     sock.setblocking(False)
     return sock
+
+
+def bind_slots(endpoint: Endpoint, slots: int) -> list[socket.socket]:
+    """One listening socket per worker slot, all on ``endpoint``.
+
+    With one socket shared by every worker, whichever worker wakes first accepts every
+    connection waiting, and Postfix's long-lived connections (smtpd's policy client,
+    the smtp-amavis transport) pile up on one core. One SO_REUSEPORT socket per slot lets
+    the kernel spread connections across workers. The master keeps every socket open, so
+    connections queued for a worker that died wait for its replacement instead of being
+    refused. A plain bind is tried first: SO_REUSEPORT would otherwise silently share
+    the port with another process of this user that already holds it. Unix sockets
+    cannot do this and are shared.
+    """
+    if endpoint.kind == "unix" or slots == 1:
+        return [bind(endpoint)] * slots
+    bind(endpoint).close()  # raises EADDRINUSE if anyone else listens there
+    return [bind(endpoint, reuseport=True) for _ in range(slots)]
 
 
 async def _open_services(cfg: Config):
@@ -147,41 +167,46 @@ def serve(cfg: Config) -> int:
         started = time.monotonic()
         preloaded = Preloaded.from_config(cfg)
         log.info("content pipeline loaded in %.1fs (shared by all workers)", time.monotonic() - started)
-    listeners: dict[str, socket.socket] = {}
-    endpoint = cfg.get("policy_listen")
-    if endpoint is not None:
-        listeners["policy"] = bind(endpoint)
-    endpoint = cfg.get("filter_listen")
-    if endpoint is not None:
-        listeners["filter"] = bind(endpoint)
-    if not listeners:
+    workers = cfg.get("worker_processes") or os.cpu_count() or 1
+    slots: list[dict[str, socket.socket]] = [{} for _ in range(workers)]
+    for name in ("policy", "filter"):
+        endpoint = cfg.get(f"{name}_listen")
+        if endpoint is None:
+            continue
+        try:
+            socks = bind_slots(endpoint, workers)
+        except OSError as exc:
+            log.error("fatal: %s_listen: cannot listen on %s: %s", name, endpoint, exc.strerror or exc)
+            return 1
+        for slot, sock in zip(slots, socks):
+            slot[name] = sock
+    if not slots[0]:
         log.error("nothing to serve: policy_listen and filter_listen are empty")
         return 1
-    where = ", ".join(f"{name} on {cfg.expand(name + '_listen')}" for name in listeners)
-    workers = cfg.get("worker_processes") or os.cpu_count() or 1
+    where = ", ".join(f"{name} on {cfg.expand(name + '_listen')}" for name in slots[0])
     log.info("daemon started -- version %s, configuration %s, %d worker(s), %s",
              _version(), cfg.source, workers, where)
     if workers == 1:
-        status = _run_worker(cfg, listeners, None, preloaded)
+        status = _run_worker(cfg, slots[0], None, preloaded)
         log.info("terminating on signal")
         return status
-    return _supervise(cfg, listeners, workers, preloaded)
+    return _supervise(cfg, slots, preloaded)
 
 
-def _supervise(cfg: Config, listeners: dict[str, socket.socket], count: int, preloaded: object | None) -> int:
-    """Fork ``count`` workers, replace those that die, pass SIGTERM on, wait for all."""
+def _supervise(cfg: Config, slots: list[dict[str, socket.socket]], preloaded: object | None) -> int:
+    """Fork a worker per slot, replace those that die, pass SIGTERM on, wait for all."""
     stopping = False
-    children: dict[int, float] = {}
+    children: dict[int, tuple[int, float]] = {}  # pid -> (slot, started)
     alive_r, alive_w = os.pipe()  # workers watch alive_r: EOF means the master died
 
-    def spawn() -> None:
+    def spawn(slot: int) -> None:
         pid = os.fork()
         if pid == 0:
             os.close(alive_w)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
-            os._exit(_run_worker(cfg, listeners, alive_r, preloaded))
-        children[pid] = time.monotonic()
+            os._exit(_run_worker(cfg, slots[slot], alive_r, preloaded))
+        children[pid] = (slot, time.monotonic())
 
     def on_signal(signum: int, frame: object) -> None:
         nonlocal stopping
@@ -202,8 +227,8 @@ def _supervise(cfg: Config, listeners: dict[str, socket.socket], count: int, pre
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hup)
-    for _ in range(count):
-        spawn()
+    for slot in range(len(slots)):
+        spawn(slot)
     status = 0
     while children:
         try:
@@ -212,9 +237,10 @@ def _supervise(cfg: Config, listeners: dict[str, socket.socket], count: int, pre
             break
         except InterruptedError:
             continue
-        started = children.pop(pid, None)
-        if started is None:
+        child = children.pop(pid, None)
+        if child is None:
             continue
+        slot, started = child
         code = os.waitstatus_to_exitcode(wstatus)
         if stopping:
             continue
@@ -222,7 +248,7 @@ def _supervise(cfg: Config, listeners: dict[str, socket.socket], count: int, pre
         status = 1
         if time.monotonic() - started < 1.0:
             time.sleep(1.0)  # a worker that dies at once must not make the master spin
-        spawn()
+        spawn(slot)
     log.info("terminating on signal")
     return 0 if stopping else status
 

@@ -40,7 +40,8 @@ PARAMS += [
     Param("bayes_min_ham_num", "200", as_nonneg_int,
           "ham messages the model must have learned before Bayes symbols fire"),
     Param("bayes_scores", DEFAULT_SCORES_TEXT, as_bayes_scores,
-          "scores of the BAYES_xx symbols (SpamAssassin 4's Bayes-without-network set); "
+          "scores of the BAYES_xx symbols (SpamAssassin 4's Bayes-without-network set, "
+          "except BAYES_999=3 and BAYES_00=-5, chosen by cross-validation on the corpus); "
           "list only the ones to change, e.g. BAYES_99=4.0"),
     Param("bayes_reload_interval", "10s", as_time("s"),
           "how often a running filterd checks whether the model file was replaced"),

@@ -241,6 +241,6 @@ def quality_scorer(cfg: Any) -> Callable[[Message], float]:
     runner = asyncio.Runner()
 
     def score(msg: Message) -> float:
-        return runner.run(pipeline.scan(msg)).score
+        return float(runner.run(pipeline.scan(msg)).score)
 
     return score

@@ -126,3 +126,35 @@ def test_sighup_reloads_greylist_whitelists(tmp_path):
             assert ask(c, client_name="mx.friend.example", sender="other@x.example") == "action=DUNNO"
     finally:
         d.stop()
+
+
+def test_connections_are_spread_over_workers(tmp_path):
+    """Each worker has its own SO_REUSEPORT socket: persistent connections do not pile
+    up on the worker that happens to wake first."""
+    d = Daemon(tmp_path, workers=2).start()
+    try:
+        conns = [d.connect() for _ in range(16)]
+        for i, c in enumerate(conns):
+            ask(c, sender=f"spread{i}@example.org")
+        pids = {line.split("[", 1)[1].split("]", 1)[0] for line in d.log.read_text().splitlines()
+                if "filterd/policy[" in line}
+        assert len(pids) == 2, pids
+        for c in conns:
+            c.close()
+    finally:
+        d.stop()
+
+
+def test_port_held_by_another_process_is_refused(tmp_path):
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    d = Daemon(tmp_path, workers=2)
+    d.config.write_text(d.config.read_text().replace(f":{d.port}", f":{holder.getsockname()[1]}"))
+    proc = subprocess.run([sys.executable, "-m", "filterd", "serve", "--config", str(d.config)],
+                          capture_output=True, text=True, timeout=30)
+    holder.close()
+    assert proc.returncode == 1
+    assert "fatal: policy_listen: cannot listen on inet:127.0.0.1:" in d.log.read_text()
+    assert "Address already in use" in d.log.read_text() and "Traceback" not in proc.stderr

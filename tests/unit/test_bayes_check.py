@@ -59,7 +59,7 @@ def test_symbols_for_spam_and_ham(tmp_path: Path) -> None:
     clf = trained(tmp_path)
     syms = clf.symbols(spam(3, seed=2))
     assert [s.name for s in syms] == ["BAYES_99", "BAYES_999"]
-    assert syms[0].score == 3.8 and syms[1].score == 0.2
+    assert syms[0].score == 3.8 and syms[1].score == 3.0
     assert syms[0].evidence.startswith("probability=") and float(syms[0].evidence[12:]) > 0.99
     assert [s.name for s in clf.symbols(ham(3, seed=2))] == ["BAYES_00"]
 
@@ -85,7 +85,7 @@ def test_probability_bands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, p: f
 
 
 def test_bayes_scores_parameter() -> None:
-    assert as_bayes_scores("")["BAYES_00"] == -1.5
+    assert as_bayes_scores("")["BAYES_00"] == -5.0
     assert as_bayes_scores("bayes_00=-2, BAYES_95=3")["BAYES_00"] == -2.0
     for bad in ("BAYES_42=1", "BAYES_99", "BAYES_99=high"):
         with pytest.raises(ValueError):

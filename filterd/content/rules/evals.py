@@ -2,7 +2,8 @@
 
 Chosen for value on real mail and because the message model already has what they
 need: missing To, all-caps Subjects, shouting bodies, HTML-only messages, header counts,
-8-bit garbage in headers, envelope/From agreement, and the trust test most metas negate.
+8-bit garbage in headers, envelope/From agreement, the trust test most metas negate, and
+the Date:-versus-Received: skew (DATE_IN_PAST/DATE_IN_FUTURE).
 Each follows the SpamAssassin plugin function of the same name; where filterd must
 approximate, the docstring says how. Every other eval function loads as unsupported.
 """
@@ -15,6 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from filterd.content.rules.relays import is_private_ip
 from filterd.content.rules.views import MessageViews
 
 EvalFn = Callable[[MessageViews, tuple[str, ...]], bool]
@@ -148,6 +150,122 @@ def _mime_encoding(v: MessageViews, args: tuple[str, ...]) -> bool:
     return False
 
 
+# Received: dates as SpamAssassin finds them: "Tue, 20 Aug 2002 10:51:32 -0400" near the end
+_RECEIVED_DATE = re.compile(r"(\s.?\d+ \S\S\S \d+ \d+:\d+:\d+ \S+)")
+_LOCAL_FIRST_HOP = re.compile(r"\bfrom (?:localhost\s|(?:\S+ ){1,2}\S*\b127\.0\.0\.1\b)|qmail \d+ invoked by uid \d+")
+_FETCHMAIL_HOP = re.compile(r"\bby localhost with \w+ \(fetchmail-[\d.]+")
+
+
+def _parse_date(text: str) -> float | None:
+    """An RFC 822 date as a Unix time, or None (SpamAssassin's parse_rfc822_date, roughly)."""
+    try:
+        parsed = email.utils.parsedate_tz(text.strip())
+    except (ValueError, IndexError, TypeError):
+        return None
+    if parsed is None or parsed[0] < 1970:
+        return None
+    try:
+        return float(email.utils.mktime_tz(parsed))
+    except (OverflowError, ValueError):
+        return None
+
+
+def date_diff(v: MessageViews) -> float:
+    """Seconds by which Date: is ahead of the Received: date nearest to it (0 if unknown).
+
+    SpamAssassin's ``_check_date_diff``: Resent-Date beats Date; local hops at the top
+    (localhost, qmail's ``invoked by uid``, fetchmail) are set aside; the bottom Received
+    is ignored when it agrees exactly; the smallest absolute difference wins. It compares
+    the message with itself, never with the clock, so replaying old mail is safe.
+    """
+    date = None
+    for name in ("Resent-Date", "Date"):
+        for value in v.msg.get_all(name):
+            if value.strip():
+                date = _parse_date(value)
+            if date is not None:
+                break
+        if date is not None:
+            break
+    if date is None:
+        return 0.0
+    received = [r for r in (re.sub(r"\s+", " ", x) for x in v.msg.get_all("Received")) if r.strip()]
+    if received and _LOCAL_FIRST_HOP.search(received[0]):
+        local = received.pop(0)
+        if received and _FETCHMAIL_HOP.search(received[0]):
+            received.pop(0)
+        else:
+            received.insert(0, local)
+    times = [t for t in (_parse_date(m.group(1)) for r in received for m in [_RECEIVED_DATE.search(r)] if m)
+             if t is not None]
+    if not times:
+        return 0.0
+    diffs = [date - t for t in times]
+    if len(diffs) > 1 and diffs[-1] == 0:
+        diffs.pop()
+    return min(diffs, key=abs)
+
+
+def _shifted_date(v: MessageViews, args: tuple[str, ...]) -> bool:
+    """check_for_shifted_date(min, max): min <= Date-Received skew < max hours ('undef' = open)."""
+    diff = v.eval_cache.get("date_diff")
+    if not isinstance(diff, float):
+        diff = v.eval_cache["date_diff"] = date_diff(v)
+    low, high = args
+    return (low == "undef" or diff >= 3600 * float(low)) and (high == "undef" or diff < 3600 * float(high))
+
+
+def _html_image_only(v: MessageViews, args: tuple[str, ...]) -> bool:
+    """html_image_only(min, max): an HTML part with an <img> and min < its length <= max.
+
+    As in SpamAssassin's HTML parser, the length is that of the HTML source (tags
+    included), not of the rendered text: a few hundred bytes of HTML around an image is
+    what image-only spam looks like; a newsletter with pictures is much longer.
+    """
+    low, high = float(args[0]), float(args[1])
+    img = re.compile(r"<img(?=[\s/>])", re.I)
+    for part in v.msg.text_parts:
+        if part.html is not None and low < len(part.html) <= high and img.search(part.html):
+            return True
+    return False
+
+
+def _to_in_subject(v: MessageViews, args: tuple[str, ...]) -> bool:
+    """check_for_to_in_subject('user'|'address'): the Subject addresses the recipient by name.
+
+    'address': the whole To: address appears in the Subject; 'user': the Subject is, ends
+    with, or starts with the To: local part as a salutation ("bob: your invoice").
+    """
+    addrs = [a for _, a in email.utils.getaddresses(v.msg.get_all("To")) if a]
+    if not addrs:
+        return False
+    full_to = "\n".join(addrs)
+    subject = v.msg.subject
+    if args[0] == "address":
+        return re.search(rf"\b{re.escape(full_to)}\b", subject, re.I) is not None
+    to = re.escape(full_to.split("@", 1)[0])
+    pattern = (rf"^(?:(?:re|fw):\s*(?:\w+\s+)?{to}$|(?-i:{to})\s*[,:;!?-](?:$|\s)|{to}$"
+               rf"|,\s*{to}[,:;!?-]$)")
+    return re.search(pattern, subject, re.I) is not None
+
+
+_IPV4_FULL = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")
+
+
+def _public_ipv4(text: str) -> bool:
+    return bool(_IPV4_FULL.match(text)) and not is_private_ip(text)
+
+
+def _helo_ip_mismatch(v: MessageViews, args: tuple[str, ...]) -> bool:
+    """helo_ip_mismatch(): an untrusted hop said HELO with a public IP outside its own /24."""
+    for relay in v.relay_path.untrusted:
+        if _public_ipv4(relay.helo) and _public_ipv4(relay.ip) and relay.helo != relay.ip:
+            prefix = relay.helo.rsplit(".", 1)[0] + "."
+            if not relay.ip.startswith(prefix):
+                return True
+    return False
+
+
 NATIVE_EVALS: dict[str, NativeEval] = {
     "check_for_missing_to_header": NativeEval(_missing_to),
     "subject_is_all_caps": NativeEval(_subject_all_caps),
@@ -163,6 +281,11 @@ NATIVE_EVALS: dict[str, NativeEval] = {
     "check_all_trusted": NativeEval(_all_trusted),
     "check_for_matching_env_and_hdr_from": NativeEval(_env_matches_from),
     "check_for_mime": NativeEval(_mime_encoding, lambda a: a in (("mime_base64_count",), ("mime_qp_count",))),
+    "html_image_only": NativeEval(_html_image_only, lambda a: len(a) == 2 and all(_is_num(x) for x in a)),
+    "check_for_to_in_subject": NativeEval(_to_in_subject, lambda a: a in (("user",), ("address",))),
+    "helo_ip_mismatch": NativeEval(_helo_ip_mismatch),
+    "check_for_shifted_date": NativeEval(
+        _shifted_date, lambda a: len(a) == 2 and all(x == "undef" or _is_num(x) for x in a)),
 }
 
 

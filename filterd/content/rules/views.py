@@ -27,6 +27,7 @@ import re
 from functools import cached_property
 
 from filterd.content.message import Message, decode_header_value
+from filterd.content.rules.relays import RelayPath
 
 MAX_LINE = 2048
 BODY_PART_SCAN_SIZE = 50_000
@@ -73,6 +74,8 @@ class MessageViews:
     def __init__(self, msg: Message):
         self.msg = msg
         self._headers: dict[str, bytes | None] = {}
+        #: per-message results that several eval tests share (e.g. the Date/Received skew)
+        self.eval_cache: dict[str, object] = {}
 
     # -- header --------------------------------------------------------------------
     def header(self, spec: str) -> bytes | None:
@@ -107,6 +110,9 @@ class MessageViews:
         if name in ("ALL-TRUSTED", "ALL-INTERNAL"):
             return None
         low = name.lower()
+        if low in self.relay_headers:
+            value = self.relay_headers[low]
+            return [value] if value else None
         if low == "envelopefrom":
             sender = msg.envelope.sender or next(iter(msg.addresses("Return-Path")), "")
             return [sender] if sender else None
@@ -132,6 +138,16 @@ class MessageViews:
             elif addr:
                 out.append(addr)
         return out
+
+    @cached_property
+    def relay_path(self) -> RelayPath:
+        """The parsed Received: chain, split where trust ends (see :mod:`relays`)."""
+        return RelayPath.from_received(self.msg.get_all("Received"))
+
+    @cached_property
+    def relay_headers(self) -> dict[str, str]:
+        """SpamAssassin's ``X-Spam-Relays-*`` pseudo-headers, lower-case names."""
+        return self.relay_path.pseudo_headers()
 
     # -- body, rawbody, uri, full -----------------------------------------------------
     @cached_property
