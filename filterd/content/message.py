@@ -266,7 +266,9 @@ class Message:
         """URIs from text parts and HTML attributes, de-duplicated, in order of appearance."""
         found: list[str] = []
         for p in self.text_parts:
-            found.extend(extract_uris(p.html if p.html is not None else (p.text or ""), html=p.html is not None))
+            if p.html is not None:
+                found.extend(extract_uris(p.html, html=True))
+            found.extend(extract_uris(p.text or ""))
         seen: set[str] = set()
         return [u for u in found if not (u in seen or seen.add(u))]
 

@@ -18,14 +18,21 @@ _TRAILING = ".,;:!?'\")]}>"
 
 
 def extract_uris(text: str, html: bool = False) -> list[str]:
-    """URIs in order of appearance; ``www.`` links get ``http://`` as SpamAssassin does."""
+    """URIs in order of appearance; ``www.`` links get ``http://`` as SpamAssassin does.
+
+    For HTML source (``html=True``) only link attributes count; URLs written in the
+    visible text are found by calling this again on the rendered text, so a URL that a
+    reader never sees (an ``<object codebase=...>``, a comment) is not a URI of the
+    message, as in SpamAssassin.
+    """
     found: list[str] = []
     if html:
         for m in _HTML_ATTR.finditer(text):
             value = unescape(m.group(1) or m.group(2) or m.group(3) or "").strip()
             if value and not value.startswith(("#", "cid:", "data:")):
                 found.append(_normalise(value))
-    for m in _TEXT_URI.finditer(unescape(text) if html else text):
+        return found
+    for m in _TEXT_URI.finditer(text):
         found.append(_normalise(m.group(0).rstrip(_TRAILING)))
     return found
 

@@ -91,3 +91,9 @@ def test_edits_replace_remove_and_fold_long_lines():
     lines = head.split(b"\n")
     assert lines[0].startswith(b"X-Spam-Status: Yes") and all(len(x) <= 79 for x in lines)
     assert b"Subject: new" in lines and b"X-Drop: me" not in head
+
+
+def test_uris_are_links_and_visible_text_not_hidden_source():
+    raw = (b"Content-Type: text/html\r\n\r\n<object codebase='http://hidden.example/x.cab'></object>"
+           b"<!-- http://comment.example/ --><a href='http://link.example/'>see http://visible.example/</a>\r\n")
+    assert Message(raw).uris == ["http://link.example/", "http://visible.example/"]
