@@ -26,6 +26,7 @@ import logging
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Self
 
 log = logging.getLogger("filterd.greylist")
 
@@ -130,18 +131,14 @@ class _Loader:
             return None
 
 
-class ClientWhitelist:
-    """Clients exempt from greylisting, by name, name regex, or address range."""
+class _Whitelist:
+    """What both whitelist kinds share: reading files line by line, regexes sealed last."""
 
-    def __init__(self) -> None:
-        self.warnings: list[str] = []
-        self._names: dict[str, Entry] = {}
-        self._regexes = _Regexes()
-        # prefix length -> {address >> (bits - prefix length): entry}
-        self._nets: dict[int, dict[int, dict[int, Entry]]] = {4: {}, 6: {}}
+    warnings: list[str]
+    _regexes: _Regexes
 
     @classmethod
-    def load(cls, files: Iterable[str]) -> ClientWhitelist:
+    def load(cls, files: Iterable[str]) -> Self:
         wl = cls()
         loader = _Loader()
         for path in files:
@@ -150,6 +147,20 @@ class ClientWhitelist:
         wl._regexes.seal()
         wl.warnings = loader.warnings
         return wl
+
+    def _add(self, loader: _Loader, file: str, line: int, text: str) -> None:
+        raise NotImplementedError
+
+
+class ClientWhitelist(_Whitelist):
+    """Clients exempt from greylisting, by name, name regex, or address range."""
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+        self._names: dict[str, Entry] = {}
+        self._regexes = _Regexes()
+        # prefix length -> {address >> (bits - prefix length): entry}
+        self._nets: dict[int, dict[int, dict[int, Entry]]] = {4: {}, 6: {}}
 
     def _add(self, loader: _Loader, file: str, line: int, text: str) -> None:
         if m := _REGEX.fullmatch(text):
@@ -208,7 +219,7 @@ class ClientWhitelist:
         return best
 
 
-class RecipientWhitelist:
+class RecipientWhitelist(_Whitelist):
     """Recipients exempt from greylisting, in postgrey's access(5)-like format."""
 
     def __init__(self) -> None:
@@ -217,17 +228,6 @@ class RecipientWhitelist:
         self._users: dict[str, Entry] = {}
         self._domains: dict[str, Entry] = {}
         self._regexes = _Regexes()
-
-    @classmethod
-    def load(cls, files: Iterable[str]) -> RecipientWhitelist:
-        wl = cls()
-        loader = _Loader()
-        for path in files:
-            for number, text in _lines(path):
-                wl._add(loader, path, number, text)
-        wl._regexes.seal()
-        wl.warnings = loader.warnings
-        return wl
 
     def _add(self, loader: _Loader, file: str, line: int, text: str) -> None:
         if m := _REGEX.fullmatch(text):
