@@ -65,7 +65,7 @@ class PerlRegex:
         The standard library's ``re`` takes most translated patterns and backtracks two
         to three times faster than ``regex`` on SpamAssassin's heaviest rules (measured
         on the corpus: __FILL_THIS_FORM_LONG2 0.93 s vs 2.19 s over 4,228 body lines), so
-        it is used when it accepts the pattern; ``regex`` takes the rest (``\p{..}``,
+        it is used when it accepts the pattern; ``regex`` takes the rest (``\\p{..}``,
         variable-length look-behind...). Both are backtracking engines with Perl syntax.
         """
         data = self.python.encode("latin-1", "strict") if self.python.isascii() else None
