@@ -135,7 +135,10 @@ async def _one(cfg: Any, quarantine: Quarantine, action: str, qid: str, out: Tex
             out.write(raw.decode("utf-8", "replace"))
         return 0
     forwarder = Forwarder(cfg.get("filter_forward"), cfg.get("filter_timeout"), cfg.get("myhostname"))
-    result = await forwarder.send(entry.sender, entry.recipients, raw)
+    try:
+        result = await forwarder.send(entry.sender, entry.recipients, raw)
+    finally:
+        await forwarder.close()
     summary = result.summary()
     if not summary.ok:
         print(f"filterd: {qid}: release failed: {summary}", file=sys.stderr)

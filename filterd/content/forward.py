@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 
 import aiosmtplib
@@ -66,13 +67,54 @@ def _failure(hop: NextHop, what: str) -> Reply:
     return Reply(451, "4.4.1", f"Error in processing, forwarding to {hop} FAILED: {what}")
 
 
+#: Idle connections kept per next hop, and how long one may stay idle. Postfix's smtpd
+#: drops a silent client after smtpd_timeout (300 s); ten seconds stays well inside that.
+POOL_SIZE = 8
+POOL_IDLE = 10.0
+
+
 class Forwarder:
-    """Sends messages to one next hop; a fresh connection per message (no shared state)."""
+    """Sends messages to one next hop, reusing connections as amavisd-new does.
+
+    A connection that carried a completed transaction goes back to a small pool; the
+    next message starts with MAIL (XFORWARD first, since Postfix resets XFORWARD
+    attributes after each transaction). A pooled connection that turns out dead before
+    any data was sent is replaced by a fresh one and the message tried once more, so
+    reuse never turns into a 4xx the next hop did not ask for.
+    """
 
     def __init__(self, hop: NextHop, timeout: float, helo_name: str):
         self.hop = hop
         self.timeout = timeout
         self.helo_name = helo_name
+        self._idle: dict[NextHop, list[tuple[float, aiosmtplib.SMTP]]] = {}
+
+    def _take(self, hop: NextHop) -> aiosmtplib.SMTP | None:
+        pool = self._idle.get(hop, [])
+        now = time.monotonic()
+        while pool:
+            since, client = pool.pop()
+            if now - since < POOL_IDLE and client.is_connected:
+                return client
+            client.close()
+        return None
+
+    def _give_back(self, hop: NextHop, client: aiosmtplib.SMTP) -> None:
+        pool = self._idle.setdefault(hop, [])
+        if len(pool) < POOL_SIZE and client.is_connected:
+            pool.append((time.monotonic(), client))
+        else:
+            client.close()
+
+    async def close(self) -> None:
+        """QUIT every pooled connection (at shutdown)."""
+        for pool in self._idle.values():
+            for _, client in pool:
+                try:
+                    await client.quit()
+                except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                    client.close()
+        self._idle.clear()
 
     async def send(
         self,
@@ -94,39 +136,60 @@ class Forwarder:
         so a retry can neither lose nor duplicate anyone's copy.
         """
         hop = hop or self.hop
+        client = self._take(hop)
+        if client is not None:
+            result = ForwardResult()
+            progress: list[str] = []
+            try:
+                await self._transaction(client, hop, sender, recipients, data, xforward,
+                                        smtputf8, partial, result, progress)
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                client.close()
+                if progress:  # the next hop saw the transaction: its outcome stands
+                    self._fail(hop, recipients, result, exc)
+                    return result
+            else:
+                self._give_back(hop, client)
+                return result
         result = ForwardResult()
         client = aiosmtplib.SMTP(hostname=hop.host, port=hop.port, timeout=self.timeout,
                                  local_hostname=self.helo_name, start_tls=False)
         try:
             await client.connect()
+            await client.ehlo()
             await self._transaction(client, hop, sender, recipients, data, xforward, smtputf8,
-                                    partial, result)
-        except aiosmtplib.SMTPResponseException as exc:
-            reply = _relayed(hop, exc.code, exc.message) if exc.code >= 400 else _failure(hop, str(exc))
+                                    partial, result, [])
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            client.close()
+            self._fail(hop, recipients, result, exc)
+        else:
+            self._give_back(hop, client)
+        return result
+
+    @staticmethod
+    def _fail(hop: NextHop, recipients: list[str], result: ForwardResult, exc: BaseException) -> None:
+        """Every recipient without a reply of its own gets the failure (a 4xx unless the
+        next hop itself answered 5xx)."""
+        if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code >= 400:
+            reply = _relayed(hop, exc.code, exc.message)
             for rcpt in recipients:
                 if rcpt not in result.replies or result.replies[rcpt].ok:
                     result.replies[rcpt] = reply
-            result.queued_as = None
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        else:
             reason = str(exc) or type(exc).__name__
             if isinstance(exc, OSError) and exc.strerror:
                 reason = exc.strerror
             for rcpt in recipients:
                 result.replies[rcpt] = _failure(hop, reason)
-            result.queued_as = None
-        finally:
-            if client.is_connected:
-                try:
-                    await client.quit()
-                except (aiosmtplib.SMTPException, OSError, TimeoutError):
-                    client.close()
-        return result
+        result.queued_as = None
 
     async def _transaction(self, client: aiosmtplib.SMTP, hop: NextHop, sender: str,
                            recipients: list[str], data: bytes,
                            xforward: dict[str, str | None] | None, smtputf8: bool,
-                           partial: bool, result: ForwardResult) -> None:
-        await client.ehlo()
+                           partial: bool, result: ForwardResult, progress: list[str]) -> None:
+        """One transaction on a connection that has said EHLO. ``progress`` gets an entry
+        once the next hop has accepted MAIL FROM: from then on a failure is the next
+        hop's answer, not a dead pooled connection."""
         if xforward and client.supports_extension("xforward"):
             offered = client.esmtp_extensions.get("xforward", "")
             for args in encode_commands(xforward, offered):
@@ -145,6 +208,7 @@ class Forwarder:
             options.append("SMTPUTF8")
             encoding = "utf-8"
         await client.mail(sender, options=options, encoding=encoding)
+        progress.append("MAIL")
         accepted: list[str] = []
         for rcpt in recipients:
             try:

@@ -278,6 +278,7 @@ class ContentFilterServer:
         for task in list(self.tasks):
             task.cancel()
         await self.quarantine.close()
+        await self.forwarder.close()
         self.pipeline.close()
 
     def _track(self, coro: Any) -> asyncio.Task[Any]:
