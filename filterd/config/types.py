@@ -200,7 +200,7 @@ def as_networks(value: str) -> list[str]:
     """A list of networks or table references (``mynetworks`` syntax); CIDRs validated."""
     out = []
     for item in split_list(value):
-        if ":" in item and not _looks_like_ip(item) and not item.startswith("["):
+        if ":" in item and not is_network(item) and not item.startswith("["):
             out.append(item)  # a type:table reference (or /file/name), checked by maps
             continue
         if item.startswith("/"):
@@ -217,7 +217,8 @@ def as_networks(value: str) -> list[str]:
     return out
 
 
-def _looks_like_ip(item: str) -> bool:
+def is_network(item: str) -> bool:
+    """An IP address or network (``192.0.2.0/24``, ``[2001:db8::]/32``), not a table."""
     try:
         ipaddress.ip_network(item.strip("[]").replace("]/", "/"), strict=False)
         return True

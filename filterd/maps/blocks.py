@@ -7,6 +7,7 @@ without recursion.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 from filterd.maps.errors import MapError
@@ -46,6 +47,20 @@ class IfBlocks:
             raise MapError(f"{where(self.spec, line)}: endif without matching if")
         index, _ = self._open.pop()
         rules[index].skip = len(rules)
+
+    def lines(self, rules: list[_HasSkip], lines: list[tuple[int, str]]) -> Iterator[tuple[str, int, bool, str]]:
+        """The rule lines of a table: (place, line number, is an ``if``, text after ``if``).
+
+        ``endif`` lines are consumed here (closing their block), and when the lines run
+        out an ``if`` still open is an error; callers only parse rule bodies.
+        """
+        for number, text in lines:
+            kw = keyword(text)
+            if kw and kw[0] == "endif":
+                self.close(rules, number, kw[1])
+                continue
+            yield where(self.spec, number), number, kw is not None, kw[1] if kw else text
+        self.finish()
 
     def finish(self) -> None:
         if self._open:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from filterd.maps.blocks import IfBlocks, keyword
+from filterd.maps.blocks import IfBlocks
 from filterd.maps.errors import MapError
-from filterd.maps.source import FileSource, InlineSource, Line, inline_rules, where
+from filterd.maps.source import FileSource, InlineSource, Line, inline_rules
 
 
 @dataclass(slots=True)
@@ -57,13 +57,7 @@ def parse_network(text: str, place: str) -> tuple[int, int, int]:
 def parse_cidr(spec: str, lines: list[Line]) -> list[CidrRule]:
     rules: list[CidrRule] = []
     blocks = IfBlocks(spec)
-    for number, text in lines:
-        place = where(spec, number)
-        kw = keyword(text)
-        if kw and kw[0] == "endif":
-            blocks.close(rules, number, kw[1])
-            continue
-        body = kw[1] if kw else text
+    for place, number, is_if, body in blocks.lines(rules, lines):
         negate = body.startswith("!")
         if negate:
             body = body[1:].lstrip()
@@ -72,7 +66,7 @@ def parse_cidr(spec: str, lines: list[Line]) -> list[CidrRule]:
             raise MapError(f"{place}: missing address pattern")
         version, network, mask = parse_network(fields[0], place)
         result = fields[1].strip() if len(fields) == 2 else ""
-        if kw:
+        if is_if:
             if result:
                 raise MapError(f"{place}: unexpected text after if pattern: {result!r} "
                                f"(rules inside if..endif must not start with white space)")
@@ -81,7 +75,6 @@ def parse_cidr(spec: str, lines: list[Line]) -> list[CidrRule]:
         if not result:
             raise MapError(f"{place}: no lookup result after {fields[0]!r}")
         rules.append(CidrRule(version, network, mask, negate, False, result))
-    blocks.finish()
     return rules
 
 

@@ -26,9 +26,9 @@ from typing import Any, Callable, Protocol
 
 import regex
 
-from filterd.maps.blocks import IfBlocks, keyword
+from filterd.maps.blocks import IfBlocks
 from filterd.maps.errors import MapError
-from filterd.maps.source import FileSource, InlineSource, Line, inline_rules, where
+from filterd.maps.source import FileSource, InlineSource, Line, inline_rules
 from filterd.maps.template import Template, expand, parse_template
 
 log = logging.getLogger("filterd.maps")
@@ -175,17 +175,11 @@ def parse_rules(dialect: Dialect) -> Callable[[str, list[Line]], list[Rule]]:
     def parse(spec: str, lines: list[Line]) -> list[Rule]:
         rules: list[Rule] = []
         blocks = IfBlocks(spec)
-        for number, text in lines:
-            place = where(spec, number)
-            kw = keyword(text)
-            if kw and kw[0] == "endif":
-                blocks.close(rules, number, kw[1])
-                continue
-            body = kw[1] if kw else text
+        for place, number, is_if, body in blocks.lines(rules, lines):
             negate, pattern, flags, rest = _split_pattern(body, place)
             compiled, anchored = dialect.compile(pattern, flags, place)
             test = compiled.match if anchored else compiled.search
-            if kw:
+            if is_if:
                 if rest:
                     raise MapError(f"{place}: unexpected text after if /pattern/: {rest!r} "
                                    f"(rules inside if..endif must not start with white space)")
@@ -201,7 +195,6 @@ def parse_rules(dialect: Dialect) -> Callable[[str, list[Line]], list[Rule]]:
                 rules.append(Rule(test, negate, False, "".join(map(str, template)), None))
             else:
                 rules.append(Rule(test, negate, False, None, template))
-        blocks.finish()
         return rules
 
     return parse

@@ -64,8 +64,12 @@ def _check_site(arg: str) -> Site:
     return site
 
 
-def _rbl_reply(ev: Evaluation, hit: DnsblHit, rbl_class: str, what: str) -> Reply:
-    """Expand ``default_rbl_reply`` (or an ``rbl_reply_maps`` entry) as Postfix does."""
+def _rbl_reply(ev: Evaluation, hit: DnsblHit, rbl_class: str, what: str, domain: str | None = None) -> Reply:
+    """Expand ``default_rbl_reply`` (or an ``rbl_reply_maps`` entry) as Postfix does.
+
+    ``domain`` is what ``$rbl_domain`` says: the hit's zone, or for a DNSBL score every
+    list that contributed.
+    """
     cfg = ev.cfg
     code = cfg.get("maps_rbl_reject_code")
     template = None
@@ -78,7 +82,7 @@ def _rbl_reply(ev: Evaluation, hit: DnsblHit, rbl_class: str, what: str) -> Repl
     txn = ev.txn
     values = {
         "rbl_code": str(code), "rbl_class": rbl_class, "rbl_what": what,
-        "rbl_domain": hit.zone, "rbl_reason": hit.text or "", "rbl_txt": hit.text or "",
+        "rbl_domain": domain or hit.zone, "rbl_reason": hit.text or "", "rbl_txt": hit.text or "",
         "client_address": txn.client_address, "client_name": txn.client_name,
         "reverse_client_name": txn.reverse_client_name, "helo_name": txn.helo_name,
         "sender": txn.sender or "", "recipient": txn.recipient or "",
@@ -174,10 +178,7 @@ async def check_dnsbl_score(ev: Evaluation, arg: str | None) -> Outcome | None:
         return None
     positive = [h for h in hits if h.weight > 0]
     first = positive[0] if positive else hits[0]
-    reply = _rbl_reply(ev, first, "Client host", addr)
-    zones = ", ".join(h.zone for h in positive)
-    text = reply.text.replace(f"blocked using {first.zone}", f"blocked using {zones}", 1)
-    reply = Reply(reply.code, reply.dsn, text)
+    reply = _rbl_reply(ev, first, "Client host", addr, ", ".join(dict.fromkeys(h.zone for h in positive)))
     return Outcome(Action("CODE", reply.code), detail, reply=reply)
 
 

@@ -11,6 +11,7 @@ import ipaddress
 from functools import cached_property
 
 from filterd.config import Config
+from filterd.config.types import is_network
 from filterd.maps import open_table
 from filterd.maps.access import lookup_domain, lookup_ip
 from filterd.policy.client import PolicyClient, ServiceSpec
@@ -26,7 +27,7 @@ class NetworkMatcher:
         self.networks: list[Network] = []
         self.tables = []
         for item in items:
-            if ":" in item and not _is_network(item):
+            if ":" in item and not is_network(item):
                 self.tables.append(open_table(item))
             else:
                 self.networks.append(ipaddress.ip_network(item, strict=False))
@@ -47,14 +48,6 @@ class NetworkMatcher:
             if m is not None and m.value.strip().upper() not in ("REJECT", "DUNNO"):
                 return f"{m.table}: {m.key}"
         return None
-
-
-def _is_network(item: str) -> bool:
-    try:
-        ipaddress.ip_network(item, strict=False)
-        return True
-    except ValueError:
-        return False
 
 
 class DomainList:

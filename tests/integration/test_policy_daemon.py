@@ -36,8 +36,6 @@ def test_greylisting_is_consistent_across_workers_and_connections(daemon):
     answers = [ask(c, instance=f"m{i}") for i, c in enumerate(conns)]
     assert answers[0].startswith("action=PREPEND X-Greylist: delayed")
     assert all(a in ("action=DUNNO",) or a.startswith("action=PREPEND X-Greylist") for a in answers)
-    pids = {line.split("[")[1].split("]")[0] for line in daemon.log.read_text().splitlines() if "filterd/policy[" in line}
-    assert len(pids) >= 1
     for c in conns:
         c.close()
 
