@@ -34,16 +34,32 @@ class PostfixFormatter(logging.Formatter):
             msg += " | " + self.formatException(record.exc_info).replace("\n", " | ")
         # One event, one line: a newline from hostile input must not forge a log line.
         msg = msg.replace("\r", "\\r").replace("\n", "\\n")
-        return f"{stamp} {self.hostname} {self.syslog_name}/{part}[{os.getpid()}]: {msg}"
+        return f"{stamp} {self.hostname} {self.syslog_name}/{part}[{_pid}]: {msg}"
+
+
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+#: Seconds an event line may wait in the buffer: ``tail -f`` stays current to the eye,
+#: and a busy service writes its lines in a few large writes instead of one per request.
+FLUSH_DELAY = 0.1
 
 
 class EventLog:
     """The per-request line writer: the same stream and shape as the logging handler.
 
-    One line per policy request or message is the hot path of logging: a LogRecord and
-    a flush per line cost more than answering a cached greylist request. This writer
-    formats the time stamp once a second, skips LogRecord, and flushes once per event
-    loop turn (after every line written in that turn), so ``tail -f`` stays current.
+    One line per policy request or message is the hot path of logging: a LogRecord, a
+    getpid() and a flush per line cost more than answering a cached greylist request.
+    This writer formats the time stamp once a second, skips LogRecord, and flushes at
+    most FLUSH_DELAY after a line was written (warnings, written through the logging
+    handler to the same stream, flush it at once, so the order of lines is kept).
     """
 
     def __init__(self, stream: TextIO, hostname: str, syslog_name: str):
@@ -60,10 +76,10 @@ class EventLog:
             self._stamp = time.strftime("%b %d %H:%M:%S", time.localtime(now))
         if "\n" in msg or "\r" in msg:
             msg = msg.replace("\r", "\\r").replace("\n", "\\n")
-        self.stream.write(f"{self._stamp}{self.prefix}{part}[{os.getpid()}]: {msg}\n")
+        self.stream.write(f"{self._stamp}{self.prefix}{part}[{_pid}]: {msg}\n")
         if not self._flush_pending:
             try:
-                asyncio.get_running_loop().call_soon(self._flush)
+                asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush)
                 self._flush_pending = True
             except RuntimeError:  # no loop (a command-line tool): flush now
                 self.stream.flush()

@@ -29,6 +29,11 @@ class Batcher(Generic[T, R]):
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._task: asyncio.Task[None] | None = None  # kept: the loop holds tasks weakly
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued or running: a caller may go to the store directly, in order."""
+        return self._task is None and not self._pending
+
     def submit(self, item: T) -> asyncio.Future[R]:
         """Queue ``item``; the future gets its result once its batch has run."""
         loop = asyncio.get_running_loop()

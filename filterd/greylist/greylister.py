@@ -159,6 +159,7 @@ class Greylister:
         await self._batcher.drain()
         while self._awl_task is not None and not self._awl_task.done():
             await asyncio.gather(self._awl_task, return_exceptions=True)
+        await self._store.sync()
 
     async def _cleanup_loop(self) -> None:
         while True:
@@ -214,7 +215,17 @@ class Greylister:
             if self._clock() < until:
                 return _PASSED
             del self._passed[key]
-        now, state = await self._batcher.submit(Sighting(key, client.awl_key))
+        sighting = Sighting(key, client.awl_key)
+        states = None
+        # Directly only when nothing is in flight: a sighting of the same key, or an
+        # auto-whitelist count this decision must see, would otherwise be overtaken.
+        if self._batcher.idle and (self._awl_task is None or self._awl_task.done()):
+            now = int(self._clock())
+            states = self._store.see_now((sighting,), now, self.timing)
+        if states is not None:
+            state = states[0]
+        else:
+            now, state = await self._batcher.submit(sighting)
         if state is None:
             self._queue_awl(now, client.awl_key, None)
             return _AWL

@@ -97,6 +97,21 @@ class GreylistStore(ABC):
         seen lies in the future.
         """
 
+    def see_now(self, sightings: Sequence[Sighting], now: int,
+                timing: Timing) -> list[TripletState | None] | None:
+        """:meth:`see`, if the store can answer without waiting; else None (nothing done).
+
+        A store whose every answer needs I/O (a network round trip) keeps this default;
+        one with a cheap local path lets an uncontended decision skip the batch, the
+        extra event-loop turns and the Task it would cost.
+        """
+        return None
+
+    async def sync(self) -> None:
+        """Make every write so far visible to the other workers (and durable as the
+        store's own settings make it). Writes may otherwise wait for the end of the
+        event-loop turn that made them."""
+
     @abstractmethod
     async def count_passes(self, clients: Sequence[str], now: int,
                            timing: Timing) -> list[ClientState | None]:

@@ -10,6 +10,7 @@ server can log it, answer safely and go on serving everyone else.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from operator import methodcaller
 
 from filterd.restrict.transaction import Stage, Transaction
 
@@ -19,6 +20,8 @@ MAX_LINE = 8192
 MAX_REQUEST = 65536
 #: Most attributes in one request.
 MAX_ATTRIBUTES = 256
+
+_SPLIT_ATTRIBUTE = methodcaller("split", "=", 1)
 
 
 @dataclass
@@ -87,7 +90,7 @@ def parse_block(block: bytes) -> PolicyRequest:
     if len(text) <= MAX_LINE and len(lines) <= MAX_ATTRIBUTES and text.isascii():
         # Fast path for what Postfix sends: short ASCII lines, each with a name and '='.
         try:
-            attrs = dict(line.split("=", 1) for line in lines)  # type: ignore[misc]
+            attrs = dict(map(_SPLIT_ATTRIBUTE, lines))  # C calls only: half a generator's cost
         except ValueError:
             pass
         else:

@@ -12,6 +12,7 @@ import logging
 import socket
 from collections import deque
 
+from filterd import eager
 from filterd.policy.protocol import FramingError, PolicyParser, PolicyRequest, encode_reply
 from filterd.policy.service import PolicyService
 
@@ -28,7 +29,7 @@ class PolicyConnection(asyncio.Protocol):
         self.queue: deque[PolicyRequest] = deque()
         self.transport: asyncio.Transport | None = None
         self.peer = "unknown"
-        self.worker: asyncio.Task[None] | None = None
+        self.worker: asyncio.Task[str] | None = None
         self.closing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -50,22 +51,37 @@ class PolicyConnection(asyncio.Protocol):
                 self.close()
                 return
             self.queue.append(item)
-        if self.queue and self.worker is None:
-            self.worker = asyncio.get_running_loop().create_task(self._answer())
+        if self.worker is None:
+            self._answer()
 
-    async def _answer(self) -> None:
-        """Answer queued requests one at a time, in order (the protocol has no ids)."""
-        try:
-            while self.queue:
-                req = self.queue.popleft()
-                action = await self.service.handle(req, self.peer)
-                if self.transport is None or self.transport.is_closing():
-                    return
-                self.transport.write(encode_reply(action))
-        finally:
-            self.worker = None
-            if self.closing and self.transport is not None:
-                self.transport.close()
+    def _answer(self) -> None:
+        """Answer queued requests in order (the protocol has no ids).
+
+        Each request is decided in this turn when it needs nothing that waits (see
+        :mod:`filterd.eager`); one that waits continues as a Task, and the requests
+        behind it wait for its answer.
+        """
+        while self.queue:
+            req = self.queue.popleft()
+            result = eager.start(self.service.handle(req, self.peer))
+            if isinstance(result, eager.Pending):
+                self.worker = result.task
+                result.task.add_done_callback(self._resumed)
+                return
+            self._reply(result)
+        if self.closing and self.transport is not None:
+            self.transport.close()
+
+    def _resumed(self, task: asyncio.Task[str]) -> None:
+        self.worker = None
+        if task.cancelled():  # the server is being torn down
+            return
+        self._reply(task.result())  # handle() never raises
+        self._answer()
+
+    def _reply(self, action: str) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode_reply(action))
 
     @property
     def idle(self) -> bool:

@@ -58,6 +58,12 @@ def rows(db: Path, table: str) -> list[tuple]:
         return conn.execute(f"SELECT * FROM {table} ORDER BY key").fetchall()
 
 
+async def stored(g: Greylister, directory: Path, table: str) -> list[tuple]:
+    """What another worker would read from the database once ``g``'s writes are out."""
+    await g.flush()
+    return rows(directory / "greylist.db", table)
+
+
 async def check(g: Greylister, address: str = "192.0.2.10", sender: str = "s@sender.test",
                 recipient: str = "r@example.org", instance: str = "",
                 name: str = "unknown") -> GreylistResult:
@@ -113,10 +119,10 @@ async def test_passed_triplet_is_answered_from_memory_for_an_hour(make: Factory,
     passed_at = int(clock.now)
     clock.advance(HOUR - 1)
     assert (await check(g)).reason == "triplet passed before"
-    assert rows(tmp_path / "greylist.db", "triplet")[0][2] == passed_at  # not asked
+    assert (await stored(g, tmp_path, "triplet"))[0][2] == passed_at  # not asked
     clock.advance(1)
     assert (await check(g)).reason == "triplet passed before"
-    assert rows(tmp_path / "greylist.db", "triplet")[0][2] == passed_at + HOUR
+    assert (await stored(g, tmp_path, "triplet"))[0][2] == passed_at + HOUR
 
 
 async def test_no_instance_means_a_header_on_every_first_pass(make: Factory) -> None:
@@ -207,7 +213,7 @@ async def test_whitelisted_client_and_recipients(make: Factory, tmp_path: Path) 
     for rcpt in ("postmaster@example.org", "abuse+x@example.org", "ABUSE@example.net"):
         r = await check(g, recipient=rcpt)
         assert r.action == "whitelisted" and r.reason.startswith("recipient whitelisted by ")
-    assert rows(tmp_path / "greylist.db", "triplet") == []  # whitelisted: never stored
+    assert await stored(g, tmp_path, "triplet") == []  # whitelisted: never stored
 
 
 async def test_own_whitelist_files(make: Factory, tmp_path: Path) -> None:
@@ -237,7 +243,7 @@ async def test_auto_whitelist_after_five_passes_one_per_hour(make: Factory,
             assert (await pass_new_triplet(g, clock, "192.0.2.10", n)).action == "pass"
         clock.advance(HOUR)
     await g.flush()
-    assert rows(tmp_path / "greylist.db", "client")[0][:2] == ("192.0.2.10", 4)
+    assert (await stored(g, tmp_path, "client"))[0][:2] == ("192.0.2.10", 4)
     n += 1
     assert (await check(g, "192.0.2.10", recipient=f"r{n}@example.org")).action == "defer"
     clock.advance(300)
@@ -245,7 +251,7 @@ async def test_auto_whitelist_after_five_passes_one_per_hour(make: Factory,
     r = await check(g, "192.0.2.10", recipient="brand-new@example.org")
     assert (r.action, r.header, r.reason) == ("awl", None, "client auto-whitelisted")
     # An auto-whitelisted client's requests leave the triplets alone.
-    assert not [k for k, *_ in rows(tmp_path / "greylist.db", "triplet") if "brand-new" in k]
+    assert not [k for k, *_ in await stored(g, tmp_path, "triplet") if "brand-new" in k]
     # The auto-whitelist is per address, not per /24 network.
     assert (await check(g, "192.0.2.11", recipient="brand-new@example.org")).action == "defer"
 
@@ -258,7 +264,7 @@ async def test_auto_whitelist_counts_first_passes_only(make: Factory, tmp_path: 
         clock.advance(HOUR)
         assert (await check(g, "192.0.2.10", recipient="r1@example.org")).action == "pass"
     await g.flush()
-    assert rows(tmp_path / "greylist.db", "client")[0][:2] == ("192.0.2.10", 1)
+    assert (await stored(g, tmp_path, "client"))[0][:2] == ("192.0.2.10", 1)
     clock.advance(HOUR)
     await pass_new_triplet(g, clock, "192.0.2.10", 2)
     assert (await check(g, "192.0.2.10", recipient="x@example.org")).action == "awl"
@@ -270,13 +276,13 @@ async def test_auto_whitelist_refresh_and_expiry(make: Factory, tmp_path: Path) 
     await pass_new_triplet(g, clock, "192.0.2.10", 1)
     await g.flush()
     counted_at = int(clock.now)
-    assert rows(tmp_path / "greylist.db", "client") == [("192.0.2.10", 1, counted_at)]
+    assert await stored(g, tmp_path, "client") == [("192.0.2.10", 1, counted_at)]
     clock.advance(HOUR - 1)
     assert (await check(g, "192.0.2.10", recipient="x@example.org")).action == "awl"
     clock.advance(1)  # an hour later postgrey refreshes the entry (and counts it)
     assert (await check(g, "192.0.2.10", recipient="y@example.org")).action == "awl"
     await g.flush()  # the refresh is written after the reply
-    assert rows(tmp_path / "greylist.db", "client") == [("192.0.2.10", 2, counted_at + HOUR)]
+    assert await stored(g, tmp_path, "client") == [("192.0.2.10", 2, counted_at + HOUR)]
     g = await make("greylist_auto_whitelist_clients = 1", clock)
     clock.advance(35 * DAY + 1)  # not seen for max_age: forgotten
     assert (await check(g, "192.0.2.10", recipient="z@example.org")).action == "defer"
@@ -289,7 +295,7 @@ async def test_auto_whitelist_off(make: Factory, tmp_path: Path) -> None:
         await pass_new_triplet(g, clock, "192.0.2.10", n)
         clock.advance(HOUR)
     assert (await check(g, "192.0.2.10", recipient="x@example.org")).action == "defer"
-    assert rows(tmp_path / "greylist.db", "client") == []
+    assert await stored(g, tmp_path, "client") == []
 
 
 async def test_state_survives_reopening(make: Factory, tmp_path: Path) -> None:
@@ -332,7 +338,7 @@ async def test_concurrent_requests_go_in_batches(make: Factory, tmp_path: Path) 
     results = await asyncio.gather(*requests)
     assert {r.action for r in results} == {"defer"}
     assert results[-1].reason == results[-2].reason == "new triplet"
-    assert len(rows(tmp_path / "greylist.db", "triplet")) == 41
+    assert len(await stored(g, tmp_path, "triplet")) == 41
     clock.advance(300)
     results = await asyncio.gather(*[check(g, f"192.0.{i % 4}.9", recipient=f"r{i}@example.org")
                                      for i in range(40)])
