@@ -479,6 +479,7 @@ class FilterdServer(Server):
             f"worker_processes = {self.workers}\n"
             f"greylist_delay = {GREYLIST_DELAY}s\n"
             "policy_restrictions = check_greylist\n"
+            "filter_listen =\n"  # the policy service alone: no content filter on 10024
         )
 
     def command(self) -> list[str]:

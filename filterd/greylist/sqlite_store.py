@@ -222,6 +222,9 @@ class SqliteGreylistStore(GreylistStore):
             self._end_turn()
             self._fast.close()
             self._fast = None
+            if self.busy_fallbacks:
+                log.info("greylist: %d statements found %s busy and waited in a thread",
+                         self.busy_fallbacks, self.path)
         if self._db is not None:
             db, self._db = self._db, None
             await db.close()
