@@ -71,6 +71,15 @@ def test_words_split_ellipses_and_trim_punctuation() -> None:
     assert words(long, decompose=False) == ["sk:xxxxxxx"]
 
 
+def test_words_decompose_each_distinct_word_once() -> None:
+    assert words("win win win") == ["win"]
+    assert set(words("Win win Win! WIN 2002 win")) == {"Win", "win", "Win!", "win!", "WIN", "9999"}
+    # non-ASCII: digits of any script fold to 9, and lower-casing "İ" adds a combining
+    # dot that the punctuation-free variant drops
+    assert set(words("BİLGİSAYAR ١٢٣x")) == {
+        "BİLGİSAYAR", "bi̇lgi̇sayar", "bilgisayar", "999x"}
+
+
 def test_uri_tokens() -> None:
     toks = set(tokenize(Message(PLAIN)))
     assert {"U:s:http", "U:www.lotto.bad.example", "U:bad.example", "UP:claim", "UP:now"} <= toks

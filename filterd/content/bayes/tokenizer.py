@@ -81,6 +81,7 @@ _ADDRESS_FIELDS = frozenset(
 _WORD = re.compile(r"[\w$,@*!'\".\-]+")
 _TRIM = "-'\".,"
 _DIGIT = re.compile(r"\d")
+_ASCII_DIGITS = str.maketrans("0123456789", "9" * 10)
 _SPLIT_ELLIPSIS = re.compile(r"(\w)(\.{3,6}|-{2,6})(\w)")
 _HAS_UPPER = re.compile(r"[A-Z]")
 _NON_WORD = re.compile(r"[^\w:*]")
@@ -128,25 +129,33 @@ def words(text: str, prefix: str = "", decompose: bool = True) -> list[str]:
     """Split text into tokens SpamAssassin-style (see the module docstring)."""
     out: list[str] = []
     text = _SPLIT_ELLIPSIS.sub(r"\1 \2 \3", text)
-    for raw in _WORD.findall(text):
+    wide = _WIDE_CHAR.search(text) is not None
+    # Tokens are a set: each distinct word is decomposed once, however often it occurs.
+    for raw in dict.fromkeys(_WORD.findall(text)):
         tok = raw.strip(_TRIM)
-        if _WIDE_CHAR.search(tok):
+        if wide and _WIDE_CHAR.search(tok):
             # CJK text has no spaces between words: its characters stand for words
             out.extend(prefix + "u8:" + ch for ch in _WIDE_CHAR.findall(tok))
             continue
         if len(tok) < 3:
             continue
-        if _DIGIT.search(tok):
+        # ASCII words (nearly all) take str methods; the regexes give the same answers
+        ascii_tok = tok.isascii()
+        if ascii_tok:
+            if not tok.isalpha():
+                tok = tok.translate(_ASCII_DIGITS)
+        elif _DIGIT.search(tok):
             tok = _DIGIT.sub("9", tok)
         if len(tok) > MAX_TOKEN_LENGTH:
             tok = "sk:" + tok[:7]
         elif decompose:
-            if _NON_WORD.search(tok):
+            # isalnum(): no character outside [\w:*], so no punctuation to strip
+            if not tok.isalnum() and _NON_WORD.search(tok):
                 out.append(prefix + _NON_WORD.sub("", tok))
-            if _HAS_UPPER.search(tok):
-                low = tok.lower()
+            low = tok.lower()
+            if (low != tok) if ascii_tok else _HAS_UPPER.search(tok):
                 out.append(prefix + low)
-                if _NON_WORD.search(low):
+                if not low.isalnum() and _NON_WORD.search(low):  # "İ".lower() adds a combining dot
                     out.append(prefix + _NON_WORD.sub("", low))
         out.append(prefix + tok)
     return out

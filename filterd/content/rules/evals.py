@@ -5,7 +5,13 @@ need: missing To, all-caps Subjects, shouting bodies, HTML-only messages, header
 8-bit garbage in headers, envelope/From agreement, the trust test most metas negate, and
 the Date:-versus-Received: skew (DATE_IN_PAST/DATE_IN_FUTURE).
 Each follows the SpamAssassin plugin function of the same name; where filterd must
-approximate, the docstring says how. Every other eval function loads as unsupported.
+approximate, the docstring says how. The HTML statistics tests (html_range, html_eval,
+html_tag_balance, html_text_match, ...) and multipart_alternative_difference live in
+:mod:`filterd.content.rules.evals_html`, the MIME counters (check_for_mime,
+check_for_mime_html[_only], check_mime_multipart_ratio, check_base64_length) in
+:mod:`filterd.content.rules.evals_mime`, recipient-list, template, Outlook Message-ID and
+forged-webmail Received: tests in :mod:`filterd.content.rules.evals_headers`. Every other
+eval function loads as unsupported.
 """
 
 from __future__ import annotations
@@ -16,6 +22,13 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from filterd.content.rules.evals_headers import HEADER_EVAL_FUNCTIONS
+from filterd.content.rules.evals_html import (
+    HTML_EVAL_FUNCTIONS,
+    HTML_TEST_FLAGS,
+    html_test_flag,
+)
+from filterd.content.rules.evals_mime import MIME_EVAL_FUNCTIONS
 from filterd.content.rules.relays import is_private_ip
 from filterd.content.rules.views import MessageViews
 
@@ -95,13 +108,11 @@ def _illegal_chars(v: MessageViews, args: tuple[str, ...]) -> bool:
     return illegal / len(data) >= ratio and illegal >= count
 
 
-def _html_only(v: MessageViews, args: tuple[str, ...]) -> bool:
-    types = [p.content_type for p in v.msg.text_parts]
-    return "text/html" in types and "text/plain" not in types
-
-
-def _html_message(v: MessageViews, args: tuple[str, ...]) -> bool:
-    return any(p.html is not None for p in v.msg.text_parts)
+def _html_test(v: MessageViews, args: tuple[str, ...]) -> bool:
+    """html_test('html'): the message has HTML text; other flags: see evals_html."""
+    if args[0] == "html":
+        return any(p.html is not None for p in v.msg.text_parts)
+    return html_test_flag(v, args)
 
 
 def _html_tag_exists(v: MessageViews, args: tuple[str, ...]) -> bool:
@@ -139,15 +150,6 @@ def _env_matches_from(v: MessageViews, args: tuple[str, ...]) -> bool:
     sender = (v.msg.envelope.sender or "").lower()
     froms = [a.lower() for _, a in email.utils.getaddresses(v.msg.get_all("From")) if a]
     return bool(sender) and sender in froms
-
-
-def _mime_encoding(v: MessageViews, args: tuple[str, ...]) -> bool:
-    """check_for_mime('mime_base64_count'|'mime_qp_count'): some leaf part uses it."""
-    want = {"mime_base64_count": "base64", "mime_qp_count": "quoted-printable"}[args[0]]
-    for node in v.msg.tree.walk():
-        if not node.is_multipart() and str(node.get("Content-Transfer-Encoding", "")).strip().lower() == want:
-            return True
-    return False
 
 
 # Received: dates as SpamAssassin finds them: "Tue, 20 Aug 2002 10:51:32 -0400" near the end
@@ -274,18 +276,19 @@ NATIVE_EVALS: dict[str, NativeEval] = {
         _header_count_range, lambda a: len(a) == 3 and a[1].isdigit() and a[2].isdigit()),
     "check_illegal_chars": NativeEval(
         _illegal_chars, lambda a: len(a) == 3 and _is_num(a[1]) and a[2].isdigit()),
-    "check_for_mime_html_only": NativeEval(_html_only),
-    "html_test": NativeEval(_html_message, lambda a: a == ("html",)),
+    "html_test": NativeEval(_html_test, lambda a: len(a) == 1 and (a[0] == "html" or a[0] in HTML_TEST_FLAGS)),
     "html_tag_exists": NativeEval(_html_tag_exists, lambda a: len(a) == 1 and a[0].isalnum()),
     "check_body_length": NativeEval(_body_length, lambda a: len(a) == 1 and a[0].isdigit()),
     "check_all_trusted": NativeEval(_all_trusted),
     "check_for_matching_env_and_hdr_from": NativeEval(_env_matches_from),
-    "check_for_mime": NativeEval(_mime_encoding, lambda a: a in (("mime_base64_count",), ("mime_qp_count",))),
     "html_image_only": NativeEval(_html_image_only, lambda a: len(a) == 2 and all(_is_num(x) for x in a)),
     "check_for_to_in_subject": NativeEval(_to_in_subject, lambda a: a in (("user",), ("address",))),
     "helo_ip_mismatch": NativeEval(_helo_ip_mismatch),
     "check_for_shifted_date": NativeEval(
         _shifted_date, lambda a: len(a) == 2 and all(x == "undef" or _is_num(x) for x in a)),
+    **{name: NativeEval(fn, accepts)
+       for table in (HTML_EVAL_FUNCTIONS, MIME_EVAL_FUNCTIONS, HEADER_EVAL_FUNCTIONS)
+       for name, (fn, accepts) in table.items()},
 }
 
 
