@@ -953,6 +953,9 @@ class Bench:
                      clamav: str, concurrency: int) -> Measurement:
         filter_port, reinject_port = free_port(), free_port()
         root = Path(tempfile.mkdtemp(prefix=f"pf-{concurrency}-", dir=self.workroot))
+        # amavisd-new's README.postfix wiring: address mappings are applied once, by the
+        # reinjection pass; that pass skips header/body checks, milters, unknown-recipient
+        # checks, header rewriting and per-client limits (the filter is its only client)
         master_extra = (
             f"smtp-amavis unix - - n - {concurrency} smtp\n"
             "  -o smtp_data_done_timeout=1200\n  -o smtp_send_xforward_command=yes\n"
@@ -962,9 +965,12 @@ class Bench:
             "  -o smtpd_milters=\n  -o mynetworks=127.0.0.0/8\n"
             "  -o smtpd_recipient_restrictions=permit_mynetworks,reject\n"
             "  -o smtpd_relay_restrictions=permit_mynetworks,reject\n"
-            "  -o smtpd_authorized_xforward_hosts=127.0.0.0/8\n")
+            "  -o smtpd_authorized_xforward_hosts=127.0.0.0/8\n"
+            "  -o local_header_rewrite_clients=\n  -o smtpd_error_sleep_time=0\n"
+            "  -o smtpd_client_connection_count_limit=0\n  -o smtpd_client_connection_rate_limit=0\n")
         instance = instance_class(root, {
             "content_filter": f"smtp-amavis:[127.0.0.1]:{filter_port}",
+            "receive_override_options": "no_address_mappings",
         }, master_extra)
         instance.sink = quiet_sink(instance.sink)
         self.stack.push(lambda: shutil.rmtree(root, ignore_errors=True))

@@ -201,7 +201,7 @@ class Forwarder:
         options: list[str] = []
         if client.supports_extension("size"):
             options.append(f"SIZE={len(data)}")
-        if client.supports_extension("8bitmime") and any(b > 0x7F for b in data):
+        if client.supports_extension("8bitmime") and not data.isascii():
             options.append("BODY=8BITMIME")
         encoding = "ascii"
         if smtputf8 and client.supports_extension("smtputf8"):

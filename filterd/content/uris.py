@@ -6,14 +6,15 @@ import re
 from html import unescape
 from urllib.parse import urlsplit
 
-_TEXT_URI = re.compile(
-    r"""(?:(?:https?|ftp)://|www\.)[^\s<>"'()\[\]{}]+|mailto:[^\s<>"'()]+""",
-    re.IGNORECASE,
-)
-_HTML_ATTR = re.compile(
-    r"""\b(?:href|src|action|background)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""",
-    re.IGNORECASE,
-)
+_TEXT_URI_SOURCE = r"""(?:(?:https?|ftp)://|www\.)[^\s<>"'()\[\]{}]+|mailto:[^\s<>"'()]+"""
+_HTML_ATTR_SOURCE = r"""\b(?:href|src|action|background)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))"""
+_TEXT_URI = re.compile(_TEXT_URI_SOURCE, re.IGNORECASE)
+_HTML_ATTR = re.compile(_HTML_ATTR_SOURCE, re.IGNORECASE)
+# The same patterns without IGNORECASE, for lower-cased ASCII text: where Python's ``re``
+# cannot skip ahead for a case-insensitive alternation, it can for a case-sensitive one
+# (about twice as fast); on ASCII, lower-casing matches exactly what IGNORECASE matches.
+_TEXT_URI_LOWER = re.compile(_TEXT_URI_SOURCE)
+_HTML_ATTR_LOWER = re.compile(_HTML_ATTR_SOURCE)
 _TRAILING = ".,;:!?'\")]}>"
 
 
@@ -26,14 +27,18 @@ def extract_uris(text: str, html: bool = False) -> list[str]:
     message, as in SpamAssassin.
     """
     found: list[str] = []
+    ascii_text = text.isascii()
+    scan = text.lower() if ascii_text else text  # same length and offsets when ASCII
     if html:
-        for m in _HTML_ATTR.finditer(text):
-            value = unescape(m.group(1) or m.group(2) or m.group(3) or "").strip()
+        for m in (_HTML_ATTR_LOWER if ascii_text else _HTML_ATTR).finditer(scan):
+            group = next((g for g in (1, 2, 3) if m.start(g) >= 0), 0)
+            raw = text[m.start(group):m.end(group)] if group else ""
+            value = unescape(raw).strip()
             if value and not value.startswith(("#", "cid:", "data:")):
                 found.append(_normalise(value))
         return found
-    for m in _TEXT_URI.finditer(text):
-        found.append(_normalise(m.group(0).rstrip(_TRAILING)))
+    for m in (_TEXT_URI_LOWER if ascii_text else _TEXT_URI).finditer(scan):
+        found.append(_normalise(text[m.start():m.end()].rstrip(_TRAILING)))
     return found
 
 

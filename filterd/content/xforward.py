@@ -28,6 +28,9 @@ _MAX_COMMAND = 512
 _HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 # Postfix's NEUTER_CHARACTERS: characters that could break headers or macro expansion.
 _NEUTER = re.compile(r"[<>()\\\";@:\[\]]")
+#: xtext characters that stand for themselves ("!" to "~" but "="), and printable ASCII.
+_XTEXT_PLAIN = re.compile(r"[!-<>-~]*")
+_ASCII_PRINTABLE = re.compile(r"[ -~]*")
 
 
 class XforwardError(Exception):
@@ -53,6 +56,8 @@ class Xforward:
 
 def xtext_decode(text: str) -> str | None:
     """RFC 3461 xtext (``+HH`` escapes); None when the text is not valid xtext."""
+    if "+" not in text:  # the usual case: nothing to decode, one check of every character
+        return text if _XTEXT_PLAIN.fullmatch(text) else None
     out: list[str] = []
     i = 0
     while i < len(text):
@@ -73,6 +78,8 @@ def xtext_decode(text: str) -> str | None:
 
 def xtext_encode(text: str) -> str:
     """RFC 3461 xtext: '+', '=' and anything outside printable ASCII become ``+HH``."""
+    if _XTEXT_PLAIN.fullmatch(text) and "+" not in text:
+        return text
     out: list[str] = []
     for byte in text.encode("utf-8", "surrogateescape"):
         ch = chr(byte)
@@ -81,6 +88,8 @@ def xtext_encode(text: str) -> str:
 
 
 def _printable(text: str) -> str:
+    if _ASCII_PRINTABLE.fullmatch(text):
+        return text
     return "".join(ch if " " <= ch <= "~" or ch >= "\xa0" else "?" for ch in text)
 
 

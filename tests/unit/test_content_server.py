@@ -14,7 +14,7 @@ import pytest
 from aiosmtpd.smtp import SMTP
 
 from filterd.config import Config
-from filterd.content.server import ContentFilterServer
+from filterd.content.server import LINE_LIMIT, ContentFilterServer
 
 MESSAGE = (b"From: a@example.org\r\nTo: b@example.com\r\nSubject: hello\r\n"
            b"Message-ID: <m1@example.org>\r\n\r\nHello.\r\n.leading dot\r\n")
@@ -373,3 +373,24 @@ async def test_quarantine_release_reinjects_and_check_reports(sink: Any, start_f
     out = io.StringIO()
     assert await _check(cfg, [str(path)], False, out) == 0
     assert f"{path}: reject (POSTFIX-CHECKS), score 0" in out.getvalue()
+
+
+async def test_over_long_line_500_and_the_session_goes_on(sink: Any, start_filter: Any) -> None:
+    """A line over the server's line limit refuses the message (Postfix keeps and retries
+    it); the end-of-data line is still found and the next command, pipelined right behind
+    it, is answered."""
+    handler, sink_port = sink
+    _, port = await start_filter(sink_port, "message_size_limit = 0")
+    client, _ = await Client.connect(port)
+    await client.cmd("EHLO pf.example")
+    assert (await client.cmd("MAIL FROM:<a@example.org>")).startswith("250")
+    assert (await client.cmd("RCPT TO:<b@example.com>")).startswith("250")
+    assert (await client.cmd("DATA")).startswith("354")
+    client.writer.write(MESSAGE + b"x" * (LINE_LIMIT + 10) + b"\r\n.\r\nRSET\r\n")
+    assert await client.reply() == "500 Line too long (see RFC5321 4.5.3.1.6)"
+    assert (await client.reply()).startswith("250")  # RSET
+    assert handler.messages == []
+    [reply] = await client.transaction(["b@example.com"])
+    client.close()
+    assert reply.startswith("250 2.0.0 from MTA")
+    assert len(handler.messages) == 1

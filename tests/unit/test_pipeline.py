@@ -11,6 +11,7 @@ from filterd.config import Config
 from filterd.content.message import Envelope, Message
 from filterd.content.pipeline import ContentPipeline
 from filterd.content.symbols import Symbol
+from filterd.maps import MapTempError
 
 CLEAN = b"From: a@example.org\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nhello\r\n"
 BANNED = (
@@ -152,3 +153,29 @@ def test_unknown_content_check_is_a_config_error(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="unknown content check 'spamassassin'"):
         config(tmp_path, "content_checks = clamav spamassassin")
+
+
+class _Failing:
+    """A check object whose every use raises (an unreadable table, a bug)."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def __getattr__(self, name: str) -> object:
+        raise self.exc
+
+
+@pytest.mark.parametrize("stage, exc, reason", [
+    ("postfix_checks", RuntimeError("boom"), "header/body checks FAILED: RuntimeError"),
+    ("banned", RuntimeError("boom"), "banned check FAILED: RuntimeError"),
+    ("banned", MapTempError("table down"), "banned check FAILED: table down"),
+])
+async def test_failing_first_checks_tempfail(tmp_path: Path, stage: str, exc: Exception, reason: str) -> None:
+    pipeline = ContentPipeline.from_config(config(tmp_path, "content_checks = postfix_checks, banned"))
+    setattr(pipeline, stage, _Failing(exc))
+    try:
+        verdict = await pipeline.scan(message(CLEAN), "1-1")
+    finally:
+        pipeline.close()
+    assert verdict.action == "tempfail"
+    assert verdict.reason == reason

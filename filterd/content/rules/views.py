@@ -37,6 +37,9 @@ SUPPORTED_MODIFIERS = frozenset({"raw", "addr", "name", "first", "last"})
 _PARA_SPLIT = re.compile(r"\n[ \t\r\f\v]*\n")
 _WS = re.compile(r"\s+")
 _IPV4 = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d{1,3}){3})(?![\d.])")
+#: SpamAssassin's pseudo-headers made from the Received chain (see :mod:`relays`).
+RELAY_PSEUDO_HEADERS = frozenset(("x-spam-relays-trusted", "x-spam-relays-internal",
+                                  "x-spam-relays-untrusted", "x-spam-relays-external"))
 _MSGID_HEADERS = ("X-Message-Id", "Resent-Message-Id", "X-Original-Message-ID", "Message-Id")
 
 
@@ -110,7 +113,7 @@ class MessageViews:
         if name in ("ALL-TRUSTED", "ALL-INTERNAL"):
             return None
         low = name.lower()
-        if low in self.relay_headers:
+        if low in RELAY_PSEUDO_HEADERS:  # parse the Received chain only for rules that read it
             value = self.relay_headers[low]
             return [value] if value else None
         if low == "envelopefrom":
