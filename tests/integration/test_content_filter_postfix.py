@@ -128,7 +128,7 @@ def header_block(data: bytes) -> list[str]:
     return head.replace("\n\t", " ").replace("\n ", " ").split("\n")
 
 
-async def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+async def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not await asyncio.to_thread(predicate):
         if time.monotonic() > deadline:
