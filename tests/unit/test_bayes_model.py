@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zipfile
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from filterd.content.bayes import model as model_mod
 from filterd.content.bayes.model import BayesModel, BayesModelError, message_key
+from filterd.content.bayes.tokenizer import tokenize
 from filterd.content.message import Message
 from tests.unit.bayes_corpus import make_message
 
@@ -132,3 +134,46 @@ def test_failed_save_leaves_old_file_and_no_temp(tmp_path: Path, monkeypatch: py
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]
     assert zipfile.is_zipfile(path)
+
+
+# -- hashing shortcut: must give exactly HashingVectorizer's indices ------------------
+REPO = Path(__file__).resolve().parents[2]
+CORPUS = Path(os.environ.get("FILTERD_CORPUS", REPO / ".." / "shared" / "corpus"))
+
+
+def _vectorizer_indices(tokens: list[str], n_features: int) -> np.ndarray:
+    vectorizer = model_mod.make_vectorizer(n_features)
+    vectorizer.set_params(analyzer=lambda toks: toks)
+    return vectorizer.transform([tokens]).indices
+
+
+@pytest.mark.parametrize("n_features", [2**20, N_FEATURES, 1_000_003])
+def test_token_indices_match_hashing_vectorizer(n_features: int) -> None:
+    tokens = [f"tok{i}" for i in range(3000)] + ["H*F:D*example.com", "u8:日", "é", "", "tok1"]
+    assert np.array_equal(model_mod.token_indices(tokens, n_features),
+                          _vectorizer_indices(tokens, n_features))
+
+
+def test_token_indices_of_nothing_and_of_invalid_text() -> None:
+    assert model_mod.token_indices([]).size == 0
+    with pytest.raises(UnicodeEncodeError):  # as the vectorizer: lone surrogates are no text
+        model_mod.token_indices(["bad\udce9"])
+    with pytest.raises(UnicodeEncodeError):
+        _vectorizer_indices(["bad\udce9"], N_FEATURES)
+
+
+def test_probability_equals_the_vectorizer_path() -> None:
+    model = trained()
+    for i in range(10):
+        msg = Message(make_message(i % 2 == 0, i, seed=2))
+        assert model.probability(msg) == model.probability_of_indices(model.vectorizer.transform([msg]).indices)
+
+
+@pytest.mark.skipif(not (CORPUS / "spamassassin").is_dir(), reason=f"corpus not found at {CORPUS}")
+def test_token_indices_match_hashing_vectorizer_on_corpus() -> None:
+    """Every corpus message: the shortcut's indices are the vectorizer's (models stay valid)."""
+    vectorizer = model_mod.make_vectorizer()
+    files = sorted(p for p in (CORPUS / "spamassassin").glob("*/*") if p.is_file())
+    for path in files:
+        msg = Message(path.read_bytes())
+        assert np.array_equal(model_mod.token_indices(tokenize(msg)), vectorizer.transform([msg]).indices), path

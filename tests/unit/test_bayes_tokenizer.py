@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from filterd.content.bayes.tokenizer import MAX_TOKEN_LENGTH, tokenize, words
+import pytest
+
+from filterd.content.bayes import tokenizer
+from filterd.content.bayes.tokenizer import (
+    MAX_TOKEN_LENGTH,
+    tokenize,
+    word_tokens,
+    words,
+)
 from filterd.content.message import Message
 
 PLAIN = b"""Received: from relay.example.net (relay.example.net [10.1.2.3]) by mx.example.com
@@ -136,3 +144,38 @@ def test_tokens_are_unique_and_broken_input_does_not_raise() -> None:
                 b"Message-ID: <@>\nFrom: <>\nTo: ,,,\nContent-Type: text/plain; boundary=\n\n\xff\xfe"):
         tokenize(Message(raw))
     assert "MIME:defects" in tokenize(Message(b"garbage without header\n\nx\n"))
+
+
+# -- per-word tokens and their cache ---------------------------------------------------
+def test_word_tokens_of_single_words() -> None:
+    assert word_tokens("Hello") == ("hello", "Hello")
+    assert word_tokens("hello") == ("hello",)
+    assert word_tokens("$1,299!") == ("9999", "$9,999!")
+    assert word_tokens("FREE!!", decompose=False) == ("FREE!!",)
+    assert word_tokens("..ab..") == ()  # two characters once trimmed
+    assert word_tokens("Supercalifragilistic") == ("sk:Superca",)
+    assert word_tokens("日本語") == ("u8:日", "u8:本", "u8:語")
+
+
+def test_words_are_the_same_from_a_cold_and_a_warm_cache() -> None:
+    text = "Dear Friend, CLICK here... to claim-- your $1,000,000 PRIZE now 日本 İstanbul"
+    for cache in tokenizer._WORD_CACHE:
+        cache.clear()
+    cold = (words(text), words(text, "H*s:", False))
+    assert (words(text), words(text, "H*s:", False)) == cold
+    assert "H*s:PRIZE" in cold[1] and "prize" in cold[0] and "claim" in cold[0]
+
+
+def test_word_cache_is_emptied_when_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tokenizer, "WORD_CACHE_SIZE", 3)
+    monkeypatch.setattr(tokenizer, "_WORD_CACHE", ({}, {}))
+    assert words("alpha beta gamma delta epsilon") == ["alpha", "beta", "gamma", "delta", "epsilon"]
+    assert len(tokenizer._WORD_CACHE[True]) <= 3
+
+
+def test_address_tokens_are_remembered_unchanged() -> None:
+    first = tokenizer._address_tokens('"Prize Office" <winner99@lotto.bad.example>', "H*F:")
+    assert tokenizer._address_tokens('"Prize Office" <winner99@lotto.bad.example>', "H*F:") == first
+    assert "H*F:U*winner99" in first and "H*F:N*Prize" in first
+    for value in ("not an address ((", "a@b.example, Carol <c@d.example>", ""):
+        assert tokenizer._address_tokens(value, "H*T:") == tuple(tokenizer._parse_address_tokens(value, "H*T:"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from filterd.content.message import Envelope, Message
 from filterd.content.rules import RuleSet
 from filterd.content.rules.check import rules_check_command
+from filterd.content.rules.evals import uppercase_percent
 from filterd.content.rules.matcher import hyperscan_available
 from filterd.content.rules.paths import shipped_rules_directory
 
@@ -283,3 +285,40 @@ def test_check_command(tmp_path: Path) -> None:
     text = out.getvalue()
     assert "regex errors: 1" in text and f"{bad}:2: B: does not compile" in text
     assert "parse errors: 1" in text and f"{bad}:3: C:" in text and "result: FAILED" in text
+
+
+def _uppercase_by_walking(lines: list[bytes]) -> float:
+    """check_for_uppercase's percentage counted byte by byte (the reference)."""
+    length = lower = upper = 0
+    for line in lines:
+        if not re.search(rb"\S\s+\S", line) or re.match(rb"^(?:[A-Za-z0-9+/=]{60,76} ){2}", line):
+            continue
+        length += len(line)
+        lower += sum(1 for b in line if 97 <= b <= 122 or 48 <= b <= 57)
+        upper += sum(1 for b in line if 65 <= b <= 90)
+    return 0.0 if length < 200 or upper + lower == 0 else upper / (upper + lower) * 100
+
+
+@pytest.mark.parametrize("lines", [
+    [b"THIS IS ALL SHOUTING TEXT. " * 10],
+    [b"Mixed Case words 123 and MORE caps \xc3\xa9\xff here\n"] * 8,
+    [b"short LINE\n"],  # under 200 bytes: 0
+    [b"nospaces" * 40, b"QUIET\n"],  # no inner space: not counted
+    [(b"QUJD" * 16 + b" ") * 3 + b"tail\n"] * 5,  # base64-looking lines are skipped
+    [b"... --- !!! ??? *** " * 20],  # no letters at all: 0
+    [],
+])
+def test_uppercase_percent_counts_like_a_byte_walk(lines: list[bytes]) -> None:
+    assert uppercase_percent(lines) == _uppercase_by_walking(lines)
+
+
+def test_uppercase_rules_share_one_count(tmp_path: Path) -> None:
+    rs = load(tmp_path, """
+body   UPPER_50   eval:check_for_uppercase('50', '100')
+body   UPPER_25   eval:check_for_uppercase('25', '50')
+body   UPPER_0    eval:check_for_uppercase('0', '25')
+""", "regex")
+    shout = b"From: a@example.com\nTo: b@example.org\n\n" + b"THIS IS ALL SHOUTING TEXT. " * 10 + b"\n"
+    third = b"From: a@example.com\nTo: b@example.org\n\n" + b"SHOUT some more words in lower case. " * 10 + b"\n"
+    assert names(rs, shout) == {"UPPER_50"}
+    assert names(rs, third) == {"UPPER_0"}

@@ -183,3 +183,21 @@ def test_alternative_difference_ignores_meeting_requests_and_plain_mail() -> Non
                b"--XX\nContent-Type: text/calendar\n\nBEGIN:VCALENDAR\n--XX--\n")
     assert alternative_difference(Message(meeting)).percent == 0.0
     assert alternative_difference(Message(b"From: a@example.com\n\nplain\n")).percent == 0.0
+
+
+@pytest.mark.parametrize("rendered", ["", " \t\n", "a b\u00a0c\u2003d\n\ne", "日本 語"])
+def test_non_space_length_counts_what_is_not_white_space(rendered: str) -> None:
+    assert html_stats("<p>x</p>", rendered).non_space_len == sum(1 for ch in rendered if not ch.isspace())
+
+
+def test_text_of_only_nbsp_and_spaces_is_not_checked_for_colors() -> None:
+    invisible = '<body bgcolor="white" text="white">'
+    assert html_stats(invisible + "&nbsp; \u00a0\n</body>", "").tests == set()
+    assert html_stats(invisible + "&nbsp;x</body>", "x").tests == {"font_low_contrast"}
+    assert html_stats('<font color="#ffffff">&nbsp;x</font>', "x").tests == {"font_low_contrast"}
+    assert html_stats('<font color="#ffffff">&nbsp; </font>', "").tests == set()
+
+
+def test_office_namespace_tags_are_elements() -> None:
+    s = html_stats("<o:p>x</o:p><st1:place>y</st1:place><q:x>z</q:x>", "x y z")
+    assert (s.tags, s.elements) == (6, 4)

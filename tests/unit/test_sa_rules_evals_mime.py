@@ -9,7 +9,8 @@ import pytest
 
 from filterd.content.message import Message
 from filterd.content.rules import RuleSet
-from filterd.content.rules.evals_mime import mime_summary
+from filterd.content.rules.evals_mime import mime_summary, text_part_counts
+from filterd.content.rules.views import MessageViews
 
 RULES = r"""
 rawbody B64        eval:check_for_mime('mime_base64_count')
@@ -111,3 +112,30 @@ def test_base64_line_length(rs: RuleSet) -> None:
 ])
 def test_malformed_mime_never_raises(rs: RuleSet, raw: bytes) -> None:
     names(rs, b"From: a@example.com\n" + raw)
+
+
+@pytest.mark.parametrize("raw", [
+    multipart("Content-Type: text/html\n\n<b>x</b>", "Content-Type: image/gif\n\nGIF"),
+    multipart("Content-Type: text/plain\n\nx", "Content-Type: text/html\n\n<b>x</b>", kind="alternative"),
+    multipart("Content-Type: text/x-vcard\n\nBEGIN", "Content-Type: application/pdf\n\n%PDF"),
+    b"From: a@example.com\nContent-Type: text/html\n\n<b>x</b>\n",
+    b"From: a@example.com\n\nplain\n",
+])
+def test_text_part_counts_agree_with_the_summary(raw: bytes) -> None:
+    msg = Message(raw)
+    views = MessageViews(msg)
+    s = mime_summary(msg.tree)
+    assert text_part_counts(views) == (s.html_count, s.text_count)  # body lines not read
+    views.eval_cache["mime_summary"] = s
+    assert text_part_counts(views) == (s.html_count, s.text_count)  # taken from the summary
+
+
+def test_html_only_with_and_without_the_full_summary(rs: RuleSet, tmp_path_factory: pytest.TempPathFactory) -> None:
+    f = tmp_path_factory.mktemp("rules") / "only.cf"
+    f.write_text("body HTML_ONLY eval:check_for_mime_html_only()\n")
+    alone = RuleSet.load([str(f)], engine="regex")
+    html = multipart("Content-Type: text/html\n\n<b>x</b>", "Content-Type: image/gif\n\nGIF")
+    both = multipart("Content-Type: text/plain\n\nx", "Content-Type: text/html\n\n<b>x</b>", kind="alternative")
+    for ruleset in (alone, rs):
+        assert "HTML_ONLY" in names(ruleset, html)
+        assert "HTML_ONLY" not in names(ruleset, both)

@@ -34,6 +34,7 @@ from scipy.sparse import csr_matrix
 from scipy.special import gammaincc
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.naive_bayes import MultinomialNB
+from sklearn.utils import murmurhash3_32
 
 from filterd.content.bayes.tokenizer import tokenize
 from filterd.content.message import Message
@@ -89,6 +90,21 @@ def make_vectorizer(n_features: int = N_FEATURES) -> HashingVectorizer:
         analyzer=tokenize,
         dtype=np.float64,
     )
+
+
+def token_indices(tokens: list[str], n_features: int = N_FEATURES) -> np.ndarray:
+    """The sorted distinct feature indices :func:`make_vectorizer` gives these tokens.
+
+    Classifying one message through ``HashingVectorizer.transform`` builds and sorts a
+    sparse matrix only to read its indices back (about 0.1 ms a message); hashing the
+    tokens directly with sklearn's public ``murmurhash3_32`` (seed 0, signed) and taking
+    ``abs(h) % n_features`` is what ``FeatureHasher`` does per token, so the indices, and
+    every model learned through the vectorizer, stay valid. ``abs`` in 64 bits also gives
+    FeatureHasher's answer for ``h = -2**31``, ``2**31 % n_features``. Tokens that are not
+    valid UTF-8 text (lone surrogates) raise ``UnicodeEncodeError``, as the vectorizer does.
+    """
+    hashes = np.fromiter(map(murmurhash3_32, tokens), dtype=np.int64, count=len(tokens))
+    return np.unique(np.abs(hashes) % n_features)
 
 
 def _chi2q(x2: float, dof_half: int) -> float:
@@ -176,8 +192,7 @@ class BayesModel:
     # -- classifying ---------------------------------------------------------------
     def probability(self, msg: Message) -> float:
         """Spam probability in [0, 1] by chi-square combining (0.5 = no opinion)."""
-        X = self.vectorizer.transform([msg])
-        return self.probability_of_indices(X.indices)
+        return self.probability_of_indices(token_indices(tokenize(msg), self.n_features))
 
     def probability_of_indices(self, indices: np.ndarray) -> float:
         ns = float(self.nb.class_count_[SPAM])

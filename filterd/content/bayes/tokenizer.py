@@ -25,6 +25,7 @@ decades, kept where they measured well on the corpus (see ``bench/quality.py``):
 
 from __future__ import annotations
 
+import functools
 import re
 from email.utils import getaddresses
 
@@ -102,17 +103,11 @@ _URI_PATH_WORD = re.compile(r"[A-Za-z0-9_\-]{3,}")
 
 def tokenize(msg: Message) -> list[str]:
     """All tokens of ``msg``, each once, in first-seen order."""
-    out: dict[str, None] = {}
-    add = out.setdefault
-    for tok in _header_tokens(msg):
-        add(tok)
-    for tok in _body_tokens(msg.body_text[:MAX_BODY_CHARS]):
-        add(tok)
-    for tok in _uri_tokens(msg.uris[:MAX_URIS]):
-        add(tok)
-    for tok in _mime_tokens(msg):
-        add(tok)
-    return list(out)
+    tokens = _header_tokens(msg)
+    tokens += _body_tokens(msg.body_text[:MAX_BODY_CHARS])
+    tokens += _uri_tokens(msg.uris[:MAX_URIS])
+    tokens += _mime_tokens(msg)
+    return list(dict.fromkeys(tokens))
 
 
 def _unescape(token: str) -> str:
@@ -125,40 +120,64 @@ def _unescape(token: str) -> str:
 
 
 # -- words ---------------------------------------------------------------------------
+#: Distinct words whose tokens are remembered (per process; about 200 bytes each).
+WORD_CACHE_SIZE = 50_000
+# word -> its tokens without prefix, one table per ``decompose``: a word's tokens depend
+# on nothing else, and most words of a mail stream (Zipf) were seen before, so a lookup
+# replaces the per-word string work. Emptied when full; dict operations are atomic, so
+# the threads of a worker can share it.
+_WORD_CACHE: tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]] = ({}, {})
+
+
 def words(text: str, prefix: str = "", decompose: bool = True) -> list[str]:
     """Split text into tokens SpamAssassin-style (see the module docstring)."""
     out: list[str] = []
-    text = _SPLIT_ELLIPSIS.sub(r"\1 \2 \3", text)
-    wide = _WIDE_CHAR.search(text) is not None
+    cache = _WORD_CACHE[decompose]
     # Tokens are a set: each distinct word is decomposed once, however often it occurs.
+    if "..." in text or "--" in text:  # what _SPLIT_ELLIPSIS needs, found at C speed
+        text = _SPLIT_ELLIPSIS.sub(r"\1 \2 \3", text)
     for raw in dict.fromkeys(_WORD.findall(text)):
-        tok = raw.strip(_TRIM)
-        if wide and _WIDE_CHAR.search(tok):
-            # CJK text has no spaces between words: its characters stand for words
-            out.extend(prefix + "u8:" + ch for ch in _WIDE_CHAR.findall(tok))
-            continue
-        if len(tok) < 3:
-            continue
-        # ASCII words (nearly all) take str methods; the regexes give the same answers
-        ascii_tok = tok.isascii()
-        if ascii_tok:
-            if not tok.isalpha():
-                tok = tok.translate(_ASCII_DIGITS)
-        elif _DIGIT.search(tok):
-            tok = _DIGIT.sub("9", tok)
-        if len(tok) > MAX_TOKEN_LENGTH:
-            tok = "sk:" + tok[:7]
-        elif decompose:
-            # isalnum(): no character outside [\w:*], so no punctuation to strip
-            if not tok.isalnum() and _NON_WORD.search(tok):
-                out.append(prefix + _NON_WORD.sub("", tok))
-            low = tok.lower()
-            if (low != tok) if ascii_tok else _HAS_UPPER.search(tok):
-                out.append(prefix + low)
-                if not low.isalnum() and _NON_WORD.search(low):  # "İ".lower() adds a combining dot
-                    out.append(prefix + _NON_WORD.sub("", low))
-        out.append(prefix + tok)
+        toks = cache.get(raw)
+        if toks is None:
+            if len(cache) >= WORD_CACHE_SIZE:
+                cache.clear()
+            toks = cache[raw] = word_tokens(raw, decompose)
+        if prefix:
+            out.extend([prefix + tok for tok in toks])
+        else:
+            out.extend(toks)
     return out
+
+
+def word_tokens(raw: str, decompose: bool = True) -> tuple[str, ...]:
+    """The tokens of one word as :data:`_WORD` finds it, without prefix."""
+    tok = raw.strip(_TRIM)
+    if _WIDE_CHAR.search(tok):
+        # CJK text has no spaces between words: its characters stand for words
+        return tuple("u8:" + ch for ch in _WIDE_CHAR.findall(tok))
+    if len(tok) < 3:
+        return ()
+    out: list[str] = []
+    # ASCII words (nearly all) take str methods; the regexes give the same answers
+    ascii_tok = tok.isascii()
+    if ascii_tok:
+        if not tok.isalpha():
+            tok = tok.translate(_ASCII_DIGITS)
+    elif _DIGIT.search(tok):
+        tok = _DIGIT.sub("9", tok)
+    if len(tok) > MAX_TOKEN_LENGTH:
+        tok = "sk:" + tok[:7]
+    elif decompose:
+        # isalnum(): no character outside [\w:*], so no punctuation to strip
+        if not tok.isalnum() and _NON_WORD.search(tok):
+            out.append(_NON_WORD.sub("", tok))
+        low = tok.lower()
+        if (low != tok) if ascii_tok else _HAS_UPPER.search(tok):
+            out.append(low)
+            if not low.isalnum() and _NON_WORD.search(low):  # "İ".lower() adds a combining dot
+                out.append(_NON_WORD.sub("", low))
+    out.append(tok)
+    return tuple(out)
 
 
 def _body_tokens(text: str) -> list[str]:
@@ -205,7 +224,14 @@ def _header_tokens(msg: Message) -> list[str]:
     return out
 
 
-def _address_tokens(value: str, prefix: str) -> list[str]:
+@functools.lru_cache(maxsize=4096)
+def _address_tokens(value: str, prefix: str) -> tuple[str, ...]:
+    """Tokens of an address field; remembered, as the same senders and recipients recur
+    and the email package's address parser is slow (pure Python)."""
+    return tuple(_parse_address_tokens(value, prefix))
+
+
+def _parse_address_tokens(value: str, prefix: str) -> list[str]:
     out: list[str] = []
     try:
         pairs = getaddresses([value])

@@ -44,6 +44,8 @@ _INNER_SPACE = re.compile(rb"\S\s+\S")
 _ILLEGAL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\xff]")
 _NON_ASCII = re.compile(rb"[\x80-\xff]")
 _CONTROLS = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_LOWER_OR_DIGIT = b"abcdefghijklmnopqrstuvwxyz0123456789"
+_UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 @dataclass(frozen=True)
@@ -68,20 +70,30 @@ def _subject_all_caps(v: MessageViews, args: tuple[str, ...]) -> bool:
     return bool(letters) and letters == letters.upper()
 
 
+def uppercase_percent(lines: list[bytes]) -> float:
+    """Percentage of upper-case letters in body lines with inner spaces (>= 200 bytes).
+
+    Lower counts ``a-z`` and digits, upper ``A-Z``, over the lines that have white space
+    between non-space characters and do not start like base64. The bytes are counted by
+    deleting each class with ``bytes.translate`` (C speed) rather than walking them.
+    """
+    kept = b"".join(line for line in lines if _INNER_SPACE.search(line) and not _BASE64_LINE.match(line))
+    if len(kept) < 200:
+        return 0.0
+    without_lower = kept.translate(None, _LOWER_OR_DIGIT)
+    lower = len(kept) - len(without_lower)
+    upper = len(without_lower) - len(without_lower.translate(None, _UPPER))
+    if upper + lower == 0:
+        return 0.0
+    return upper / (upper + lower) * 100
+
+
 def _uppercase(v: MessageViews, args: tuple[str, ...]) -> bool:
-    """Percentage of upper-case letters in body lines with inner spaces (>= 200 bytes)."""
+    """check_for_uppercase(min, max): min < upper-case percentage <= max (once per message)."""
     low, high = float(args[0]), float(args[1])
-    length = lower = upper = 0
-    for line in v.body_lines:
-        if not _INNER_SPACE.search(line) or _BASE64_LINE.match(line):
-            continue
-        length += len(line)
-        lower += sum(1 for b in line if 97 <= b <= 122 or 48 <= b <= 57)
-        upper += sum(1 for b in line if 65 <= b <= 90)
-    if length < 200 or upper + lower == 0:
-        ratio = 0.0
-    else:
-        ratio = upper / (upper + lower) * 100
+    ratio = v.eval_cache.get("uppercase_percent")
+    if not isinstance(ratio, float):
+        ratio = v.eval_cache["uppercase_percent"] = uppercase_percent(v.body_lines)
     return low < ratio <= high
 
 

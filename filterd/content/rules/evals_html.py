@@ -78,7 +78,7 @@ _HEX_COLOR = re.compile(r"^#?([0-9a-f]{2})([0-9a-f]{2})([0-9a-f]{2})$")
 _COLOR_SYNTAX = re.compile(r"^[#a-f0-9]*$|rgb\([\d%, ]*\)", re.I)
 _RGB_PERCENT = re.compile(r"rgb\((\d+)%,\s*(\d+)%,\s*(\d+)%\s*\)", re.I)
 _RGB_DECIMAL = re.compile(r"rgb\((\d+),\s*(\d+),\s*(\d+)\s*\)", re.I)
-_NBSP_SPACE = re.compile(r"[ \t\n\r\f\x0b\xa0]")
+_NBSP_SPACE_CHARS = " \t\n\r\f\x0b\xa0"
 #: Brightness-weighted RGB distance under which text counts as unreadable (HTML.pm).
 LOW_CONTRAST_DISTANCE = 12.0
 #: HTML beyond this many characters is not parsed for statistics (bounds CPU on huge mail).
@@ -135,7 +135,7 @@ class _StatsParser(HTMLParser):
 
     def _tag(self, tag: str, attrs: list[tuple[str, str | None]], num: int) -> None:
         s = self.stats
-        known = tag in _ELEMENTS or bool(_NAMESPACE_TAG.match(tag))
+        known = tag in _ELEMENTS or (":" in tag and _NAMESPACE_TAG.match(tag) is not None)
         first = tag not in s.inside
         s.tags += 1
         s.tags_seen += first
@@ -295,7 +295,7 @@ class _StatsParser(HTMLParser):
             s.anchor[-1] += data
         if inside.get("title", 0) > 0 and s.title:
             s.title[-1] += data
-        if _NBSP_SPACE.sub("", data):
+        if data.strip(_NBSP_SPACE_CHARS):  # some character that is not (nbsp) space
             self._invisible()
         if self.last_text is not None and _WORD_START.match(data) and _WORD_END.search(self.last_text):
             s.obfuscation += 1
@@ -383,7 +383,7 @@ def _dimension(value: str, percent_scale: int) -> int:
 def html_stats(html: str, rendered: str) -> HtmlStats:
     """Statistics of one HTML part (``rendered`` is its text as filterd renders it)."""
     stats = HtmlStats(length=len(html))
-    stats.non_space_len = len(rendered) - sum(1 for ch in rendered if ch.isspace())
+    stats.non_space_len = len("".join(rendered.split()))  # split() drops what isspace() is
     parser = _StatsParser(stats)
     source = _SELF_CLOSING.sub(r"<\1>", html[:MAX_HTML_CHARS].replace("&nbsp;", " "))
     try:

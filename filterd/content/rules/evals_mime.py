@@ -122,13 +122,16 @@ def mime_summary(tree: EmailMessage) -> MimeSummary:
             continue
         counted = alternative and "attachment" not in cd and ctype in ("text/plain", "text/html")
         size: int | None = None if "attachment" in cd else 0
-        lines = _raw_lines(node)
-        if cte == "base64" and ctype != "application/ics" and lines:  # calendar invites: FPs
-            s.base64_max_line = max(s.base64_max_line, max(len(line) for line in lines))
-        for line in lines:
-            if counted:
-                size = (size or 0) + len(line)
-            if cte == "quoted-printable" and not line.startswith("SPAM: "):
+        base64_lines = cte == "base64" and ctype != "application/ics"  # calendar invites: FPs
+        qp = cte == "quoted-printable"
+        # bodies are split into lines only for the counters that read them
+        lines = _raw_lines(node) if counted or qp or base64_lines else []
+        if base64_lines and lines:
+            s.base64_max_line = max(s.base64_max_line, max(map(len, lines)))
+        if counted:
+            size = sum(map(len, lines))
+        for line in lines if qp else ():
+            if not line.startswith("SPAM: "):
                 if len(line) > QP_MAX_LINE:
                     s.qp_long_line = True
                 qp_bytes += len(line)
@@ -185,10 +188,31 @@ def _check_for_mime_html(v: MessageViews, args: tuple[str, ...]) -> bool:
     return _html_content_type(v) or summary(v).html_count > 0
 
 
+def text_part_counts(v: MessageViews) -> tuple[int, int]:
+    """(text/html nodes, other text/* nodes), as :class:`MimeSummary` counts them.
+
+    Only content types are needed, so when the full summary (which reads every body
+    line) has not been made for another test, the tree is walked without reading bodies.
+    """
+    cached = v.eval_cache.get("mime_summary")
+    if isinstance(cached, MimeSummary):
+        return cached.html_count, cached.text_count
+    html = text = 0
+    for node in _nodes(v.msg.tree):
+        ctype = node.get_content_type()
+        if ctype == "text/html":
+            html += 1
+        elif ctype.startswith("text"):
+            text += 1
+    return html, text
+
+
 def _check_for_mime_html_only(v: MessageViews, args: tuple[str, ...]) -> bool:
     """check_for_mime_html_only(): text/html parts and no other text part."""
-    s = summary(v)
-    return _html_content_type(v) or (s.html_count > 0 and s.text_count == 0)
+    if _html_content_type(v):
+        return True
+    html, text = text_part_counts(v)
+    return html > 0 and text == 0
 
 
 def _check_mime_multipart_ratio(v: MessageViews, args: tuple[str, ...]) -> bool:
