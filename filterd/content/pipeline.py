@@ -158,21 +158,16 @@ class ContentPipeline:
             postfix = banned = None
         else:  # one trip to the thread pool for both (each trip costs ~50 us of CPU)
             postfix, banned = await self._cpu(self._first_checks, msg)
-        if isinstance(postfix, Exception):  # an unchecked message must not pass
-            log.error("%s: header/body checks failed", where, exc_info=postfix)
-            found.tempfail = f"header/body checks FAILED: {type(postfix).__name__}"
+        if isinstance(postfix, Exception):
+            found.tempfail = _check_failed(where, "header/body checks", postfix)
             return
         if postfix is not None:
             found.postfix = postfix
             found.symbols += postfix.symbols
             if postfix.reject is not None or postfix.discard or postfix.hold:
                 return
-        if isinstance(banned, MapTempError):
-            found.tempfail = f"banned check FAILED: {banned}"
-            return
-        if isinstance(banned, Exception):  # an unchecked message must not pass
-            log.error("%s: banned file check failed", where, exc_info=banned)
-            found.tempfail = f"banned check FAILED: {type(banned).__name__}"
+        if isinstance(banned, Exception):
+            found.tempfail = _check_failed(where, "banned check", banned)
             return
         if banned is not None:
             found.banned = banned
@@ -264,3 +259,13 @@ def quality_scorer(cfg: Any) -> Callable[[Message], float]:
         return float(runner.run(pipeline.scan(msg)).score)
 
     return score
+
+
+def _check_failed(where: str, check: str, exc: Exception) -> str:
+    """The tempfail reason for a check that could not run: an unchecked message must
+    not pass. A table that cannot answer says so; anything else is a fault, logged
+    with its traceback and named only by its type in the reply."""
+    if isinstance(exc, MapTempError):
+        return f"{check} FAILED: {exc}"
+    log.error("%s: %s failed", where, check, exc_info=exc)
+    return f"{check} FAILED: {type(exc).__name__}"

@@ -9,6 +9,7 @@ import pytest
 from filterd.content.message import Message
 from filterd.content.rules import RuleSet
 from filterd.content.rules.evals_headers import similarity
+from tests.unit.rulesets import load_rules
 
 RULES = r"""
 header SORTED      eval:sorted_recipients()
@@ -20,9 +21,7 @@ header OUTLOOK     eval:check_outlook_message_id()
 
 @pytest.fixture(scope="module")
 def rs(tmp_path_factory: pytest.TempPathFactory) -> RuleSet:
-    f = tmp_path_factory.mktemp("rules") / "t.cf"
-    f.write_text(RULES)
-    return RuleSet.load([str(f)], engine="regex")
+    return load_rules(tmp_path_factory, RULES, "t.cf")
 
 
 def names(rs: RuleSet, headers: str) -> set[str]:
@@ -94,9 +93,7 @@ SPAMMER_HOP = "Received: from dsl-1-2-3-4.example.net ([198.51.100.7]) by mx.exa
 
 @pytest.fixture(scope="module")
 def forged(tmp_path_factory: pytest.TempPathFactory) -> RuleSet:
-    f = tmp_path_factory.mktemp("rules") / "forged.cf"
-    f.write_text(FORGED_RULES)
-    return RuleSet.load([str(f)], engine="regex")
+    return load_rules(tmp_path_factory, FORGED_RULES, "forged.cf")
 
 
 def fired(rs: RuleSet, headers: str) -> set[str]:

@@ -14,6 +14,7 @@ from filterd.content.rules.evals_html import (
     html_stats,
     name_to_rgb,
 )
+from tests.unit.rulesets import load_rules
 
 RULES = r"""
 body EXTRA_CLOSE   eval:html_range('closed_extra_ratio', '0.09', 'inf')
@@ -46,9 +47,7 @@ body BAD_TEST      eval:html_test('no_such_flag')
 
 @pytest.fixture(scope="module")
 def rs(tmp_path_factory: pytest.TempPathFactory) -> RuleSet:
-    f = tmp_path_factory.mktemp("rules") / "t.cf"
-    f.write_text(RULES)
-    return RuleSet.load([str(f)], engine="regex")
+    return load_rules(tmp_path_factory, RULES, "t.cf")
 
 
 def html_mail(html: str, subject: str = "hello") -> bytes:

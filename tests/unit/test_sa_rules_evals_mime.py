@@ -9,8 +9,9 @@ import pytest
 
 from filterd.content.message import Message
 from filterd.content.rules import RuleSet
-from filterd.content.rules.evals_mime import mime_summary, text_part_counts
+from filterd.content.rules.evals_mime import mime_summary, summary, text_part_counts
 from filterd.content.rules.views import MessageViews
+from tests.unit.rulesets import load_rules
 
 RULES = r"""
 rawbody B64        eval:check_for_mime('mime_base64_count')
@@ -29,9 +30,7 @@ body    B64_79_INF eval:check_base64_length('79')
 
 @pytest.fixture(scope="module")
 def rs(tmp_path_factory: pytest.TempPathFactory) -> RuleSet:
-    f = tmp_path_factory.mktemp("rules") / "t.cf"
-    f.write_text(RULES)
-    return RuleSet.load([str(f)], engine="regex")
+    return load_rules(tmp_path_factory, RULES, "t.cf")
 
 
 def names(rs: RuleSet, raw: bytes) -> set[str]:
@@ -126,14 +125,12 @@ def test_text_part_counts_agree_with_the_summary(raw: bytes) -> None:
     views = MessageViews(msg)
     s = mime_summary(msg.tree)
     assert text_part_counts(views) == (s.html_count, s.text_count)  # body lines not read
-    views.eval_cache["mime_summary"] = s
+    assert summary(views) == s  # now made and kept for the message
     assert text_part_counts(views) == (s.html_count, s.text_count)  # taken from the summary
 
 
 def test_html_only_with_and_without_the_full_summary(rs: RuleSet, tmp_path_factory: pytest.TempPathFactory) -> None:
-    f = tmp_path_factory.mktemp("rules") / "only.cf"
-    f.write_text("body HTML_ONLY eval:check_for_mime_html_only()\n")
-    alone = RuleSet.load([str(f)], engine="regex")
+    alone = load_rules(tmp_path_factory, "body HTML_ONLY eval:check_for_mime_html_only()\n")
     html = multipart("Content-Type: text/html\n\n<b>x</b>", "Content-Type: image/gif\n\nGIF")
     both = multipart("Content-Type: text/plain\n\nx", "Content-Type: text/html\n\n<b>x</b>", kind="alternative")
     for ruleset in (alone, rs):

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from filterd.content.rules.evalargs import is_number
 from filterd.content.rules.evals_headers import HEADER_EVAL_FUNCTIONS
 from filterd.content.rules.evals_html import (
     HTML_EVAL_FUNCTIONS,
@@ -91,10 +92,11 @@ def uppercase_percent(lines: list[bytes]) -> float:
 def _uppercase(v: MessageViews, args: tuple[str, ...]) -> bool:
     """check_for_uppercase(min, max): min < upper-case percentage <= max (once per message)."""
     low, high = float(args[0]), float(args[1])
-    ratio = v.eval_cache.get("uppercase_percent")
-    if not isinstance(ratio, float):
-        ratio = v.eval_cache["uppercase_percent"] = uppercase_percent(v.body_lines)
-    return low < ratio <= high
+    return low < v.shared(_body_uppercase_percent) <= high
+
+
+def _body_uppercase_percent(v: MessageViews) -> float:
+    return uppercase_percent(v.body_lines)
 
 
 def _header_count_range(v: MessageViews, args: tuple[str, ...]) -> bool:
@@ -222,9 +224,7 @@ def date_diff(v: MessageViews) -> float:
 
 def _shifted_date(v: MessageViews, args: tuple[str, ...]) -> bool:
     """check_for_shifted_date(min, max): min <= Date-Received skew < max hours ('undef' = open)."""
-    diff = v.eval_cache.get("date_diff")
-    if not isinstance(diff, float):
-        diff = v.eval_cache["date_diff"] = date_diff(v)
+    diff = v.shared(date_diff)
     low, high = args
     return (low == "undef" or diff >= 3600 * float(low)) and (high == "undef" or diff < 3600 * float(high))
 
@@ -283,30 +283,24 @@ def _helo_ip_mismatch(v: MessageViews, args: tuple[str, ...]) -> bool:
 NATIVE_EVALS: dict[str, NativeEval] = {
     "check_for_missing_to_header": NativeEval(_missing_to),
     "subject_is_all_caps": NativeEval(_subject_all_caps),
-    "check_for_uppercase": NativeEval(_uppercase, lambda a: len(a) == 2 and all(_is_num(x) for x in a)),
+    "check_for_uppercase": NativeEval(_uppercase, lambda a: len(a) == 2 and all(is_number(x) for x in a)),
     "check_header_count_range": NativeEval(
         _header_count_range, lambda a: len(a) == 3 and a[1].isdigit() and a[2].isdigit()),
     "check_illegal_chars": NativeEval(
-        _illegal_chars, lambda a: len(a) == 3 and _is_num(a[1]) and a[2].isdigit()),
+        _illegal_chars, lambda a: len(a) == 3 and is_number(a[1]) and a[2].isdigit()),
     "html_test": NativeEval(_html_test, lambda a: len(a) == 1 and (a[0] == "html" or a[0] in HTML_TEST_FLAGS)),
     "html_tag_exists": NativeEval(_html_tag_exists, lambda a: len(a) == 1 and a[0].isalnum()),
     "check_body_length": NativeEval(_body_length, lambda a: len(a) == 1 and a[0].isdigit()),
     "check_all_trusted": NativeEval(_all_trusted),
     "check_for_matching_env_and_hdr_from": NativeEval(_env_matches_from),
-    "html_image_only": NativeEval(_html_image_only, lambda a: len(a) == 2 and all(_is_num(x) for x in a)),
+    "html_image_only": NativeEval(_html_image_only, lambda a: len(a) == 2 and all(is_number(x) for x in a)),
     "check_for_to_in_subject": NativeEval(_to_in_subject, lambda a: a in (("user",), ("address",))),
     "helo_ip_mismatch": NativeEval(_helo_ip_mismatch),
     "check_for_shifted_date": NativeEval(
-        _shifted_date, lambda a: len(a) == 2 and all(x == "undef" or _is_num(x) for x in a)),
+        _shifted_date, lambda a: len(a) == 2 and all(x == "undef" or is_number(x) for x in a)),
     **{name: NativeEval(fn, accepts)
        for table in (HTML_EVAL_FUNCTIONS, MIME_EVAL_FUNCTIONS, HEADER_EVAL_FUNCTIONS)
        for name, (fn, accepts) in table.items()},
 }
 
 
-def _is_num(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True

@@ -20,6 +20,7 @@ import email.utils
 import re
 from collections.abc import Callable
 
+from filterd.content.rules.evalargs import is_number
 from filterd.content.rules.views import MessageViews
 
 #: HeaderEval.pm's "best experimentally derived values".
@@ -49,11 +50,7 @@ def recipients(v: MessageViews) -> list[str]:
 
 
 def _addresses(v: MessageViews) -> list[str]:
-    cached = v.eval_cache.get("tocc_addresses")
-    if isinstance(cached, list):
-        return cached
-    found = v.eval_cache["tocc_addresses"] = recipients(v)
-    return found
+    return v.shared(recipients)
 
 
 def similarity(addresses: list[str]) -> float:
@@ -221,11 +218,7 @@ def hotmail_forgery(v: MessageViews) -> tuple[bool, bool]:
 
 
 def _hotmail(v: MessageViews) -> tuple[bool, bool]:
-    cached = v.eval_cache.get("hotmail_forgery")
-    if isinstance(cached, tuple):
-        return cached
-    result = v.eval_cache["hotmail_forgery"] = hotmail_forgery(v)
-    return result
+    return v.shared(hotmail_forgery)
 
 
 def _forged_hotmail(v: MessageViews, args: tuple[str, ...]) -> bool:
@@ -313,7 +306,7 @@ HEADER_EVAL_FUNCTIONS: dict[str, tuple[Callable[[MessageViews, tuple[str, ...]],
                                        Callable[[tuple[str, ...]], bool]]] = {
     "sorted_recipients": (_sorted_recipients, lambda a: not a),
     "similar_recipients": (_similar_recipients,
-                           lambda a: len(a) == 2 and all(x == "undef" or _is_num(x) for x in a)),
+                           lambda a: len(a) == 2 and all(x == "undef" or is_number(x) for x in a)),
     "check_unresolved_template": (_unresolved_template, lambda a: not a),
     "check_outlook_message_id": (_outlook_message_id, lambda a: not a),
     "gated_through_received_hdr_remover": (_gated_through_received_hdr_remover, lambda a: not a),
@@ -327,9 +320,3 @@ HEADER_EVAL_FUNCTIONS: dict[str, tuple[Callable[[MessageViews, tuple[str, ...]],
 }
 
 
-def _is_num(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True

@@ -12,7 +12,7 @@ and ``background`` (the ``bgcolor`` attribute is resolved but, as in SpamAssassi
 never applied).
 filterd's own renderer (:mod:`filterd.content.htmltext`) only makes text, so this module
 re-parses each HTML part once per message with the same event model (start tag, end tag,
-text, comment, declaration) and the same counting rules, cached in ``eval_cache``.
+text, comment, declaration) and the same counting rules, computed once per message (``MessageViews.shared``).
 Everything here follows SpamAssassin 4's HTML.pm/HTMLEval.pm/BodyEval.pm semantics; the
 docstrings note where filterd differs.
 """
@@ -30,6 +30,7 @@ from html.parser import HTMLParser
 import regex
 
 from filterd.content.message import Message
+from filterd.content.rules.evalargs import is_number
 from filterd.content.rules.evals_html_colors import NAMED_COLORS
 from filterd.content.rules.perlre import PerlRegexError, make_perl_regex
 from filterd.content.rules.views import MessageViews
@@ -396,12 +397,11 @@ def html_stats(html: str, rendered: str) -> HtmlStats:
 
 def message_html_stats(v: MessageViews) -> list[HtmlStats]:
     """The statistics of every text/html part of the message, computed once per message."""
-    cached = v.eval_cache.get("html_stats")
-    if isinstance(cached, list):
-        return cached
-    found = [html_stats(p.html, p.text or "") for p in v.msg.parts if p.html is not None]
-    v.eval_cache["html_stats"] = found
-    return found
+    return v.shared(_all_html_stats)
+
+
+def _all_html_stats(v: MessageViews) -> list[HtmlStats]:
+    return [html_stats(p.html, p.text or "") for p in v.msg.parts if p.html is not None]
 
 
 # -- HTMLEval -------------------------------------------------------------------------
@@ -418,7 +418,7 @@ def _compare(value: float, expr: str) -> bool:
 
 
 def _range_value_ok(args: tuple[str, ...]) -> bool:
-    return len(args) in (2, 3) and all(_is_num(a) or a == "inf" for a in args[1:])
+    return len(args) in (2, 3) and all(is_number(a) or a == "inf" for a in args[1:])
 
 
 def _html_range(v: MessageViews, args: tuple[str, ...]) -> bool:
@@ -576,11 +576,11 @@ _HAS_WORD_CHAR = re.compile(r"\w")
 
 
 def _alt_diff(v: MessageViews) -> AltDiff:
-    cached = v.eval_cache.get("alt_diff")
-    if isinstance(cached, AltDiff):
-        return cached
-    result = v.eval_cache["alt_diff"] = alternative_difference(v.msg)
-    return result
+    return v.shared(_alternative_difference_of)
+
+
+def _alternative_difference_of(v: MessageViews) -> AltDiff:
+    return alternative_difference(v.msg)
 
 
 def _multipart_alternative_difference(v: MessageViews, args: tuple[str, ...]) -> bool:
@@ -595,14 +595,6 @@ def _multipart_alternative_difference_count(v: MessageViews, args: tuple[str, ..
     ``ratio`` times the HTML side's distinct words, and the HTML side over ``minhtml``."""
     d = _alt_diff(v)
     return d.html_words > float(args[1]) and d.text_words / d.html_words > float(args[0])
-
-
-def _is_num(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 _HTML_STATS = ("length", "max_size", "image_area", "non_space_len", "closed_extra_ratio",
@@ -622,13 +614,13 @@ HTML_EVAL_FUNCTIONS: dict[str, tuple[Callable[[MessageViews, tuple[str, ...]], b
     "html_range": (_html_range, lambda a: bool(a) and a[0] in _HTML_STATS and _range_value_ok(a)),
     "html_eval": (_html_eval, lambda a: _accepts_compare(a, _HTML_STATS)),
     "html_tag_balance": (_html_tag_balance, lambda a: _accepts_compare(a, None) and a[0].isalnum()),
-    "html_image_ratio": (_html_image_ratio, lambda a: len(a) == 2 and all(_is_num(x) for x in a)),
+    "html_image_ratio": (_html_image_ratio, lambda a: len(a) == 2 and all(is_number(x) for x in a)),
     "html_text_match": (_html_text_match,
                         lambda a: len(a) == 2 and a[0] in _HTML_TEXTS and _compile(a[1]) is not None),
-    "html_title_subject_ratio": (_html_title_subject_ratio, lambda a: len(a) == 1 and _is_num(a[0])),
+    "html_title_subject_ratio": (_html_title_subject_ratio, lambda a: len(a) == 1 and is_number(a[0])),
     "multipart_alternative_difference": (
         _multipart_alternative_difference,
-        lambda a: len(a) == 2 and _is_num(a[0]) and (a[1] == "undef" or _is_num(a[1]))),
+        lambda a: len(a) == 2 and is_number(a[0]) and (a[1] == "undef" or is_number(a[1]))),
     "multipart_alternative_difference_count": (
-        _multipart_alternative_difference_count, lambda a: len(a) == 2 and all(_is_num(x) for x in a)),
+        _multipart_alternative_difference_count, lambda a: len(a) == 2 and all(is_number(x) for x in a)),
 }

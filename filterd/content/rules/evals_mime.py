@@ -7,7 +7,7 @@ plain ASCII text, the plain/HTML size ratio of a multipart/alternative, and the 
 base64 line (``check_base64_length``: encoders wrap at 76). Many shipped
 metas negate these (``!__MIME_QP``, ``!__MIME_ATTACHMENT``, ``!__MIME_HTML``), so an
 approximation is not harmless: the counters below follow MIMEEval.pm, quirks included
-(see :class:`MimeSummary`), computed once per message and cached in ``eval_cache``.
+(see :class:`MimeSummary`), computed once per message (``MessageViews.shared``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.message import Message as EmailMessage
 
+from filterd.content.rules.evalargs import is_number
 from filterd.content.rules.views import MessageViews
 
 _ASCII_CHARSET = re.compile(
@@ -167,11 +168,11 @@ def _alternative_ratio(types: list[str], sizes: list[int | None], default: float
 
 
 def summary(v: MessageViews) -> MimeSummary:
-    cached = v.eval_cache.get("mime_summary")
-    if isinstance(cached, MimeSummary):
-        return cached
-    result = v.eval_cache["mime_summary"] = mime_summary(v.msg.tree)
-    return result
+    return v.shared(_message_mime_summary)
+
+
+def _message_mime_summary(v: MessageViews) -> MimeSummary:
+    return mime_summary(v.msg.tree)
 
 
 def _html_content_type(v: MessageViews) -> bool:
@@ -194,9 +195,9 @@ def text_part_counts(v: MessageViews) -> tuple[int, int]:
     Only content types are needed, so when the full summary (which reads every body
     line) has not been made for another test, the tree is walked without reading bodies.
     """
-    cached = v.eval_cache.get("mime_summary")
-    if isinstance(cached, MimeSummary):
-        return cached.html_count, cached.text_count
+    done = v.shared_if_done(_message_mime_summary)
+    if done is not None:
+        return done.html_count, done.text_count
     html = text = 0
     for node in _nodes(v.msg.tree):
         ctype = node.get_content_type()
@@ -229,14 +230,6 @@ def _check_base64_length(v: MessageViews, args: tuple[str, ...]) -> bool:
     return longest >= float(args[0])
 
 
-def _is_num(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 #: name -> (function, argument check); evals.py adds these to its NATIVE_EVALS.
 MIME_EVAL_FUNCTIONS: dict[str, tuple[Callable[[MessageViews, tuple[str, ...]], bool],
                                      Callable[[tuple[str, ...]], bool]]] = {
@@ -244,7 +237,7 @@ MIME_EVAL_FUNCTIONS: dict[str, tuple[Callable[[MessageViews, tuple[str, ...]], b
     "check_for_mime_html": (_check_for_mime_html, lambda a: not a),
     "check_for_mime_html_only": (_check_for_mime_html_only, lambda a: not a),
     "check_mime_multipart_ratio": (_check_mime_multipart_ratio,
-                                   lambda a: len(a) == 2 and all(_is_num(x) for x in a)),
+                                   lambda a: len(a) == 2 and all(is_number(x) for x in a)),
     "check_base64_length": (_check_base64_length,
-                            lambda a: len(a) in (1, 2) and all(_is_num(x) for x in a)),
+                            lambda a: len(a) in (1, 2) and all(is_number(x) for x in a)),
 }

@@ -24,10 +24,14 @@ from __future__ import annotations
 import email.utils
 import ipaddress
 import re
+from collections.abc import Callable
 from functools import cached_property
+from typing import TypeVar
 
 from filterd.content.message import Message, decode_header_value
 from filterd.content.rules.relays import RelayPath
+
+T = TypeVar("T")
 
 MAX_LINE = 2048
 BODY_PART_SCAN_SIZE = 50_000
@@ -77,8 +81,20 @@ class MessageViews:
     def __init__(self, msg: Message):
         self.msg = msg
         self._headers: dict[str, bytes | None] = {}
-        #: per-message results that several eval tests share (e.g. the Date/Received skew)
-        self.eval_cache: dict[str, object] = {}
+        self._shared: dict[Callable[..., object], object] = {}
+
+    def shared(self, compute: Callable[[MessageViews], T]) -> T:
+        """``compute(self)``, worked out once per message however many eval tests ask
+        (the Date/Received skew, the MIME counters, the HTML statistics...)."""
+        try:
+            return self._shared[compute]  # type: ignore[return-value]
+        except KeyError:
+            result = self._shared[compute] = compute(self)
+            return result
+
+    def shared_if_done(self, compute: Callable[[MessageViews], T]) -> T | None:
+        """What :meth:`shared` holds for ``compute``, without computing it."""
+        return self._shared.get(compute)  # type: ignore[return-value]
 
     # -- header --------------------------------------------------------------------
     def header(self, spec: str) -> bytes | None:
