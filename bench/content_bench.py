@@ -18,6 +18,9 @@ with a fixed seed so every prefix is a representative mix) are pushed through:
   postfix   end to end: a private Postfix with ``content_filter`` to filterd, filterd
             reinjecting into Postfix's 10025-style smtpd, delivery to ``smtp-sink``;
             delivered messages per second read from Postfix's log
+  amavisd   the same Postfix with amavisd-new 2.13 as the content filter instead
+            (SpamAssassin inside with spamd's rules and Bayes, ClamAV via clamd): the
+            issue's end-to-end reference peer
 
 at concurrency 1 and 8, each for a fixed time (or number of messages). Reported per
 system: messages/s, latency, and the CPU time per message of the server processes and of
@@ -649,6 +652,142 @@ def filterd_log_verdicts(log_path: Path, offset: int) -> tuple[int, int, int, Co
     return judged, spam, bayes, statuses, offset + len(text)
 
 
+# -- amavisd-new ------------------------------------------------------------------------
+
+AMAVIS_USER = "amavis"  # created by the amavisd-new package
+AMAVISD_START_TIMEOUT = 300.0  # the parent compiles SpamAssassin's rules before it listens
+
+
+def content_filter_master_cf(maxproc: int, reinject_port: int) -> str:
+    """master.cf lines of the amavis-style wiring the ``postfix`` system uses (PEERS.md plus
+    amavisd-new's README.postfix): the ``smtp-amavis`` transport with ``maxproc``
+    connections and XFORWARD, and the 10025-style reinjection smtpd, which skips header/body
+    checks, milters, unknown-recipient checks, header rewriting and per-client limits."""
+    return (
+        f"smtp-amavis unix - - n - {maxproc} smtp\n"
+        "  -o smtp_data_done_timeout=1200\n  -o smtp_send_xforward_command=yes\n"
+        f"127.0.0.1:{reinject_port} inet n - n - - smtpd\n"
+        "  -o content_filter=\n"
+        "  -o receive_override_options=no_header_body_checks,no_unknown_recipient_checks,no_milters\n"
+        "  -o smtpd_milters=\n  -o mynetworks=127.0.0.0/8\n"
+        "  -o smtpd_recipient_restrictions=permit_mynetworks,reject\n"
+        "  -o smtpd_relay_restrictions=permit_mynetworks,reject\n"
+        "  -o smtpd_authorized_xforward_hosts=127.0.0.0/8\n"
+        "  -o local_header_rewrite_clients=\n  -o smtpd_error_sleep_time=0\n"
+        "  -o smtpd_client_connection_count_limit=0\n  -o smtpd_client_connection_rate_limit=0\n")
+
+
+def perl_string(value: str) -> str:
+    """A Perl single-quoted literal (only ``\\`` and ``'`` are special in one)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def amavisd_config(home: Path, port: int, reinject_port: int, clamd_socket: str, site: Path,
+                   servers: int) -> str:
+    """A complete amavisd.conf (read instead of Debian's conf.d): Debian's package defaults
+    (20-debian_defaults: tag levels 2.0 / 6.31 / 6.31, spam passed, viruses and banned names
+    discarded, the banned-name list, BerkeleyDB cache on) and 01-debian's decoder programs,
+    with everything that would leave the machine or the temp dir turned off: local tests
+    only, no DKIM, no notifications, no syslog (the log goes to stderr), quarantine into
+    ``home``. Recipients in bench-dest.example are local, so they get the X-Spam-* headers."""
+    q = perl_string
+    return f"""use strict;
+$ENV{{PATH}} = $path = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/sbin:/usr/bin:/bin';
+$myhostname = 'amavisd-bench.test';
+$mydomain = 'amavisd-bench.test';
+$daemon_user = {q(AMAVIS_USER)};
+$daemon_group = {q(AMAVIS_USER)};
+$MYHOME = {q(str(home))};
+$TEMPBASE = "$MYHOME/tmp";
+$ENV{{TMPDIR}} = $TEMPBASE;
+$db_home = "$MYHOME/db";
+$helpers_home = "$MYHOME/var";
+$pid_file = "$MYHOME/amavisd.pid";
+$lock_file = "$MYHOME/amavisd.lock";
+$QUARANTINEDIR = "$MYHOME/quarantine";
+# spam is quarantined gzipped by default, through a module Debian's 2.13 never loads
+require Amavis::IO::Zlib;
+$DO_SYSLOG = 0;
+$LOGFILE = '';
+$log_level = 0;
+$log_templ = $log_verbose_templ;  # one line per message, with the SpamAssassin tests
+$log_recip_templ = undef;
+$enable_db = 1;
+$enable_global_cache = 1;
+$max_servers = {servers};
+$inet_socket_bind = '127.0.0.1';
+$inet_socket_port = {port};
+@inet_acl = qw(127.0.0.1);
+$unix_socketname = undef;
+$forward_method = 'smtp:[127.0.0.1]:{reinject_port}';
+$notify_method = $forward_method;
+@mynetworks = qw(127.0.0.0/8);
+@local_domains_maps = ( ['.bench-dest.example'] );
+@bypass_virus_checks_maps = (0);
+@bypass_spam_checks_maps = (0);
+$sa_local_tests_only = 1;
+$sa_siteconfigpath = {q(str(site))};
+$sa_tag_level_deflt = 2.0;
+$sa_tag2_level_deflt = 6.31;
+$sa_kill_level_deflt = 6.31;
+$sa_dsn_cutoff_level = 10;
+$sa_mail_body_size_limit = 200*1024;
+$sa_spam_subject_tag = '***SPAM*** ';
+$final_virus_destiny = D_DISCARD;
+$final_banned_destiny = D_DISCARD;
+$final_spam_destiny = D_PASS;
+$final_bad_header_destiny = D_PASS;
+$virus_admin = undef;
+$spam_admin = undef;
+$enable_dkim_verification = 0;
+$enable_dkim_signing = 0;
+$MAXLEVELS = 14;
+$MAXFILES = 1500;
+$MIN_EXPANSION_QUOTA = 100*1024;
+$MAX_EXPANSION_QUOTA = 300*1024*1024;
+$file = 'file'; $gzip = 'gzip'; $bzip2 = 'bzip2'; $lzop = 'lzop';
+$rpm2cpio = ['rpm2cpio.pl', 'rpm2cpio']; $cabextract = 'cabextract';
+$uncompress = ['uncompress', 'gzip -d', 'zcat']; $unfreeze = undef;
+$arc = ['nomarch', 'arc']; $unarj = ['arj', 'unarj']; $unrar = ['unrar-free'];
+$zoo = 'zoo'; $lha = undef; $pax = 'pax'; $cpio = 'cpio'; $ar = 'ar'; $ripole = 'ripole';
+$dspam = undef;
+@av_scanners = (
+  ['ClamAV-clamd', \\&ask_daemon, ["CONTSCAN {{}}\\n", {q(clamd_socket)}],
+   qr/\\bOK$/m, qr/\\bFOUND$/m, qr/^.*?: (?!Infected Archive)(.*) FOUND$/m ],
+);
+@av_scanners_backup = ();
+$banned_filename_re = new_RE(
+  qr'\\.[^./]*\\.(exe|vbs|pif|scr|bat|cmd|com|cpl|dll)\\.?$'i,
+  qr'\\{{[0-9a-f]{{8}}(-[0-9a-f]{{4}}){{3}}-[0-9a-f]{{12}}\\}}?$'i,
+  qr'^application/x-msdownload$'i,
+  qr'^application/x-msdos-program$'i,
+  qr'^application/hta$'i,
+  qr'.\\.(exe|vbs|pif|scr|bat|cmd|com|cpl)$'i,
+  qr'^\\.(exe-ms)$',
+);
+1;
+"""
+
+
+def start_amavisd(stack: Stack, workdir: Path, name: str, port: int, reinject_port: int,
+                  clamav: str, site: Path, servers: int) -> Daemon:
+    """``amavisd -c FILE foreground`` (only FILE is read, not Debian's conf.d) as root,
+    dropping to user amavis, who owns its home under ``workdir``; its log is the Daemon's
+    output file. The config must be root's and not writable by amavis, or amavisd refuses."""
+    home = workdir / f"amavis-{name}"
+    for sub in ("tmp", "db", "var", "quarantine"):
+        (home / sub).mkdir(parents=True)
+    chown_tree(home, AMAVIS_USER)
+    config = workdir / f"amavisd-{name}.conf"
+    config.write_text(amavisd_config(home, port, reinject_port, clamav.removeprefix("unix:"),
+                                     site, servers))
+    config.chmod(0o644)
+    daemon = stack.daemon(Daemon(f"amavisd-{name}", [program("amavisd"), "-c", str(config),
+                                                     "foreground"], workdir))
+    wait_until(lambda: port_open(port), daemon, "listening", timeout=AMAVISD_START_TIMEOUT)
+    return daemon
+
+
 # -- measurements -----------------------------------------------------------------------
 
 @dataclass
@@ -725,6 +864,7 @@ class Bench:
         self.stack = stack
         self.info: dict[str, object] = {}
         self._filterd_data: Path | None = None
+        self._sa_bayes: Path | None = None
 
     def workdir(self, name: str) -> Path:
         path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.workroot))
@@ -789,11 +929,13 @@ class Bench:
 
     # -- SpamAssassin -----------------------------------------------------------------
 
-    def spamd(self) -> list[Measurement]:
-        workdir = self.workdir("spamd")
+    def sa_site(self, workdir: Path) -> tuple[Path, Path, dict[str, str]]:
+        """SpamAssassin's site configuration (``site``: local tests only, Bayes on unless
+        --no-sa-bayes, auto-learn off) and Bayes database (``bayes``) under ``workdir``, plus
+        the environment to run SpamAssassin tools with. spamd and SpamAssassin inside
+        amavisd-new both use it, so both score with the same rules and the same Bayes."""
         site, bayes = workdir / "site", workdir / "bayes"
         site.mkdir()
-        bayes.mkdir()
         use_bayes = not self.args.no_sa_bayes
         (site / "local.cf").write_text(
             f"use_bayes {int(use_bayes)}\nuse_bayes_rules {int(use_bayes)}\nbayes_auto_learn 0\n"
@@ -804,7 +946,17 @@ class Bench:
             shutil.copy(pre, site / pre.name)
         env = {**os.environ, "HOME": str(workdir)}
         if use_bayes:
-            self.say("spamd: sa-learn on the corpus (about a minute)...")
+            shutil.copytree(self.sa_learned(site, env), bayes)
+        else:
+            bayes.mkdir()
+        return site, bayes, env
+
+    def sa_learned(self, site: Path, env: dict[str, str]) -> Path:
+        """A Bayes database ``sa-learn`` trained on the whole corpus (about a minute), made
+        once per bench run; each system copies it, so each daemon user owns its own copy."""
+        if self._sa_bayes is None:
+            self.say("sa-learn on the corpus (about a minute)...")
+            bayes = self.workdir("sa-bayes")
             began = time.monotonic()
             for flag, folders in (("--spam", ["spam"]), ("--ham", ["ham", "hard_ham"])):
                 subprocess.run([program("sa-learn"), "-L", "--siteconfigpath", str(site),
@@ -814,6 +966,13 @@ class Bench:
             subprocess.run([program("sa-learn"), "--siteconfigpath", str(site), "--dbpath",
                             str(bayes), "--sync"], check=True, env=env, stdout=subprocess.DEVNULL)
             self.info["sa_learn_seconds"] = round(time.monotonic() - began, 1)
+            self._sa_bayes = bayes
+        return self._sa_bayes
+
+    def spamd(self) -> list[Measurement]:
+        workdir = self.workdir("spamd")
+        site, bayes, env = self.sa_site(workdir)
+        use_bayes = not self.args.no_sa_bayes
         self.info["spamd_bayes"] = "on (sa-learn on the whole corpus)" if use_bayes else "OFF (--no-sa-bayes)"
         children = max(self.args.concurrency)
         port = free_port()
@@ -954,20 +1113,8 @@ class Bench:
         filter_port, reinject_port = free_port(), free_port()
         root = Path(tempfile.mkdtemp(prefix=f"pf-{concurrency}-", dir=self.workroot))
         # amavisd-new's README.postfix wiring: address mappings are applied once, by the
-        # reinjection pass; that pass skips header/body checks, milters, unknown-recipient
-        # checks, header rewriting and per-client limits (the filter is its only client)
-        master_extra = (
-            f"smtp-amavis unix - - n - {concurrency} smtp\n"
-            "  -o smtp_data_done_timeout=1200\n  -o smtp_send_xforward_command=yes\n"
-            f"127.0.0.1:{reinject_port} inet n - n - - smtpd\n"
-            "  -o content_filter=\n"
-            "  -o receive_override_options=no_header_body_checks,no_unknown_recipient_checks,no_milters\n"
-            "  -o smtpd_milters=\n  -o mynetworks=127.0.0.0/8\n"
-            "  -o smtpd_recipient_restrictions=permit_mynetworks,reject\n"
-            "  -o smtpd_relay_restrictions=permit_mynetworks,reject\n"
-            "  -o smtpd_authorized_xforward_hosts=127.0.0.0/8\n"
-            "  -o local_header_rewrite_clients=\n  -o smtpd_error_sleep_time=0\n"
-            "  -o smtpd_client_connection_count_limit=0\n  -o smtpd_client_connection_rate_limit=0\n")
+        # reinjection pass
+        master_extra = content_filter_master_cf(concurrency, reinject_port)
         instance = instance_class(root, {
             "content_filter": f"smtp-amavis:[127.0.0.1]:{filter_port}",
             "receive_override_options": "no_address_mappings",
@@ -1019,6 +1166,106 @@ class Bench:
         m.notes.append(f"submitted {submitted_counter[0]} (warm-up included), delivered "
                        f"{counts['delivered']}; Postfix -> filterd deliveries "
                        f"{dict(counter.statuses)}; smtp-amavis maxproc {concurrency}")
+        instance.stop()
+        server.stop()
+        return m
+
+    # -- amavisd-new end to end through Postfix ----------------------------------------
+
+    def amavisd(self) -> list[Measurement]:
+        """The issue's reference peer, measured exactly like the ``postfix`` system: the same
+        private Postfix, with amavisd-new as its content filter (SpamAssassin with the
+        spamd system's site configuration and Bayes, ClamAV through the bench's clamd)."""
+        from tests.fixtures.postfix import PostfixInstance, postfix_unavailable_reason
+
+        reason = postfix_unavailable_reason()
+        if reason is not None:
+            raise RuntimeError(reason)
+        if shutil.which("amavisd", path=SBIN_PATH) is None:
+            raise RuntimeError("amavisd is not installed (Debian package amavisd-new)")
+        try:
+            pwd.getpwnam(AMAVIS_USER)
+        except KeyError:
+            raise RuntimeError(f"user {AMAVIS_USER} is missing (amavisd-new creates it)") from None
+        workdir = self.workdir("amavisd-e2e")
+        site, bayes, _ = self.sa_site(workdir)
+        chown_tree(bayes, AMAVIS_USER)
+        clamd, clamav = start_clamd(self.stack, workdir)
+        # amavisd's children (user amavis) must be able to connect to root's clamd socket
+        Path(clamav.removeprefix("unix:")).chmod(0o666)
+        self.info["amavisd_bayes"] = ("on (sa-learn on the whole corpus)" if not self.args.no_sa_bayes
+                                      else "OFF (--no-sa-bayes)")
+        out = []
+        for concurrency in self.args.concurrency:
+            self.say(f"postfix -> amavisd x{concurrency}...")
+            out.append(self._amavisd_run(PostfixInstance, workdir, site, clamd, clamav, concurrency))
+        return out
+
+    def _amavisd_run(self, instance_class: type[PostfixInstance], workdir: Path, site: Path,
+                     clamd: Daemon, clamav: str, concurrency: int) -> Measurement:
+        """One measurement with a fresh Postfix and a fresh amavisd (whose result cache must
+        not carry messages over from the previous concurrency). amavisd runs $max_servers
+        = --workers children and the smtp-amavis transport never opens more connections
+        than that (README.postfix: maxproc should not exceed amavisd's children)."""
+        filter_port, reinject_port = free_port(), free_port()
+        maxproc = min(concurrency, self.args.workers)
+        root = Path(tempfile.mkdtemp(prefix=f"pf-amavisd-{concurrency}-", dir=self.workroot))
+        instance = instance_class(root, {
+            "content_filter": f"smtp-amavis:[127.0.0.1]:{filter_port}",
+            "receive_override_options": "no_address_mappings",
+        }, content_filter_master_cf(maxproc, reinject_port))
+        instance.sink = quiet_sink(instance.sink)
+        self.stack.push(lambda: shutil.rmtree(root, ignore_errors=True))
+        self.stack.push(instance.stop)
+        server = start_amavisd(self.stack, workdir, f"{concurrency}", filter_port, reinject_port,
+                               clamav, site, self.args.workers)
+        instance.start()
+        postfix = PostfixProcesses(instance)
+        counter = LogCounter(instance.maillog, {
+            "delivered": re.compile(rf"relay=[^ ]*:{instance.sink.port}, .*status=sent"),
+            "filter": re.compile(rf"relay=[^ ]*:{filter_port}, .*status=(\w+)")})
+        # amavisd discards blocked mail (viruses, banned names): those never reach the sink
+        blocked = LogCounter(server.log_path, {"blocked": re.compile(r"\) Blocked ")})
+        backlog = 4 * concurrency + 8
+
+        def done() -> int:
+            return counter.poll()["delivered"] + blocked.poll()["blocked"]
+
+        async def gate() -> None:
+            """Keep a bounded backlog so amavisd always has work but the queue stays small."""
+            while submitted[0] - done() >= backlog:
+                await asyncio.sleep(0.02)
+            submitted[0] += 1
+
+        client = lambda: SmtpClient(instance.smtp_port)
+        self.warm_up(client)
+        wait_for(lambda: done() >= WARMUP_MESSAGES, 300)
+        submitted = [done()]
+        delivered_before = counter.poll()["delivered"]
+        offset = server.log_path.stat().st_size
+        began = time.perf_counter()
+
+        def run() -> LoadResult:
+            result = self.load(client, concurrency, gate)
+            # count deliveries over the same wall time as submissions ran
+            result.messages = counter.poll()["delivered"] - delivered_before
+            result.elapsed = time.perf_counter() - began
+            result.latencies = []
+            return result
+
+        m = measure("postfix+amavisd", concurrency, [server], ("clamd", [clamd]), run,
+                    others=[postfix])
+        # drain what is still queued, so nothing is silently lost
+        wait_for(lambda: done() >= submitted[0], 300)
+        judged, spam, bayes, statuses, _ = filterd_log_verdicts(server.log_path, offset)
+        if judged:
+            m.spam_percent, m.bayes_percent = 100 * spam / judged, 100 * bayes / judged
+        m.notes.append(f"amavisd verdicts {dict(statuses)}")
+        m.notes.append(f"submitted {submitted[0]} (warm-up included), delivered "
+                       f"{counter.poll()['delivered']}, blocked by amavisd "
+                       f"{blocked.poll()['blocked']}; Postfix -> amavisd deliveries "
+                       f"{dict(counter.statuses)}; amavisd $max_servers {self.args.workers}, "
+                       f"smtp-amavis maxproc {maxproc}")
         instance.stop()
         server.stop()
         return m
@@ -1147,9 +1394,13 @@ def ratios(measurements: list[Measurement]) -> list[dict[str, object]]:
     by_key = {(m.system, m.concurrency): m for m in measurements}
     rows = []
     for (system, concurrency), ours in by_key.items():
-        if not system.startswith("filterd"):
+        if system == "postfix+filterd":
+            peers: tuple[str, ...] = ("postfix+amavisd",)  # both end to end through Postfix
+        elif system.startswith("filterd"):
+            peers = ("spamd", "rspamd")
+        else:
             continue
-        for peer in ("spamd", "rspamd"):
+        for peer in peers:
             theirs = by_key.get((peer, concurrency))
             if theirs is None:
                 continue
@@ -1180,7 +1431,7 @@ def format_ratios(rows: list[dict[str, object]]) -> str:
 
 # -- main -------------------------------------------------------------------------------
 
-SYSTEMS = ("filterd", "filterd-sarules", "spamd", "rspamd", "postfix")
+SYSTEMS = ("filterd", "filterd-sarules", "spamd", "rspamd", "postfix", "amavisd")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1194,7 +1445,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, action="append",
                         help="concurrent sessions; repeatable (default: 1 and 8)")
     parser.add_argument("--workers", type=int, default=2,
-                        help="filterd worker_processes and rspamd normal workers (default 2)")
+                        help="filterd worker_processes, rspamd normal workers and amavisd "
+                             "$max_servers (default 2)")
     parser.add_argument("--corpus", type=Path,
                         default=Path(os.environ.get("FILTERD_CORPUS", REPO.parent / "shared" / "corpus")),
                         help="corpus root holding spamassassin/{ham,hard_ham,spam} "
