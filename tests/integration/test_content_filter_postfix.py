@@ -152,13 +152,14 @@ async def test_clean_spam_and_virus_through_postfix(postfix_factory: PostfixFact
     assert headers[5].startswith("X-Spam-Status: No, score=0 tagged_above=-999 required=6.31 tests=[none]")
     assert headers[6].startswith(f"Received: from {postfix.hostname} ([127.0.0.1]) by filter.example "
                                  f"(filterd, port {filter_port}) with ESMTP id ")
-    reinjected = [line for line in postfix.log_lines() if f"orig_queue_id={clean.queue_id}" in line]
-    assert reinjected, "the reinjection smtpd did not accept XFORWARD"
+    await wait_for(lambda: any(f"orig_queue_id={clean.queue_id}" in line for line in postfix.log_lines()),
+                   "the reinjection smtpd logging the XFORWARDed original queue id")
     assert message.rcpt_to == ("rcpt@example.com",)
     body = clean_message().split(b"\r\n\r\n", 1)[1].replace(b"\r\n", b"\n")
     assert message.data.split(b"\n\n", 1)[1].rstrip(b"\n") == body  # body unchanged
-    filter_lines = [line for line in postfix.log_lines() if f":{filter_port}," in line and "status=sent" in line]
-    assert any("250 2.0.0 from MTA(smtp:[127.0.0.1]:" in line for line in filter_lines)
+    await wait_for(lambda: any(f":{filter_port}," in line and "status=sent" in line
+                               and "250 2.0.0 from MTA(smtp:[127.0.0.1]:" in line
+                               for line in postfix.log_lines()), "Postfix's delivery to filterd")
 
     if server.pipeline.ruleset is None:
         pytest.skip("the score rules module is not part of this installation: no GTUBE")
@@ -188,8 +189,9 @@ async def test_reinjection_down_keeps_mail_deferred_until_it_returns(
     reply = await postfix.send_async("sender@example.org", ["rcpt@example.com"], clean_message())
     assert reply.ok, reply
     await wait_for(lambda: reply.queue_id in postfix.queue_ids("deferred"), "message deferred")
-    assert any(reply.queue_id in line and "451 4.4.1 Error in processing, forwarding to" in line
-               for line in postfix.log_lines())
+    # Postfix's log goes through postlogd: the line may land just after the queue move.
+    await wait_for(lambda: any(reply.queue_id in line and "451 4.4.1 Error in processing, forwarding to"
+                               in line for line in postfix.log_lines()), "the 451 in Postfix's log")
     assert postfix.sink.messages() == []
 
     await relay.start()
@@ -213,8 +215,9 @@ async def test_clamd_down_defers_until_it_returns(postfix_factory: PostfixFactor
         reply = await postfix.send_async("sender@example.org", ["rcpt@example.com"], clean_message())
         assert reply.ok, reply
         await wait_for(lambda: reply.queue_id in postfix.queue_ids("deferred"), "message deferred")
-        assert any(reply.queue_id in line and "451 4.5.0 Error in processing" in line
-                   and "virus_scan FAILED" in line for line in postfix.log_lines())
+        await wait_for(lambda: any(reply.queue_id in line and "451 4.5.0 Error in processing" in line
+                                   and "virus_scan FAILED" in line for line in postfix.log_lines()),
+                       "the 451 in Postfix's log")
     finally:
         await asyncio.to_thread(clamd_server.start)
     await asyncio.to_thread(postfix.flush)

@@ -10,7 +10,8 @@ html_tag_balance, html_text_match, ...) and multipart_alternative_difference liv
 :mod:`filterd.content.rules.evals_html`, the MIME counters (check_for_mime,
 check_for_mime_html[_only], check_mime_multipart_ratio, check_base64_length) in
 :mod:`filterd.content.rules.evals_mime`, recipient-list, template, Outlook Message-ID and
-forged-webmail Received: tests in :mod:`filterd.content.rules.evals_headers`. Every other
+forged-webmail Received: tests in :mod:`filterd.content.rules.evals_headers`, the FreeMail
+plugin's tests in :mod:`filterd.content.rules.evals_freemail`. Every other
 eval function loads as unsupported.
 """
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from filterd.content.rules.evalargs import is_number
+from filterd.content.rules.evals_freemail import FREEMAIL_EVAL_FUNCTIONS
 from filterd.content.rules.evals_headers import HEADER_EVAL_FUNCTIONS
 from filterd.content.rules.evals_html import (
     HTML_EVAL_FUNCTIONS,
@@ -299,7 +301,7 @@ NATIVE_EVALS: dict[str, NativeEval] = {
     "check_for_shifted_date": NativeEval(
         _shifted_date, lambda a: len(a) == 2 and all(x == "undef" or is_number(x) for x in a)),
     **{name: NativeEval(fn, accepts)
-       for table in (HTML_EVAL_FUNCTIONS, MIME_EVAL_FUNCTIONS, HEADER_EVAL_FUNCTIONS)
+       for table in (HTML_EVAL_FUNCTIONS, MIME_EVAL_FUNCTIONS, HEADER_EVAL_FUNCTIONS, FREEMAIL_EVAL_FUNCTIONS)
        for name, (fn, accepts) in table.items()},
 }
 

@@ -25,7 +25,7 @@ from filterd.content.message import Message
 from filterd.content.rules.evals import NATIVE_EVALS, NativeEval
 from filterd.content.rules.expr import Evaluator, ExprError, compile_expr
 from filterd.content.rules.matcher import HsCache, PatternRule, PatternSet, hyperscan_available
-from filterd.content.rules.model import LoadStats, Problem, RuleConfig, RuleDef, RuleKind
+from filterd.content.rules.model import LoadStats, Problem, RuleConfig, RuleDef, RuleKind, RuleSettings
 from filterd.content.rules.parser import parse_rule_files
 from filterd.content.rules.perlre import PerlRegexError, make_perl_regex
 from filterd.content.rules.views import MessageViews, parse_header_spec, to_bytes
@@ -87,6 +87,7 @@ class RuleSet:
         self.stats = stats
         self.scores: dict[str, float] = {}
         self.describes: dict[str, str] = {}
+        self.settings = RuleSettings()  # plugin settings, handed to eval tests via MessageViews
         self._headers: list[_HeaderGroup] = []
         self._exists: list[tuple[str, str]] = []  # (rule, header spec)
         self._sets: dict[RuleKind, PatternSet] = {}
@@ -112,6 +113,7 @@ class RuleSet:
                           unsupported_types=config.unsupported_types,
                           skipped_blocks=config.skipped_blocks, engine=engine)
         ruleset = cls(stats)
+        ruleset.settings = config.settings
         ruleset._compile(config, engine == "hyperscan", score_set,
                          HsCache(cache_dir) if cache_dir else None)
         return ruleset
@@ -241,7 +243,7 @@ class RuleSet:
     # -- evaluation ------------------------------------------------------------------
     def evaluate(self, msg: Message) -> list[Symbol]:
         """Every scored rule that fires on ``msg``, sorted by name."""
-        views = MessageViews(msg)
+        views = MessageViews(msg, self.settings)
         hits: dict[str, float] = {}
         evidence: dict[str, bytes] = {}
         for group in self._headers:

@@ -9,8 +9,12 @@ definition and in other files); the evaluator compiles it. Keeping the two apart
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class RuleKind(str, Enum):
@@ -58,6 +62,34 @@ class Problem:
         return f"{self.where}: {(self.rule + ': ') if self.rule else ''}{self.message}"
 
 
+class RuleSettings:
+    """Plugin settings read from the rule files (``freemail_domains`` ...), for eval tests.
+
+    The parser appends each value line under its directive name; an eval module turns
+    them into what it needs with :meth:`derived`, once per rule set rather than once per
+    message (a domain table, a compiled wildcard pattern).
+    """
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[str]] = {}
+        self._derived: dict[Callable[..., object], object] = {}
+
+    def add(self, name: str, value: str) -> None:
+        self.values.setdefault(name, []).append(value)
+
+    def get(self, name: str) -> list[str]:
+        """Every value line of ``name``, in the order read (empty when never set)."""
+        return self.values.get(name, [])
+
+    def derived(self, build: Callable[[RuleSettings], T]) -> T:
+        """``build(self)``, worked out on first use and kept (the result must not change)."""
+        try:
+            return self._derived[build]  # type: ignore[return-value]
+        except KeyError:
+            result = self._derived[build] = build(self)
+            return result
+
+
 @dataclass
 class RuleConfig:
     """Everything read from a set of rule files, keyed by rule name."""
@@ -75,6 +107,7 @@ class RuleConfig:
     replace_inter: dict[str, str] = field(default_factory=dict)
     replace_post: dict[str, str] = field(default_factory=dict)
     replace_rules: set[str] = field(default_factory=set)
+    settings: RuleSettings = field(default_factory=RuleSettings)  # plugin settings evals read
     errors: list[Problem] = field(default_factory=list)  # malformed lines (skipped)
     ignored_directives: Counter[str] = field(default_factory=Counter)  # valid SA, not used
     unsupported_types: Counter[str] = field(default_factory=Counter)  # e.g. mimeheader

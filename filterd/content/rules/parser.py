@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
+from filterd.content.rules.evalargs import is_number
 from filterd.content.rules.expr import ExprError, compile_expr
 from filterd.content.rules.model import Problem, RuleConfig, RuleDef, RuleKind
 from filterd.content.rules.perlre import PerlRegexError, split_regex_literal
@@ -27,6 +28,7 @@ PERL_VERSION = 5.036
 
 # Plugins whose rules filterd evaluates. The *Eval plugins are listed so that their eval
 # rules load: the ones implemented natively run, the others are counted as unsupported.
+# FreeMail is implemented whole (evals_freemail), so its settings and rules are read.
 # Network, reputation and learning plugins are not provided: their blocks are skipped
 # (filterd's own DNSBL and Bayes parts do that work).
 PROVIDED_PLUGINS = frozenset({
@@ -36,6 +38,7 @@ PROVIDED_PLUGINS = frozenset({
     "Mail::SpamAssassin::Plugin::BodyEval",
     "Mail::SpamAssassin::Plugin::MIMEEval",
     "Mail::SpamAssassin::Plugin::HTMLEval",
+    "Mail::SpamAssassin::Plugin::FreeMail",
 })
 
 # Conf features filterd's loader has (the rest of ``can(...)`` is false).
@@ -56,6 +59,16 @@ _COND_CALL = re.compile(r"\b(plugin|can|has)\s*\(\s*([A-Za-z0-9_:]+)\s*\)")
 
 _PATTERN_KINDS = {"body": RuleKind.BODY, "rawbody": RuleKind.RAWBODY, "uri": RuleKind.URI, "full": RuleKind.FULL}
 # rule-defining directives of plugins filterd does not provide: counted, not errors
+# Plugin settings that eval tests read (kept in RuleConfig.settings, see evals_freemail):
+# lists of tokens, each token checked, and numbers. freemail_whitelist is the pre-4.0 name.
+_LIST_SETTINGS = {
+    "freemail_domains": (re.compile(r"^[A-Za-z0-9.*?-]+$"), "freemail_domains"),
+    "freemail_welcomelist": (re.compile(r"\w[.@]\w"), "freemail_welcomelist"),
+    "freemail_whitelist": (re.compile(r"\w[.@]\w"), "freemail_welcomelist"),
+}
+_NUMERIC_SETTINGS = frozenset({"freemail_max_body_emails", "freemail_max_body_freemails",
+                               "freemail_skip_when_over_max", "freemail_skip_bulk_envfrom",
+                               "freemail_add_describe_email"})
 _PLUGIN_RULE_TYPES = frozenset({"mimeheader", "askdns", "urirhssub", "urirhsbl", "uridnssub",
                                 "uridnsbl", "hashbl", "uri_detail", "dns_block_rule"})
 
@@ -228,12 +241,30 @@ class RuleFileParser:
             table[parts[0]] = parts[1]
         elif word == "replace_rules":
             cfg.replace_rules.update(rest.split())
+        elif word in _LIST_SETTINGS:
+            self._list_setting(word, rest)
+        elif word in _NUMERIC_SETTINGS:
+            if not is_number(rest):
+                raise _LineError(f"{word} needs a number, got {rest[:40]!r}")
+            cfg.settings.add(word, rest)
         elif word in _PLUGIN_RULE_TYPES:
             cfg.unsupported_types[word] += 1
         else:
             # require_version, test, reuse and the many settings of SpamAssassin's own
             # machinery (report templates, whitelists, Bayes, DNS...): valid, not used here
             cfg.ignored_directives[word] += 1
+
+    def _list_setting(self, word: str, rest: str) -> None:
+        """Keep the valid tokens of a list setting; report the others (SpamAssassin warns)."""
+        syntax, name = _LIST_SETTINGS[word]
+        tokens = rest.split()
+        good = [t.lower() for t in tokens if syntax.search(t)]
+        if good:
+            self.config.settings.add(name, " ".join(good))
+        bad = [t for t in tokens if not syntax.search(t)]
+        if bad or not tokens:
+            raise _LineError(f"invalid {word} entr{'ies' if len(bad) > 1 else 'y'}: "
+                             f"{' '.join(bad)[:60] or '(none)'}")
 
     def _header(self, rest: str, where: str) -> None:
         name, spec = _split_name(rest)

@@ -29,6 +29,7 @@ from functools import cached_property
 from typing import TypeVar
 
 from filterd.content.message import Message, decode_header_value
+from filterd.content.rules.model import RuleSettings
 from filterd.content.rules.relays import RelayPath
 
 T = TypeVar("T")
@@ -76,10 +77,15 @@ def parse_header_spec(spec: str) -> tuple[str, frozenset[str]]:
 
 
 class MessageViews:
-    """Per-message cache of the strings rules look at."""
+    """Per-message cache of the strings rules look at.
 
-    def __init__(self, msg: Message):
+    ``settings`` are the rule set's plugin settings (``freemail_domains``...): eval tests
+    read them here, so every eval keeps the one ``(views, args)`` signature.
+    """
+
+    def __init__(self, msg: Message, settings: RuleSettings | None = None):
         self.msg = msg
+        self.settings = settings if settings is not None else RuleSettings()
         self._headers: dict[str, bytes | None] = {}
         self._shared: dict[Callable[..., object], object] = {}
 
