@@ -14,7 +14,7 @@ from collections import deque
 
 from filterd import eager
 from filterd.policy.protocol import FramingError, PolicyParser, PolicyRequest, encode_reply
-from filterd.policy.service import PolicyService
+from filterd.policy.service import FAILURE, PolicyService
 
 log = logging.getLogger("filterd.policy")
 
@@ -63,7 +63,11 @@ class PolicyConnection(asyncio.Protocol):
         """
         while self.queue:
             req = self.queue.popleft()
-            result = eager.start(self.service.handle(req, self.peer))
+            try:
+                result = eager.start(self.service.handle(req, self.peer))
+            except Exception:  # noqa: BLE001 - a fault in one request must not end the connection
+                log.exception("policy client %s: error answering a request", self.peer)
+                result = FAILURE
             if isinstance(result, eager.Pending):
                 self.worker = result.task
                 result.task.add_done_callback(self._resumed)
@@ -76,7 +80,12 @@ class PolicyConnection(asyncio.Protocol):
         self.worker = None
         if task.cancelled():  # the server is being torn down
             return
-        self._reply(task.result())  # handle() never raises
+        fault = task.exception()
+        if fault is not None:
+            log.error("policy client %s: error answering a request", self.peer, exc_info=fault)
+            self._reply(FAILURE)
+        else:
+            self._reply(task.result())
         self._answer()
 
     def _reply(self, action: str) -> None:

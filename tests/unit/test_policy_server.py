@@ -14,7 +14,7 @@ import pytest
 
 from filterd.config import Config
 from filterd.policy.server import PolicyServer
-from filterd.policy.service import MALFORMED, PolicyService
+from filterd.policy.service import FAILURE, MALFORMED, PolicyService
 from filterd.restrict.registry import build_engine
 from filterd.restrict.services import Services
 
@@ -188,3 +188,41 @@ async def test_chained_policy_service_down_gives_postfix_451():
     action = await service.handle(parse_block(request().rstrip(b"\n")), "test")
     assert action == "451 4.3.5 Server configuration problem"
     await services.close()
+
+
+class _Flaky(PolicyService):
+    """Fails on the sender ``boom-now`` at once, on ``boom-later`` after waiting."""
+
+    async def handle(self, req, peer):
+        sender = req.attrs.get("sender")
+        if sender == "boom-now@example.org":
+            raise RuntimeError("a fault before the first await")
+        if sender == "boom-later@example.org":
+            await asyncio.sleep(0.01)
+            raise RuntimeError("a fault after waiting")
+        return await super().handle(req, peer)
+
+
+@pytest.mark.parametrize("sender", ["boom-now@example.org", "boom-later@example.org"])
+async def test_a_fault_answering_one_request_gets_the_safe_answer_and_the_connection_goes_on(
+        sender, caplog):
+    cfg = Config.from_text(f"policy_restrictions = {RESTRICTIONS}\n")
+    srv = PolicyServer(_Flaky(build_engine(cfg, Services(cfg))))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(4)
+    sock.setblocking(False)
+    await srv.start(sock)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+    try:
+        # the failing request and one behind it, pipelined: both answered, in order
+        writer.write(request(sender=sender) + request(client_address="192.0.2.66"))
+        await writer.drain()
+        first = await asyncio.wait_for(reader.readuntil(b"\n\n"), 5)
+        second = await asyncio.wait_for(reader.readuntil(b"\n\n"), 5)
+        assert first.decode() == f"action={FAILURE}\n\n"
+        assert second.decode().startswith("action=REJECT go away")
+        assert any("error answering a request" in r.getMessage() for r in caplog.records)
+    finally:
+        writer.close()
+        await srv.stop(1.0)
