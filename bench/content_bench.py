@@ -59,7 +59,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from policy_bench import free_port, process_tree_cpu
+from policy_bench import exit_on_sigterm, free_port, process_tree_cpu
 
 if TYPE_CHECKING:
     from tests.fixtures.postfix import PostfixInstance, SmtpSink
@@ -1466,14 +1466,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    """SIGTERM (e.g. from timeout(1)) becomes SystemExit so servers are still stopped."""
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     corpus_root = (args.corpus / "spamassassin").resolve()
     try:

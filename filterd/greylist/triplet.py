@@ -20,6 +20,8 @@ import re
 import socket
 from dataclasses import dataclass
 
+from filterd.netaddr import canonical_ipv4
+
 log = logging.getLogger("filterd.greylist")
 
 _BATV_TAG = re.compile(r"[0-9a-z]{10}")  # case-sensitive, as postgrey's /^[0-9a-z]{10}/
@@ -78,7 +80,7 @@ def _v6_text(value: int) -> str:
 
 def parse_client(address: str, by_subnet: bool, v4_bits: int, v6_bits: int) -> Client:
     """The triplet network and auto-whitelist key of ``address`` (postgrey's rules)."""
-    v4 = _canonical_ipv4(address)
+    v4 = canonical_ipv4(address)
     if v4 is not None:  # what Postfix sends nearly always: no text parsing in Python
         ip = ipaddress.IPv4Address(v4)
         if not by_subnet:
@@ -104,16 +106,3 @@ def parse_client(address: str, by_subnet: bool, v4_bits: int, v6_bits: int) -> C
     mask = ((1 << 128) - 1) ^ ((1 << (128 - v6_bits)) - 1)
     return Client(_v6_text(int(ip) & mask), full, ip)
 
-
-def _canonical_ipv4(address: str) -> int | None:
-    """``address`` as a number if it is a dotted quad in canonical form, else None.
-
-    The C parser and formatter do in one step what ipaddress's text parser does in
-    dozens of Python calls; anything not canonical (leading zeros, IPv6, garbage) takes
-    the careful path.
-    """
-    try:
-        packed = socket.inet_pton(socket.AF_INET, address)
-    except (OSError, ValueError):  # ValueError: an embedded NUL
-        return None
-    return int.from_bytes(packed, "big") if socket.inet_ntoa(packed) == address else None

@@ -8,11 +8,10 @@ restriction list for its protocol state, logs one Postfix-style line, and return
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import socket
 
 from filterd.log import event
+from filterd.netaddr import is_ip
 from filterd.policy.protocol import PolicyRequest, to_transaction
 from filterd.restrict.decision import DEFER, DUNNO, PERMIT, REJECT, Decision
 from filterd.restrict.engine import RestrictionEngine
@@ -63,7 +62,7 @@ class PolicyService:
         txn, faults = to_transaction(req.attrs)
         if faults:
             log.warning("policy client %s: %s", peer, "; ".join(faults))
-        if txn.client_address and not _is_ip(txn.client_address):
+        if txn.client_address and not is_ip(txn.client_address):
             log.warning("policy client %s: client_address=%.60r is not an IP address", peer, txn.client_address)
         param = STAGE_PARAM[txn.stage]
         try:
@@ -77,19 +76,6 @@ class PolicyService:
             log.warning("%s: %s: %s from %s; from=<%s> to=<%s>", txn.queue_id or "NOQUEUE",
                         warning, txn.stage.value, txn.client_label, txn.sender or "", txn.recipient or "")
         return decision.policy_action
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        socket.inet_pton(socket.AF_INET, text)  # the common case, in C
-        return True
-    except (OSError, ValueError):
-        pass
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        return False
 
 
 _RESULT_WORD = {REJECT: "reject", DEFER: "reject", PERMIT: "permit", DUNNO: "dunno"}

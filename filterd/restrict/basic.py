@@ -6,10 +6,10 @@ what they would see from Postfix itself.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 
 from filterd.actions import Action
+from filterd.netaddr import is_ip
 from filterd.restrict.decision import Reply
 from filterd.restrict.engine import Evaluation, Outcome, Restriction, stage_subject
 
@@ -130,11 +130,7 @@ def _address_literal(helo: str) -> bool:
     inner = helo[1:-1]
     if inner.lower().startswith("ipv6:"):
         inner = inner[5:]
-    try:
-        ipaddress.ip_address(inner)
-        return True
-    except ValueError:
-        return False
+    return is_ip(inner)
 
 
 async def reject_invalid_helo_hostname(ev: Evaluation, arg: str | None) -> Outcome | None:

@@ -7,7 +7,6 @@ temporarily becomes ``unknown_address_tempfail_action`` (defer_if_permit), as Po
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 
@@ -22,6 +21,7 @@ from filterd.dnsbl.check import DnsblHit, DnsblVerdict, classify_score
 from filterd.dnsbl.resolver import DnsblResolver
 from filterd.dnsbl.sites import Site, parse_site
 from filterd.maps import open_table
+from filterd.netaddr import is_ip
 from filterd.restrict.decision import Evidence, Reply
 from filterd.restrict.engine import Evaluation, Outcome, Restriction
 
@@ -106,17 +106,9 @@ def _hit_outcome(ev: Evaluation, hit: DnsblHit, rbl_class: str, what: str) -> Ou
     return Outcome(Action("CODE", reply.code), detail, reply=reply)
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        return False
-
-
 async def reject_rbl_client(ev: Evaluation, arg: str | None) -> Outcome | None:
     addr = ev.txn.client_address
-    if not _is_ip(addr):
+    if not is_ip(addr):
         return None
     hit = await ev.services.dnsbl.query_ip(_check_site(arg or ""), addr)
     return _hit_outcome(ev, hit, "Client host", addr) if hit else None
@@ -124,7 +116,7 @@ async def reject_rbl_client(ev: Evaluation, arg: str | None) -> Outcome | None:
 
 async def _rhsbl(ev: Evaluation, arg: str | None, domain: str, rbl_class: str) -> Outcome | None:
     domain = domain.strip().rstrip(".")
-    if not domain or domain == "unknown" or _is_ip(domain.strip("[]")):
+    if not domain or domain == "unknown" or is_ip(domain.strip("[]")):
         return None
     hit = await ev.services.dnsbl.query_domain(_check_site(arg or ""), domain)
     return _hit_outcome(ev, hit, rbl_class, domain) if hit else None
@@ -164,7 +156,7 @@ async def check_dnsbl_score(ev: Evaluation, arg: str | None) -> Outcome | None:
     cfg = ev.cfg
     sites: list[Site] = cfg.get("dnsbl_sites")
     addr = ev.txn.client_address
-    if not sites or not _is_ip(addr):
+    if not sites or not is_ip(addr):
         return None
     total, hits = await ev.services.dnsbl.score_ip(sites, addr)
     verdict = classify_score(total, cfg.get("dnsbl_threshold"), cfg.get("dnsbl_whitelist_threshold"))

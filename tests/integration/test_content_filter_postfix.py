@@ -21,7 +21,7 @@ import pytest
 from filterd.config import Config
 from filterd.content.server import ContentFilterServer
 from tests.fixtures.clamd import ClamdServer, clean_message, eicar_mime_message
-from tests.fixtures.postfix import PostfixFactory, PostfixInstance, free_port
+from tests.fixtures.postfix import PostfixFactory, PostfixInstance, amavis_master_cf, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -33,22 +33,6 @@ score    GTUBE  1000
 GTUBE_MESSAGE = (b"From: spammer@example.net\r\nTo: rcpt@example.com\r\nSubject: buy now\r\n"
                  b"Message-ID: <gtube@example.net>\r\n\r\n"
                  b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\r\n")
-
-
-def amavis_master_cf(reinject_port: int) -> str:
-    """PEERS.md's working amavis-style wiring: the filter transport and the reinjection smtpd."""
-    return f"""
-smtp-amavis unix - - n - 2 smtp
-  -o smtp_send_xforward_command=yes
-  -o smtp_data_done_timeout=1200
-127.0.0.1:{reinject_port} inet n - n - - smtpd
-  -o content_filter=
-  -o receive_override_options=no_header_body_checks,no_unknown_recipient_checks,no_milters
-  -o smtpd_milters=
-  -o mynetworks=127.0.0.0/8
-  -o smtpd_recipient_restrictions=permit_mynetworks,reject
-  -o smtpd_authorized_xforward_hosts=127.0.0.0/8
-"""
 
 
 class Relay:

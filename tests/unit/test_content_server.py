@@ -15,6 +15,7 @@ from aiosmtpd.smtp import SMTP
 
 from filterd.config import Config
 from filterd.content.server import LINE_LIMIT, ContentFilterServer
+from tests.fixtures.programs import free_port
 
 MESSAGE = (b"From: a@example.org\r\nTo: b@example.com\r\nSubject: hello\r\n"
            b"Message-ID: <m1@example.org>\r\n\r\nHello.\r\n.leading dot\r\n")
@@ -58,12 +59,6 @@ async def sink() -> AsyncIterator[tuple[SinkHandler, int]]:
     server = await loop.create_server(lambda: SinkSMTP(handler, loop=loop), "127.0.0.1", 0)
     yield handler, server.sockets[0].getsockname()[1]
     server.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
