@@ -56,10 +56,11 @@ class EventLog:
     """The per-request line writer: the same stream and shape as the logging handler.
 
     One line per policy request or message is the hot path of logging: a LogRecord, a
-    getpid() and a flush per line cost more than answering a cached greylist request.
-    This writer formats the time stamp once a second, skips LogRecord, and flushes at
-    most FLUSH_DELAY after a line was written (warnings, written through the logging
-    handler to the same stream, flush it at once, so the order of lines is kept).
+    getpid() and a write(2) per line cost more than answering a cached greylist request.
+    This writer formats the time stamp once a second, skips LogRecord, and keeps lines in
+    its own buffer (standard error is line-buffered, so the stream's buffer would not
+    hold them), written out at most FLUSH_DELAY after the first of them. A record
+    through the logging handler writes this buffer out first, so lines keep their order.
     """
 
     def __init__(self, stream: TextIO, hostname: str, syslog_name: str):
@@ -67,7 +68,7 @@ class EventLog:
         self.prefix = f" {hostname.split('.')[0] or 'localhost'} {syslog_name}/"
         self._second = -1
         self._stamp = ""
-        self._flush_pending = False
+        self._lines: list[str] = []
 
     def line(self, part: str, msg: str) -> None:
         now = int(time.time())
@@ -76,20 +77,47 @@ class EventLog:
             self._stamp = time.strftime("%b %d %H:%M:%S", time.localtime(now))
         if "\n" in msg or "\r" in msg:
             msg = msg.replace("\r", "\\r").replace("\n", "\\n")
-        self.stream.write(f"{self._stamp}{self.prefix}{part}[{_pid}]: {msg}\n")
-        if not self._flush_pending:
+        self._lines.append(f"{self._stamp}{self.prefix}{part}[{_pid}]: {msg}\n")
+        if len(self._lines) == 1:
             try:
-                asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush)
-                self._flush_pending = True
-            except RuntimeError:  # no loop (a command-line tool): flush now
-                self.stream.flush()
+                asyncio.get_running_loop().call_later(FLUSH_DELAY, self.flush)
+            except RuntimeError:  # no loop (a command-line tool): write now
+                self.flush()
 
-    def _flush(self) -> None:
-        self._flush_pending = False
+    def flush(self) -> None:
+        """Write the buffered lines out (a no-op when there are none)."""
+        if not self._lines:
+            return
+        text = "".join(self._lines)
+        self._lines.clear()
         try:
+            self.stream.write(text)
             self.stream.flush()
         except (OSError, ValueError):
             pass
+
+
+class LogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The logging handler: writes the event buffer out before each record it writes,
+    and closes the stream it was given unless that is standard error."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _event_log is not None:
+            _event_log.flush()
+        super().emit(record)
+
+    def flush(self) -> None:
+        if _event_log is not None and _event_log.stream is self.stream:
+            _event_log.flush()
+        super().flush()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+            if self.stream is not sys.stderr:
+                self.stream.close()
+        finally:
+            super().close()
 
 
 _event_log: EventLog | None = None
@@ -103,23 +131,27 @@ def event(part: str, msg: str) -> None:
         logging.getLogger(f"filterd.{part}").info("%s", msg)
 
 
+def flush() -> None:
+    """Write out every buffered line now (before a process ends with ``os._exit``)."""
+    for handler in logging.getLogger("filterd").handlers:
+        handler.flush()
+
+
 def setup_logging(cfg: Config) -> None:
     root = logging.getLogger("filterd")
     for handler in list(root.handlers):
         root.removeHandler(handler)
+        handler.close()
     path = cfg.get("maillog_file")
-    handler: logging.Handler
-    if path:
-        handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")
-    else:
-        handler = logging.StreamHandler(sys.stderr)
+    stream: TextIO = (open(path, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+                      if path else sys.stderr)
+    handler = LogHandler(stream)
     handler.setFormatter(PostfixFormatter(cfg.get("myhostname"), cfg.get("syslog_name")))
     root.addHandler(handler)
     root.setLevel(cfg.get("log_level").upper())
     root.propagate = False
     global _event_log
-    stream = getattr(handler, "stream", None)
-    if root.isEnabledFor(logging.INFO) and stream is not None:
+    if root.isEnabledFor(logging.INFO):
         _event_log = EventLog(stream, cfg.get("myhostname"), cfg.get("syslog_name"))
     else:
         _event_log = None  # INFO is off: per-request lines are not written at all

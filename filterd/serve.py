@@ -21,6 +21,7 @@ import time
 
 from filterd.config import Config
 from filterd.config.types import Endpoint
+from filterd.log import flush as flush_log
 
 log = logging.getLogger("filterd.master")
 
@@ -153,6 +154,8 @@ def _run_worker(cfg: Config, listeners: dict[str, socket.socket], master_pipe: i
     except Exception:  # noqa: BLE001 - logged; the master restarts the worker
         log.exception("worker failed")
         return 1
+    finally:
+        flush_log()  # the worker ends with os._exit, which skips logging's own shutdown
 
 
 def serve(cfg: Config) -> int:

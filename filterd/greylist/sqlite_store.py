@@ -1,18 +1,28 @@
 """The embedded greylisting store: one SQLite file shared by every worker process.
 
-Each decision is one SQL statement -- a multi-row upsert whose ``ON CONFLICT DO UPDATE``
-computes postgrey's new state from the old row and whose ``RETURNING`` hands it back --
-so it is atomic across processes without explicit transactions. WAL mode with
-synchronous=NORMAL: readers never wait for the writer, and a commit costs a write(2), not
-an fsync (a power cut may forget the last moments of greylisting state, which only means
-a few extra deferrals).
+Decisions read; sightings are written behind them. A decision reads the triplet's row,
+and whether its client is auto-whitelisted, in one SELECT, then applies postgrey's rules
+in Python (:func:`~filterd.greylist.store.advance`) -- to this worker's own newest state
+of the triplet when it has sightings not written yet. The sighting itself is queued and
+written within WRITE_DELAY, with every other sighting queued meanwhile, in one
+transaction. Each is *replayed*: an upsert applies the same rules to the row as it is
+then, so sightings from several workers merge as if applied one by one in the order
+they were written, and nothing a worker read earlier is ever written back.
 
-The decision statement runs first on a second, non-waiting connection in the event-loop
-thread: an uncontended commit costs ~20 µs, while a hop to aiosqlite's thread and back
-costs more than the statement itself. That connection never waits (busy timeout 0) and
-never checkpoints (``wal_autocheckpoint = 0``), so it cannot block the loop on another
-process's lock or on an fsync: when the database is busy, the same statement goes
-through aiosqlite, whose thread may wait; checkpoints run there too, every few seconds.
+Why: a commit (locks, WAL frames, the WAL index) costs twice the statement, and with a
+write and commit per request, storage was the largest part of a new triplet's cost.
+What it costs: another worker learns of a sighting up to WRITE_DELAY late (a retry that
+soon is deferred either way, since greylist_delay is minutes), and a crash forgets at
+most WRITE_DELAY of sightings (those triplets are greylisted once more; ``close``
+writes everything).
+
+WAL mode with synchronous=NORMAL: readers never wait for the writer, and a commit costs
+a write(2), not an fsync. The reads and writes run on a second, non-waiting connection
+in the event-loop thread (a hop to aiosqlite's thread and back costs more than the
+statement). That connection never waits (busy timeout 0) and never checkpoints
+(``wal_autocheckpoint = 0``), so it cannot block the loop on another process's lock or
+on an fsync: when the database is busy, the same work goes through aiosqlite, whose
+thread may wait; checkpoints run there too, every few seconds.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from filterd.greylist.store import (
     Sighting,
     Timing,
     TripletState,
+    advance,
 )
 
 _SCHEMA = """
@@ -52,12 +63,20 @@ CREATE TABLE IF NOT EXISTS meta (
 ) WITHOUT ROWID;
 """
 
-# ?1 now, ?2 delay, ?3 retry window, ?4 max age, ?5 awl threshold; the rows follow.
-# In the SET clause every column name refers to the row as it was before the update.
-_SEE = """
-INSERT INTO triplet (key, first, last, passed)
-SELECT v.column1, ?1, ?1, 0 FROM (VALUES {rows}) AS v
-WHERE {awl_filter}
+# ?1 triplet key, ?2 client, ?3 now, ?4 max age, ?5 awl threshold: the triplet's
+# (first, last) -- NULLs when unknown -- and whether the client is auto-whitelisted.
+_READ = """
+SELECT t.first, t.last, {awl} FROM (SELECT 1) LEFT JOIN triplet AS t ON t.key = ?1
+"""
+_IS_AWL = ("EXISTS (SELECT 1 FROM client AS c WHERE c.key = ?2 "
+           "AND c.count >= ?5 AND ?3 - c.last <= ?4)")
+
+# ?1 now, ?2 delay, ?3 retry window, ?4 max age, ?5 key: one sighting, replayed on the
+# row as it is now by the rules of store.advance(). (Whether the client was
+# auto-whitelisted was settled when the sighting was decided: such sightings are not
+# queued.) In the SET clause every column name refers to the row as it was before.
+_REPLAY = """
+INSERT INTO triplet (key, first, last, passed) VALUES (?5, ?1, ?1, 0)
 ON CONFLICT (key) DO UPDATE SET
     passed = (last - first >= ?2 AND ?1 - last <= ?4),
     first = CASE
@@ -66,10 +85,7 @@ ON CONFLICT (key) DO UPDATE SET
         WHEN first > ?1 THEN ?1
         ELSE first END,
     last = ?1
-RETURNING key, first, passed
 """
-_NOT_AWL = ("NOT EXISTS (SELECT 1 FROM client AS c WHERE c.key = v.column2 "
-            "AND c.count >= ?5 AND ?1 - c.last <= ?4)")
 
 # ?1 now, ?2 max age. postgrey counts a pass when the client was never counted or
 # last counted an hour ago or more.
@@ -102,6 +118,8 @@ RETURNING value
 log = logging.getLogger("filterd.greylist")
 
 CHECKPOINT_INTERVAL = 5.0  # seconds between WAL checkpoints from aiosqlite's thread
+WRITE_DELAY = 0.1  # seconds a sighting may wait to be written with others
+WRITE_AT = 2000  # sightings queued that are written at once, without waiting
 
 _CHUNK = 2000
 _CHUNK_END = "SELECT max(key) FROM (SELECT key FROM {table} WHERE key > ?1 ORDER BY key LIMIT ?2)"
@@ -122,12 +140,20 @@ class SqliteGreylistStore(GreylistStore):
         self._busy_timeout = busy_timeout
         self._db: aiosqlite.Connection | None = None
         self._fast: sqlite3.Connection | None = None
-        self._sql: dict[tuple[str, int, bool], str] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # get_running_loop() costs a getpid()
+        self._sql: dict[tuple[str, int], str] = {}
         self._checkpointer: asyncio.Task[None] | None = None
         self._dirty = False
-        self._turn_writes = 0  # writes on the fast connection in this event-loop turn
-        #: How often the non-waiting path found the database busy (the statement then
-        #: went through aiosqlite): a figure for operators and tests.
+        #: Sightings not written yet, as _REPLAY's parameters, in the order they were seen.
+        self._queued: list[tuple[int, int, int, int, str]] = []
+        #: Triplet key -> (first, last) after this worker's newest sighting not written yet;
+        #: ``_writing`` holds the same for sightings in aiosqlite's thread right now.
+        self._latest: dict[str, tuple[int, int]] = {}
+        self._writing: dict[str, tuple[int, int]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._writer: asyncio.Task[None] | None = None
+        #: How often the non-waiting path found the database busy (the work then went
+        #: through aiosqlite): a figure for operators and tests.
         self.busy_fallbacks = 0
 
     async def start(self) -> None:
@@ -150,7 +176,8 @@ class SqliteGreylistStore(GreylistStore):
         fast.execute("PRAGMA synchronous=NORMAL")
         fast.execute("PRAGMA wal_autocheckpoint=0")
         self._fast = fast
-        self._checkpointer = asyncio.get_running_loop().create_task(self._checkpoint_loop())
+        self._loop = asyncio.get_running_loop()
+        self._checkpointer = self._loop.create_task(self._checkpoint_loop())
 
     async def _checkpoint_loop(self) -> None:
         while True:
@@ -163,9 +190,9 @@ class SqliteGreylistStore(GreylistStore):
                     log.warning("greylist: WAL checkpoint of %s failed: %s", self.path, exc)
 
     async def _execute(self, sql: str, params: Sequence[object]) -> list[tuple]:
-        """Non-waiting connection first, aiosqlite when busy. Decisions and auto-whitelist
-        writes both go this way, so one process's writes stay in order (the next
-        decision sees the count the previous pass wrote)."""
+        """A write that needs its result: non-waiting connection first, aiosqlite when
+        busy. Both auto-whitelist writes go this way, so one process's writes stay in
+        order (the next decision reads the count the previous pass wrote)."""
         db = self._conn()
         rows = self._run_fast(sql, params)
         if rows is None:
@@ -173,58 +200,35 @@ class SqliteGreylistStore(GreylistStore):
         return rows
 
     def _run_fast(self, sql: str, params: Sequence[object]) -> list[tuple] | None:
-        """Run on the non-waiting connection; None if the database is busy right now.
-
-        A commit costs about twice a statement (locks, WAL frames, the WAL index). The
-        first write of an event-loop turn commits at once -- with one request per turn
-        there is nothing to share it with -- but when a second one comes in the same
-        turn (many clients at once), it opens a transaction that the rest of the turn
-        joins and the next turn commits, so a busy worker commits once per turn.
-        """
+        """Run on the non-waiting connection; None if the database is busy right now."""
         fast = self._fast
         assert fast is not None
         try:
-            if self._turn_writes == 1:
-                fast.execute("BEGIN IMMEDIATE")
             rows = fast.execute(sql, params).fetchall()
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
+            if not _busy(exc):
                 raise
             self.busy_fallbacks += 1
             return None
-        self._dirty = True
-        self._turn_writes += 1
-        if self._turn_writes == 1:
-            asyncio.get_running_loop().call_soon(self._end_turn)
         return rows
 
     async def sync(self) -> None:
-        self._end_turn()
-
-    def _end_turn(self) -> None:
-        """Commit the turn's shared transaction, if one was opened."""
-        self._turn_writes = 0
-        if self._fast is not None and self._fast.in_transaction:
-            try:
-                self._fast.execute("COMMIT")
-            except sqlite3.Error as exc:
-                # The replies are out; losing this turn's greylisting state only means
-                # those triplets are greylisted once more when they retry.
-                log.error("greylist: commit to %s failed: %s", self.path, exc)
-                if self._fast.in_transaction:
-                    self._fast.execute("ROLLBACK")
+        self._write_queued()
+        while self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
+            self._write_queued()
 
     async def close(self) -> None:
         if self._checkpointer is not None:
             self._checkpointer.cancel()
             self._checkpointer = None
         if self._fast is not None:
-            self._end_turn()
+            await self.sync()
             self._fast.close()
             self._fast = None
             if self.busy_fallbacks:
-                log.info("greylist: %d statements found %s busy and waited in a thread",
-                         self.busy_fallbacks, self.path)
+                log.info("greylist: %s was busy %d times; the work waited in a thread",
+                         self.path, self.busy_fallbacks)
         if self._db is not None:
             db, self._db = self._db, None
             await db.close()
@@ -234,42 +238,124 @@ class SqliteGreylistStore(GreylistStore):
             raise RuntimeError(f"greylist store {self.path} is not open")
         return self._db
 
-    def _text(self, kind: str, n: int, awl: bool = False) -> str:
-        """SQL text for ``n`` rows; cached, so sqlite3's statement cache can reuse it."""
-        sql = self._sql.get((kind, n, awl))
+    def _text(self, kind: str, n: int) -> str:
+        """SQL text for ``n`` rows (for "read", ``n`` says whether the auto-whitelist is
+        on); cached, so sqlite3's statement cache can reuse it."""
+        sql = self._sql.get((kind, n))
         if sql is None:
-            if kind == "see":
-                rows = ", ".join(f"(?{6 + 2 * i}, ?{7 + 2 * i})" for i in range(n))
-                sql = _SEE.format(rows=rows, awl_filter=_NOT_AWL if awl else "true")
+            if kind == "read":
+                sql = _READ.format(awl=_IS_AWL if n else "0")
             elif kind == "count":
                 sql = _COUNT.format(rows=", ".join(f"(?{3 + i})" for i in range(n)))
             else:
                 sql = _TOUCH.format(rows=", ".join(f"?{2 + i}" for i in range(n)))
-            self._sql[(kind, n, awl)] = sql
+            self._sql[(kind, n)] = sql
         return sql
+
+    # -- decisions ----------------------------------------------------------------------
+    def see_now(self, sightings: Sequence[Sighting], now: int,
+                timing: Timing) -> list[TripletState | None] | None:
+        fast = self._fast
+        if fast is None:
+            return None  # not open: see() reports it
+        sql = self._text("read", timing.awl_clients > 0)
+        rows = []
+        try:
+            for s in sightings:
+                rows.append(fast.execute(sql, _read_params(s, now, timing)).fetchone())
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc):
+                raise
+            self.busy_fallbacks += 1
+            return None
+        return self._decide(sightings, rows, now, timing)
 
     async def see(self, sightings: Sequence[Sighting], now: int,
                   timing: Timing) -> list[TripletState | None]:
-        if not sightings:
-            return []
-        rows = await self._execute(*self._see_statement(sightings, now, timing))
-        return _states(sightings, rows)
+        db = self._conn()
+        states = self.see_now(sightings, now, timing)
+        if states is not None:
+            return states
+        sql = self._text("read", timing.awl_clients > 0)
+        rows = [(await db.execute_fetchall(sql, _read_params(s, now, timing)))[0]
+                for s in sightings]
+        return self._decide(sightings, rows, now, timing)
 
-    def _see_statement(self, sightings: Sequence[Sighting], now: int,
-                       timing: Timing) -> tuple[str, list[object]]:
-        params: list[object] = [now, timing.delay, timing.retry_window, timing.max_age,
-                                timing.awl_clients]
-        for s in sightings:
-            params.append(s.key)
-            params.append(s.client)
-        return self._text("see", len(sightings), timing.awl_clients > 0), params
+    def _decide(self, sightings: Sequence[Sighting], rows: list[tuple], now: int,
+                timing: Timing) -> list[TripletState | None]:
+        """Apply each sighting to the newest state this worker knows, and queue it."""
+        states: list[TripletState | None] = []
+        for s, (first, last, whitelisted) in zip(sightings, rows):
+            if whitelisted:
+                states.append(None)  # the triplet is left alone, as _REPLAY does
+                continue
+            before = self._latest.get(s.key) or self._writing.get(s.key)
+            if before is None and first is not None:
+                before = (first, last)
+            state = advance(before, now, timing)
+            states.append(state)
+            self._latest[s.key] = (state.first, now)
+            self._queued.append((now, timing.delay, timing.retry_window, timing.max_age, s.key))
+        if len(self._queued) >= WRITE_AT:
+            self._write_queued()
+        elif self._queued and self._timer is None:
+            assert self._loop is not None
+            self._timer = self._loop.call_later(WRITE_DELAY, self._write_queued)
+        return states
 
-    def see_now(self, sightings: Sequence[Sighting], now: int,
-                timing: Timing) -> list[TripletState | None] | None:
-        if self._fast is None:
-            return None  # not open: see() reports it
-        rows = self._run_fast(*self._see_statement(sightings, now, timing))
-        return None if rows is None else _states(sightings, rows)
+    # -- writing sightings behind the decisions -----------------------------------------
+    def _write_queued(self) -> None:
+        """Replay every queued sighting in one transaction, or hand them to the thread."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._queued or self._fast is None:
+            return
+        if self._writer is not None:  # one write at a time keeps the order
+            assert self._loop is not None
+            self._timer = self._loop.call_later(WRITE_DELAY, self._write_queued)
+            return
+        batch, self._queued = self._queued, []
+        latest, self._latest = self._latest, {}
+        fast = self._fast
+        try:
+            fast.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc):
+                self._lost(len(batch), exc)
+                return
+            self.busy_fallbacks += 1
+            self._writing = latest
+            assert self._loop is not None
+            self._writer = self._loop.create_task(self._write_in_thread(batch))
+            return
+        try:
+            fast.executemany(_REPLAY, batch)
+            fast.execute("COMMIT")
+            self._dirty = True
+        except sqlite3.Error as exc:
+            self._lost(len(batch), exc)
+            if fast.in_transaction:
+                fast.execute("ROLLBACK")
+
+    def _lost(self, count: int, exc: Exception) -> None:
+        # The replies are out; losing these sightings only means those triplets are
+        # greylisted once more when they retry.
+        log.error("greylist: writing %d sightings to %s failed: %s; those triplets will be "
+                  "greylisted again", count, self.path, exc)
+
+    async def _write_in_thread(self, batch: list[tuple[int, int, int, int, str]]) -> None:
+        """The database is busy: replay in aiosqlite's thread, which may wait. Each
+        sighting commits alone there, so no other work of this store's ever runs inside
+        a transaction of these."""
+        try:
+            await self._conn().executemany(_REPLAY, batch)
+            self._dirty = True
+        except Exception as exc:  # noqa: BLE001 - logged, and the service goes on
+            self._lost(len(batch), exc)
+        finally:
+            self._writing = {}
+            self._writer = None
 
     async def count_passes(self, clients: Sequence[str], now: int,
                            timing: Timing) -> list[ClientState | None]:
@@ -313,7 +399,14 @@ class SqliteGreylistStore(GreylistStore):
             after = upto
 
 
-def _states(sightings: Sequence[Sighting], rows: list[tuple]) -> list[TripletState | None]:
-    """Each sighting's state from the upsert's RETURNING rows (None: auto-whitelisted)."""
-    states = {key: TripletState(first, bool(passed)) for key, first, passed in rows}
-    return [states.get(s.key) for s in sightings]
+def _read_params(s: Sighting, now: int, timing: Timing) -> tuple[object, ...]:
+    """_READ's parameters (without the auto-whitelist it reads the triplet only)."""
+    if timing.awl_clients > 0:
+        return (s.key, s.client, now, timing.max_age, timing.awl_clients)
+    return (s.key,)
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """Another connection holds the lock (as opposed to a real failure)."""
+    text = str(exc)
+    return "locked" in text or "busy" in text

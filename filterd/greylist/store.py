@@ -2,10 +2,11 @@
 
 A store keeps two tables, as postgrey keeps two Berkeley DB files: triplets (first seen,
 last seen) and auto-whitelisted clients (count, last counted). Several filterd worker
-processes -- later several nodes -- share one store, so every read-decide-write of one
-triplet or one client happens atomically inside the store (one SQL statement, later one
-Redis script), never as a read followed by a separate write. Every method takes a batch,
-because one round trip per request costs more than the decision itself.
+processes -- later several nodes -- share one store, so every update of one triplet or
+one client is applied atomically inside the store to the row as it is then (one SQL
+statement, later one Redis script), never as a write of a state read earlier. Every
+method takes a batch, because one round trip per request costs more than the decision
+itself.
 """
 
 from __future__ import annotations
@@ -59,6 +60,24 @@ class TripletState:
     passed: bool
 
 
+def advance(before: tuple[int, int] | None, now: int, timing: Timing) -> TripletState:
+    """postgrey's rules for one sighting at ``now`` of a triplet whose (first seen, last
+    seen) were ``before`` (None: never seen, or forgotten).
+
+    The store's own update statement applies the same rules to the stored row; a store
+    that answers from a row it read (and writes the sighting afterwards) uses this.
+    """
+    if before is None:
+        return TripletState(now, False)
+    first, last = before
+    passed = last - first >= timing.delay and now - last <= timing.max_age
+    if (now - last > timing.max_age
+            or (last - first < timing.delay and now - first > timing.retry_window)
+            or first > now):
+        first = now
+    return TripletState(first, passed)
+
+
 @dataclass(frozen=True, slots=True)
 class ClientState:
     """An auto-whitelist entry after an update: passes counted and when last counted."""
@@ -109,8 +128,8 @@ class GreylistStore(ABC):
 
     async def sync(self) -> None:
         """Make every write so far visible to the other workers (and durable as the
-        store's own settings make it). Writes may otherwise wait for the end of the
-        event-loop turn that made them."""
+        store's own settings make it). A store may otherwise hold sightings back for a
+        moment to write many at once."""
 
     @abstractmethod
     async def count_passes(self, clients: Sequence[str], now: int,

@@ -1,16 +1,19 @@
-"""The SQLite store's fast path: writes shared per event-loop turn, busy database fallback."""
+"""The SQLite store: decisions read, sightings are written behind them and replayed."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from filterd.greylist import sqlite_store
 from filterd.greylist.sqlite_store import SqliteGreylistStore
-from filterd.greylist.store import Sighting, Timing
+from filterd.greylist.store import Sighting, Timing, TripletState, advance
 
 NOW = 1_700_000_000
 TIMING = Timing(delay=300, retry_window=2 * 86400, max_age=35 * 86400, awl_clients=5)
@@ -20,70 +23,166 @@ def sighting(n: int) -> Sighting:
     return Sighting(f"192.0.2.0/s{n}@sender.test/r@example.org", "192.0.2.10")
 
 
-def other_worker_sees(db: Path) -> list[str]:
-    """The triplet keys another process reads right now."""
+def other_worker_sees(db: Path) -> list[tuple[str, int, int]]:
+    """The triplet rows another process reads right now."""
     with sqlite3.connect(db) as conn:
-        return [k for (k,) in conn.execute("SELECT key FROM triplet ORDER BY key")]
+        return list(conn.execute("SELECT key, first, last FROM triplet ORDER BY key"))
+
+
+async def open_store(path: Path) -> SqliteGreylistStore:
+    s = SqliteGreylistStore(str(path), busy_timeout=5)
+    await s.start()
+    return s
 
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[SqliteGreylistStore]:
-    s = SqliteGreylistStore(str(tmp_path / "g.db"), busy_timeout=5)
-    await s.start()
+    s = await open_store(tmp_path / "g.db")
     yield s
     await s.close()
 
 
-async def test_one_write_in_a_turn_is_committed_at_once(store: SqliteGreylistStore,
-                                                        tmp_path: Path) -> None:
-    [state] = store.see_now([sighting(1)], NOW, TIMING)  # type: ignore[misc]
-    assert state is not None and state.first == NOW and not state.passed
-    assert other_worker_sees(tmp_path / "g.db") == [sighting(1).key]
+async def test_a_sighting_is_written_within_the_write_delay(store: SqliteGreylistStore,
+                                                           tmp_path: Path) -> None:
+    assert store.see_now([sighting(1)], NOW, TIMING) == [TripletState(NOW, False)]
+    assert other_worker_sees(tmp_path / "g.db") == []  # queued, with whatever comes next
+    await asyncio.sleep(sqlite_store.WRITE_DELAY * 3)
+    assert other_worker_sees(tmp_path / "g.db") == [(sighting(1).key, NOW, NOW)]
 
 
-async def test_writes_of_one_busy_turn_share_a_commit_at_the_next_turn(
-        store: SqliteGreylistStore, tmp_path: Path) -> None:
-    for n in (1, 2, 3):  # three clients answered in the same turn
-        assert store.see_now([sighting(n)], NOW, TIMING) is not None
-    assert other_worker_sees(tmp_path / "g.db") == [sighting(1).key]  # 2 and 3: pending
-    await asyncio.sleep(0)  # the next turn commits
-    assert other_worker_sees(tmp_path / "g.db") == [sighting(n).key for n in (1, 2, 3)]
-
-
-async def test_sync_commits_the_turn_now(store: SqliteGreylistStore, tmp_path: Path) -> None:
-    for n in (1, 2):
-        store.see_now([sighting(n)], NOW, TIMING)
+async def test_sync_and_close_write_everything(tmp_path: Path) -> None:
+    store = await open_store(tmp_path / "g.db")
+    store.see_now([sighting(1)], NOW, TIMING)
     await store.sync()
+    assert len(other_worker_sees(tmp_path / "g.db")) == 1
+    store.see_now([sighting(2)], NOW, TIMING)
+    await store.close()
     assert len(other_worker_sees(tmp_path / "g.db")) == 2
 
 
-async def test_busy_database_falls_back_to_the_waiting_connection(
+async def test_a_full_queue_is_written_at_once(store: SqliteGreylistStore, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_store, "WRITE_AT", 3)
+    for n in (1, 2, 3):
+        store.see_now([sighting(n)], NOW, TIMING)
+    assert len(other_worker_sees(tmp_path / "g.db")) == 3
+
+
+async def test_sightings_not_yet_written_decide_the_next_answer(
+        store: SqliteGreylistStore) -> None:
+    assert store.see_now([sighting(1)], NOW, TIMING) == [TripletState(NOW, False)]
+    # Retried after the delay, before the first sighting was written: it passes ...
+    assert store.see_now([sighting(1)], NOW + 300, TIMING) == [TripletState(NOW, False)]
+    # ... and the sighting after that knows the triplet had passed.
+    assert store.see_now([sighting(1)], NOW + 301, TIMING) == [TripletState(NOW, True)]
+
+
+async def test_two_workers_sightings_merge_when_replayed(tmp_path: Path) -> None:
+    a = await open_store(tmp_path / "g.db")
+    b = await open_store(tmp_path / "g.db")
+    try:
+        assert a.see_now([sighting(1)], NOW, TIMING) == [TripletState(NOW, False)]
+        # b has not seen a's sighting yet (it is not written): new to b as well.
+        assert b.see_now([sighting(1)], NOW + 5, TIMING) == [TripletState(NOW + 5, False)]
+        await a.sync()
+        await b.sync()
+        # Replayed in order, b's sighting was an early retry of a's triplet.
+        assert other_worker_sees(tmp_path / "g.db") == [(sighting(1).key, NOW, NOW + 5)]
+        assert b.see_now([sighting(1)], NOW + 300, TIMING) == [TripletState(NOW, False)]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_an_auto_whitelisted_client_leaves_the_triplet_alone(
+        store: SqliteGreylistStore, tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "g.db") as conn:
+        conn.execute("INSERT INTO client VALUES ('192.0.2.10', 5, ?)", (NOW - 60,))
+    assert store.see_now([sighting(1)], NOW, TIMING) == [None]
+    no_awl = Timing(TIMING.delay, TIMING.retry_window, TIMING.max_age, awl_clients=0)
+    assert store.see_now([sighting(1)], NOW, no_awl) == [TripletState(NOW, False)]
+    await store.sync()
+    assert other_worker_sees(tmp_path / "g.db") == [(sighting(1).key, NOW, NOW)]
+
+
+async def test_a_busy_database_delays_the_write_not_the_answer(
         store: SqliteGreylistStore, tmp_path: Path) -> None:
     other = sqlite3.connect(tmp_path / "g.db", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another worker is writing
     try:
-        assert store.see_now([sighting(1)], NOW, TIMING) is None  # never waits
+        store.see_now([sighting(1)], NOW, TIMING)
+        await asyncio.sleep(sqlite_store.WRITE_DELAY * 2)  # the write found it busy
         assert store.busy_fallbacks == 1
-        asyncio.get_running_loop().call_later(0.05, other.execute, "COMMIT")
-        [state] = await store.see([sighting(1)], NOW, TIMING)  # waits in aiosqlite's thread
-        assert state is not None and state.first == NOW
+        # Reads are not blocked, and the write waiting in the thread still counts.
+        assert store.see_now([sighting(1)], NOW + 300, TIMING) == [TripletState(NOW, False)]
+        other.execute("COMMIT")
+        await store.sync()
     finally:
         if other.in_transaction:
             other.execute("ROLLBACK")
         other.close()
-    assert other_worker_sees(tmp_path / "g.db") == [sighting(1).key]
+    assert other_worker_sees(tmp_path / "g.db") == [(sighting(1).key, NOW, NOW + 300)]
 
 
-async def test_a_turn_that_cannot_begin_its_shared_transaction_falls_back(
-        store: SqliteGreylistStore, tmp_path: Path) -> None:
-    assert store.see_now([sighting(1)], NOW, TIMING) is not None  # committed at once
-    other = sqlite3.connect(tmp_path / "g.db", isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")
+class BusyReads:
+    """The non-waiting connection as it behaves while another process holds a lock that
+    stops readers (SQLite recovery or an exclusive-mode writer): reads fail at once."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def execute(self, sql: str, params: object = ()) -> sqlite3.Cursor:
+        if sql.lstrip().startswith("SELECT"):
+            raise sqlite3.OperationalError("database is locked")
+        return self.conn.execute(sql, params)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.conn, name)
+
+
+async def test_a_read_that_finds_the_database_busy_waits_in_the_thread(
+        store: SqliteGreylistStore) -> None:
+    fast = store._fast
+    assert fast is not None
+    store._fast = BusyReads(fast)  # type: ignore[assignment]
     try:
-        assert store.see_now([sighting(2)], NOW, TIMING) is None  # BEGIN was busy
+        assert store.see_now([sighting(1)], NOW, TIMING) is None  # never waits
+        assert await store.see([sighting(1)], NOW, TIMING) == [TripletState(NOW, False)]
+        assert store.busy_fallbacks == 2
     finally:
-        other.execute("ROLLBACK")
-        other.close()
-    assert store.see_now([sighting(2)], NOW, TIMING) is not None  # and now it can
+        store._fast = fast
+
+
+async def test_a_failed_write_is_logged_and_the_service_goes_on(
+        store: SqliteGreylistStore, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    assert store._fast is not None
+    store._fast.execute("PRAGMA query_only = 1")  # every write now fails, as on a full disk
+    store.see_now([sighting(1)], NOW, TIMING)
+    with caplog.at_level(logging.ERROR, logger="filterd.greylist"):
+        await store.sync()
+    assert "writing 1 sightings to" in caplog.text and "readonly" in caplog.text
+    store._fast.execute("PRAGMA query_only = 0")
+    assert store.see_now([sighting(2)], NOW, TIMING) == [TripletState(NOW, False)]
     await store.sync()
-    assert len(other_worker_sees(tmp_path / "g.db")) == 2
+    assert [k for k, *_ in other_worker_sees(tmp_path / "g.db")] == [sighting(2).key]
+
+
+def test_the_replay_statement_applies_the_same_rules_as_advance(tmp_path: Path) -> None:
+    """store.advance (the answer) and _REPLAY (the stored row) must never disagree."""
+    timing = Timing(delay=10, retry_window=50, max_age=200, awl_clients=0)
+    conn = sqlite3.connect(tmp_path / "r.db", isolation_level=None)
+    conn.executescript(sqlite_store._SCHEMA)
+    rng = random.Random(7)
+    for case in range(300):
+        key = f"k{case}"
+        row: tuple[int, int] | None = None
+        now = 1000
+        for _ in range(12):
+            now += rng.choice((-30, 0, 1, 5, 9, 10, 11, 49, 51, 150, 201, 400))
+            state = advance(row, now, timing)
+            row = (state.first, now)
+            conn.execute(sqlite_store._REPLAY,
+                         (now, timing.delay, timing.retry_window, timing.max_age, key))
+            stored = conn.execute("SELECT first, last FROM triplet WHERE key = ?", (key,))
+            assert stored.fetchone() == row, (case, now)
+    conn.close()

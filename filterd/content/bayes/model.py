@@ -264,7 +264,9 @@ class BayesModel:
     def load(cls, path: str) -> BayesModel:
         """Read a model file; :class:`BayesModelError` says why one is unusable."""
         try:
-            with np.load(path, allow_pickle=False) as data:
+            # Our own file object: np.load leaves the one it opens behind when the
+            # file is not a valid archive.
+            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:
                 fields = {name: data[name] for name in data.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             if isinstance(exc, FileNotFoundError):
