@@ -7,16 +7,20 @@ default greylist action), ``pass`` with a header -> ``PREPEND <header>``, anythi
 
 Order of checks, as postgrey: client whitelist (names, then addresses), recipient
 whitelist, auto-whitelisted client, then the triplet. What it costs per request: the
-whitelists are dictionary lookups, the client's network is cached, and the triplet goes
-to the store in a batch with every other request of the same event-loop turn (one
-atomic upsert for all of them). Auto-whitelist bookkeeping -- counting a pass, refreshing
+whitelists are dictionary lookups, the client's network is cached, and the triplet is
+decided by the store without waiting when it can (the SQLite store reads the row and
+writes the sighting behind the reply); otherwise it goes in a batch with every other
+request waiting at the same time. Auto-whitelist bookkeeping -- counting a pass, refreshing
 a whitelisted client once an hour -- only affects later requests, so it is written after
 the replies are out. Each process remembers which clients it saw auto-whitelisted (until
 their next hourly refresh is due) and which triplets it saw pass (for an hour), and
 answers those without asking the store: neither state can be undone by another worker
-before it expires, so the answer is the store's. The one difference from postgrey: a
+before it expires, so the answer is the store's. Where this differs from postgrey: a
 passed triplet's last-seen time is stored at most hourly per process, so after 35 days of
-silence it may be forgotten up to an hour early.
+silence it may be forgotten up to an hour early; and the SQLite store writes sightings
+within 0.1 s, not at once, so another worker may take a retry within that moment for a
+first attempt (both are deferred: the delay is minutes) and a crash may forget that
+moment's first attempts (they are greylisted again).
 """
 
 from __future__ import annotations

@@ -119,7 +119,7 @@ log = logging.getLogger("filterd.greylist")
 
 CHECKPOINT_INTERVAL = 5.0  # seconds between WAL checkpoints from aiosqlite's thread
 WRITE_DELAY = 0.1  # seconds a sighting may wait to be written with others
-WRITE_AT = 2000  # sightings queued that are written at once, without waiting
+WRITE_AT = 500  # sightings queued that are written at once (about 1 ms of work for the loop)
 
 _CHUNK = 2000
 _CHUNK_END = "SELECT max(key) FROM (SELECT key FROM {table} WHERE key > ?1 ORDER BY key LIMIT ?2)"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,3 +68,36 @@ async def test_a_newline_in_an_event_cannot_forge_a_second_line(tmp_path: Path) 
     flog.event("policy", "helo=<evil>\nJan  1 00:00:00 mx filterd/policy[1]: forged")
     await asyncio.sleep(flog.FLUSH_DELAY * 2)
     assert len(path.read_text().splitlines()) == 1
+
+
+class CountingStream(io.StringIO):
+    """A stream that counts its writes (standard error is line-buffered: each write
+    call on it is a write(2))."""
+
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+async def test_event_lines_to_standard_error_go_out_in_one_write(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = CountingStream()
+    monkeypatch.setattr(sys, "stderr", stream)
+    flog.setup_logging(Config.from_text("myhostname = mx.example\n"))
+    for n in range(3):
+        flog.event("policy", f"request {n}")
+    assert stream.writes == 0
+    await asyncio.sleep(flog.FLUSH_DELAY * 2)
+    assert stream.writes == 1
+    assert [LINE.match(x).group(3) for x in stream.getvalue().splitlines()] == [  # type: ignore[union-attr]
+        "request 0", "request 1", "request 2"]
+
+
+async def test_flush_writes_buffered_lines_at_once(tmp_path: Path) -> None:
+    """What a worker calls before it ends with os._exit (no timer will fire then)."""
+    path = setup(tmp_path)
+    flog.event("policy", "last request")
+    flog.flush()
+    assert path.read_text().endswith("last request\n")
