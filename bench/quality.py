@@ -199,8 +199,8 @@ def pipeline_system(corpus: Corpus, run_dir: Path) -> Scorer | str:
             with open(os.devnull, "w") as devnull:
                 if learn_command(cfg, [str(spam_dir)], [str(ham_dir)], out=devnull) != 0:
                     raise RuntimeError("filterd learn failed on the training folds")
-            scorer = make_scorer(cfg)
-            return np.array([scorer(Message(corpus.raw[i])) for i in test], dtype=float)
+            with make_scorer(cfg) as scorer:  # its event loop and threads end with the fold
+                return np.array([scorer(Message(corpus.raw[i])) for i in test], dtype=float)
 
     return score
 

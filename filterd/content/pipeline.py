@@ -243,22 +243,39 @@ class ContentPipeline:
         return {True: "spam", False: "ham", None: "no"}[learned]
 
 
-def quality_scorer(cfg: Any) -> Callable[[Message], float]:
+class QualityScorer:
     """A blocking ``message -> score`` function running this pipeline's real :meth:`scan`.
 
     For ``bench/quality.py``: it must measure exactly what ``filterd serve`` runs, so the
     pipeline is built by :meth:`ContentPipeline.from_config` and every message goes through
-    :meth:`scan` and :func:`decide`, on one event loop kept for all calls (a loop per
-    message would cost more than small messages take to score). The returned function
-    keeps the loop and the pipeline's threads for the life of the process.
+    :meth:`ContentPipeline.scan` and :func:`decide`, on one event loop kept for all calls (a
+    loop per message would cost more than small messages take to score). The loop and the
+    pipeline's threads live until :meth:`close` (or the end of a ``with`` block): a caller
+    that builds one scorer per fold would otherwise leak a loop and its threads per fold.
     """
-    pipeline = ContentPipeline.from_config(cfg)
-    runner = asyncio.Runner()
 
-    def score(msg: Message) -> float:
-        return float(runner.run(pipeline.scan(msg)).score)
+    def __init__(self, cfg: Any):
+        self._pipeline = ContentPipeline.from_config(cfg)
+        self._runner = asyncio.Runner()
 
-    return score
+    def __call__(self, msg: Message) -> float:
+        return float(self._runner.run(self._pipeline.scan(msg)).score)
+
+    def close(self) -> None:
+        """Close the event loop, then stop the pipeline's threads."""
+        self._runner.close()
+        self._pipeline.close()
+
+    def __enter__(self) -> "QualityScorer":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def quality_scorer(cfg: Any) -> QualityScorer:
+    """The ``bench/quality.py`` hook: a :class:`QualityScorer` for ``cfg``; close it when done."""
+    return QualityScorer(cfg)
 
 
 def _check_failed(where: str, check: str, exc: Exception) -> str:
