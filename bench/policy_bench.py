@@ -35,6 +35,7 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -506,6 +507,7 @@ class Measurement:
     passed_percent: float
     actions: dict[str, int]
     errors: list[str]
+    run: int = 1  # which round of --runs
 
 
 def _percentile(sorted_values: list[int], fraction: float) -> float:
@@ -571,7 +573,7 @@ def run_scenario(make_server: Callable[[Path], Server], scenario: str, connectio
 
 # -- report ---------------------------------------------------------------------------
 
-COLUMNS = (("server", "server", "{:<9}"), ("scenario", "scen", "{:<7}"),
+COLUMNS = (("run", "run", "{:>3}"), ("server", "server", "{:<9}"), ("scenario", "scen", "{:<7}"),
            ("connections", "conns", "{:>5}"), ("requests", "requests", "{:>9}"),
            ("requests_per_s", "req/s", "{:>9.0f}"), ("p50_ms", "p50 ms", "{:>7.2f}"),
            ("p99_ms", "p99 ms", "{:>7.2f}"),
@@ -584,7 +586,8 @@ COLUMNS = (("server", "server", "{:<9}"), ("scenario", "scen", "{:<7}"),
 def format_table(measurements: list[Measurement]) -> str:
     header = "  ".join(_pad(title, fmt) for _, title, fmt in COLUMNS)
     lines = [header, "-" * len(header)]
-    for m in measurements:
+    order = {name: i for i, name in enumerate(dict.fromkeys(m.server for m in measurements))}
+    for m in sorted(measurements, key=lambda m: (order[m.server], m.scenario, m.connections, m.run)):
         lines.append("  ".join(fmt.format(getattr(m, key)) for key, _, fmt in COLUMNS))
         for error in m.errors:
             lines.append(f"    ! {error}")
@@ -599,21 +602,32 @@ def _pad(title: str, fmt: str) -> str:
 
 
 def ratios(measurements: list[Measurement]) -> list[dict[str, object]]:
-    """filterd/postgrey for each scenario and concurrency measured on both."""
-    by_key = {(m.server, m.scenario, m.connections): m for m in measurements}
-    out: list[dict[str, object]] = []
-    for (server, scenario, connections), ours in by_key.items():
-        theirs = by_key.get(("postgrey", scenario, connections))
+    """filterd/postgrey for each scenario and concurrency measured on both.
+
+    Ratios are taken within a round (the two servers measured back to back), then the
+    median over the rounds is reported: this machine's speed drifts over minutes, and a
+    ratio of two measurements taken minutes apart would carry that drift.
+    """
+    by_key = {(m.run, m.server, m.scenario, m.connections): m for m in measurements}
+    per_cell: dict[tuple[str, int], list[dict[str, float]]] = {}
+    for (run, server, scenario, connections), ours in by_key.items():
+        theirs = by_key.get((run, "postgrey", scenario, connections))
         if server != "filterd" or theirs is None:
             continue
-        out.append({
-            "scenario": scenario, "connections": connections,
+        per_cell.setdefault((scenario, connections), []).append({
             "requests_per_s": _ratio(ours.requests_per_s, theirs.requests_per_s),
             "p50_ms": _ratio(ours.p50_ms, theirs.p50_ms),
             "p99_ms": _ratio(ours.p99_ms, theirs.p99_ms),
             "server_cpu_us_per_request": _ratio(ours.server_cpu_us_per_request,
                                                 theirs.server_cpu_us_per_request),
         })
+    out: list[dict[str, object]] = []
+    for (scenario, connections), rounds in per_cell.items():
+        row: dict[str, object] = {"scenario": scenario, "connections": connections,
+                                  "runs": len(rounds)}
+        for field_name in rounds[0]:
+            row[field_name] = round(statistics.median(r[field_name] for r in rounds), 3)
+        out.append(row)
     return out
 
 
@@ -624,7 +638,8 @@ def _ratio(a: float, b: float) -> float:
 def format_ratios(rows: list[dict[str, object]]) -> str:
     if not rows:
         return "filterd/postgrey ratios: need both servers measured"
-    lines = ["filterd/postgrey   req/s (>1 better)  p50  p99  srv CPU/req (<1 better)"]
+    lines = ["filterd/postgrey   req/s (>1 better)  p50  p99  srv CPU/req (<1 better)"
+             + ("  (median of the runs' ratios)" if any(r["runs"] != 1 for r in rows) else "")]
     for row in rows:
         lines.append(f"{row['scenario']:<7} conns={row['connections']:<3}   "
                      f"{row['requests_per_s']:>8}  {row['p50_ms']:>8}  {row['p99_ms']:>8}  "
@@ -647,6 +662,9 @@ def workspace() -> Iterator[Path]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=1,
+                        help="rounds over every scenario; ratios are the median of the "
+                             "rounds' ratios (default 1)")
     parser.add_argument("--seconds", type=float, default=5.0,
                         help="duration of each measurement (default 5)")
     parser.add_argument("--requests", type=int, default=None,
@@ -705,23 +723,31 @@ def main(argv: list[str] | None = None) -> int:
     measurements: list[Measurement] = []
     failures: dict[str, str] = {}
     with workspace() as root:
-        for name in servers:
+        # Servers take turns on each scenario, so the two measurements behind a ratio are
+        # taken back to back, not minutes apart.
+        for run in range(1, args.runs + 1):
             for scenario in scenarios:
                 for connections in connection_counts:
-                    if name in failures:
-                        continue
-                    if args.verbose:
-                        print(f"{name} {scenario} x{connections}...", file=sys.stderr)
-                    try:
-                        measurements.append(run_scenario(factories[name], scenario,
-                                                         connections, args, template, root))
-                    except (RuntimeError, OSError) as error:
-                        failures[name] = str(error)
+                    for name in servers:
+                        if name in failures:
+                            continue
+                        if args.verbose:
+                            print(f"run {run}: {name} {scenario} x{connections}...",
+                                  file=sys.stderr)
+                        try:
+                            m = run_scenario(factories[name], scenario, connections, args,
+                                             template, root)
+                        except (RuntimeError, OSError) as error:
+                            failures[name] = str(error)
+                            continue
+                        m.run = run
+                        measurements.append(m)
     rows = ratios(measurements)
     if args.json:
         print(json.dumps({"measurements": [asdict(m) for m in measurements],
                           "ratios": rows, "failures": failures,
                           "settings": {"seconds": args.seconds, "requests": args.requests,
+                                       "runs": args.runs,
                                        "filterd_workers": args.workers,
                                        "client_procs": args.client_procs,
                                        "greylist_delay": GREYLIST_DELAY,
