@@ -112,11 +112,18 @@ def header_block(data: bytes) -> list[str]:
     return head.replace("\n\t", " ").replace("\n ", " ").split("\n")
 
 
-async def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+async def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0,
+                   postfix: PostfixInstance | None = None) -> None:
+    """Poll until ``predicate`` holds; on timeout, say what was awaited and, given the
+    Postfix instance, what its queue and the end of its log looked like."""
     deadline = time.monotonic() + timeout
     while not await asyncio.to_thread(predicate):
         if time.monotonic() > deadline:
-            raise TimeoutError(what)
+            state = ""
+            if postfix is not None:
+                state = ("\nqueue:\n" + postfix.postqueue_listing()
+                         + "\nlog tail:\n" + "\n".join(postfix.log_lines()[-30:]))
+            raise TimeoutError(what + state)
         await asyncio.sleep(0.2)
 
 
@@ -172,10 +179,11 @@ async def test_reinjection_down_keeps_mail_deferred_until_it_returns(
 
     reply = await postfix.send_async("sender@example.org", ["rcpt@example.com"], clean_message())
     assert reply.ok, reply
-    await wait_for(lambda: reply.queue_id in postfix.queue_ids("deferred"), "message deferred")
+    await wait_for(lambda: reply.queue_id in postfix.queue_ids("deferred"), "message deferred", postfix=postfix)
     # Postfix's log goes through postlogd: the line may land just after the queue move.
     await wait_for(lambda: any(reply.queue_id in line and "451 4.4.1 Error in processing, forwarding to"
-                               in line for line in postfix.log_lines()), "the 451 in Postfix's log")
+                               in line for line in postfix.log_lines()), "the 451 in Postfix's log",
+                   postfix=postfix)
     assert postfix.sink.messages() == []
 
     await relay.start()
@@ -183,7 +191,7 @@ async def test_reinjection_down_keeps_mail_deferred_until_it_returns(
         await asyncio.to_thread(postfix.flush)
         [message] = await asyncio.to_thread(postfix.wait_messages, 1, 60)
         assert "X-Spam-Flag: NO" in header_block(message.data)
-        await wait_for(lambda: not postfix.queue_ids(), "queue empty")
+        await wait_for(lambda: not postfix.queue_ids(), "queue empty", postfix=postfix)
         assert len(postfix.sink.messages()) == 1  # delivered once, not twice
     finally:
         relay.close()
@@ -198,7 +206,7 @@ async def test_clamd_down_defers_until_it_returns(postfix_factory: PostfixFactor
     try:
         reply = await postfix.send_async("sender@example.org", ["rcpt@example.com"], clean_message())
         assert reply.ok, reply
-        await wait_for(lambda: reply.queue_id in postfix.queue_ids("deferred"), "message deferred")
+        await wait_for(lambda: reply.queue_id in postfix.queue_ids("deferred"), "message deferred", postfix=postfix)
         await wait_for(lambda: any(reply.queue_id in line and "451 4.5.0 Error in processing" in line
                                    and "virus_scan FAILED" in line for line in postfix.log_lines()),
                        "the 451 in Postfix's log")
