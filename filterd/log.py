@@ -107,7 +107,7 @@ class LogHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().emit(record)
 
     def flush(self) -> None:
-        if _event_log is not None and _event_log.stream is self.stream:
+        if _event_log is not None:
             _event_log.flush()
         super().flush()
 

@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS triplet (
     key    TEXT PRIMARY KEY,        -- lower-case "client network/sender/recipient"
     first  INTEGER NOT NULL,        -- first seen (unix time)
     last   INTEGER NOT NULL,        -- last seen
-    passed INTEGER NOT NULL         -- 1: had passed before the last sighting
+    passed INTEGER NOT NULL         -- unused (0 on insert): derived from first and last
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS client (
     key    TEXT PRIMARY KEY,        -- client address
@@ -63,13 +63,14 @@ CREATE TABLE IF NOT EXISTS meta (
 ) WITHOUT ROWID;
 """
 
-# ?1 triplet key, ?2 client, ?3 now, ?4 max age, ?5 awl threshold: the triplet's
-# (first, last) -- NULLs when unknown -- and whether the client is auto-whitelisted.
+# ?1 triplet key, ?2 client, ?3 now, ?4 max age, ?5 awl threshold (0: no auto-whitelist):
+# the triplet's (first, last) -- NULLs when unknown -- and whether the client is
+# auto-whitelisted.
 _READ = """
-SELECT t.first, t.last, {awl} FROM (SELECT 1) LEFT JOIN triplet AS t ON t.key = ?1
+SELECT t.first, t.last, ?5 > 0 AND EXISTS (
+    SELECT 1 FROM client AS c WHERE c.key = ?2 AND c.count >= ?5 AND ?3 - c.last <= ?4)
+FROM (SELECT 1) LEFT JOIN triplet AS t ON t.key = ?1
 """
-_IS_AWL = ("EXISTS (SELECT 1 FROM client AS c WHERE c.key = ?2 "
-           "AND c.count >= ?5 AND ?3 - c.last <= ?4)")
 
 # ?1 now, ?2 delay, ?3 retry window, ?4 max age, ?5 key: one sighting, replayed on the
 # row as it is now by the rules of store.advance(). (Whether the client was
@@ -78,7 +79,6 @@ _IS_AWL = ("EXISTS (SELECT 1 FROM client AS c WHERE c.key = ?2 "
 _REPLAY = """
 INSERT INTO triplet (key, first, last, passed) VALUES (?5, ?1, ?1, 0)
 ON CONFLICT (key) DO UPDATE SET
-    passed = (last - first >= ?2 AND ?1 - last <= ?4),
     first = CASE
         WHEN ?1 - last > ?4 THEN ?1
         WHEN last - first < ?2 AND ?1 - first > ?3 THEN ?1
@@ -239,13 +239,10 @@ class SqliteGreylistStore(GreylistStore):
         return self._db
 
     def _text(self, kind: str, n: int) -> str:
-        """SQL text for ``n`` rows (for "read", ``n`` says whether the auto-whitelist is
-        on); cached, so sqlite3's statement cache can reuse it."""
+        """SQL text for ``n`` rows; cached, so sqlite3's statement cache can reuse it."""
         sql = self._sql.get((kind, n))
         if sql is None:
-            if kind == "read":
-                sql = _READ.format(awl=_IS_AWL if n else "0")
-            elif kind == "count":
+            if kind == "count":
                 sql = _COUNT.format(rows=", ".join(f"(?{3 + i})" for i in range(n)))
             else:
                 sql = _TOUCH.format(rows=", ".join(f"?{2 + i}" for i in range(n)))
@@ -258,11 +255,10 @@ class SqliteGreylistStore(GreylistStore):
         fast = self._fast
         if fast is None:
             return None  # not open: see() reports it
-        sql = self._text("read", timing.awl_clients > 0)
         rows = []
         try:
             for s in sightings:
-                rows.append(fast.execute(sql, _read_params(s, now, timing)).fetchone())
+                rows.append(fast.execute(_READ, _read_params(s, now, timing)).fetchone())
         except sqlite3.OperationalError as exc:
             if not _busy(exc):
                 raise
@@ -276,8 +272,7 @@ class SqliteGreylistStore(GreylistStore):
         states = self.see_now(sightings, now, timing)
         if states is not None:
             return states
-        sql = self._text("read", timing.awl_clients > 0)
-        rows = [(await db.execute_fetchall(sql, _read_params(s, now, timing)))[0]
+        rows = [(await db.execute_fetchall(_READ, _read_params(s, now, timing)))[0]
                 for s in sightings]
         return self._decide(sightings, rows, now, timing)
 
@@ -287,7 +282,7 @@ class SqliteGreylistStore(GreylistStore):
         states: list[TripletState | None] = []
         for s, (first, last, whitelisted) in zip(sightings, rows):
             if whitelisted:
-                states.append(None)  # the triplet is left alone, as _REPLAY does
+                states.append(None)  # the triplet is left alone: nothing is queued
                 continue
             before = self._latest.get(s.key) or self._writing.get(s.key)
             if before is None and first is not None:
@@ -400,10 +395,7 @@ class SqliteGreylistStore(GreylistStore):
 
 
 def _read_params(s: Sighting, now: int, timing: Timing) -> tuple[object, ...]:
-    """_READ's parameters (without the auto-whitelist it reads the triplet only)."""
-    if timing.awl_clients > 0:
-        return (s.key, s.client, now, timing.max_age, timing.awl_clients)
-    return (s.key,)
+    return (s.key, s.client, now, timing.max_age, timing.awl_clients)
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:

@@ -29,17 +29,22 @@ def request(**attrs: str) -> bytes:
     return "".join(f"{k}={v}\n" for k, v in base.items() if v is not None).encode() + b"\n"
 
 
-@pytest.fixture
-async def server():
-    cfg = Config.from_text(f"policy_restrictions = {RESTRICTIONS}\n")
-    service = PolicyService(build_engine(cfg, Services(cfg)))
+async def serve(service: PolicyService) -> tuple[PolicyServer, int]:
+    """A policy server for ``service`` on a free loopback port, and that port."""
     srv = PolicyServer(service)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)
     sock.setblocking(False)
     await srv.start(sock)
-    yield srv, sock.getsockname()[1]
+    return srv, sock.getsockname()[1]
+
+
+@pytest.fixture
+async def server():
+    cfg = Config.from_text(f"policy_restrictions = {RESTRICTIONS}\n")
+    srv, port = await serve(PolicyService(build_engine(cfg, Services(cfg))))
+    yield srv, port
     await srv.stop(1.0)
 
 
@@ -171,13 +176,8 @@ async def test_stop_answers_the_request_in_flight():
     up_port = upstream.sockets[0].getsockname()[1]
     cfg = Config.from_text(f"policy_restrictions = check_policy_service inet:127.0.0.1:{up_port}\n")
     services = Services(cfg)
-    srv = PolicyServer(PolicyService(build_engine(cfg, services)))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(4)
-    sock.setblocking(False)
-    await srv.start(sock)
-    reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+    srv, port = await serve(PolicyService(build_engine(cfg, services)))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(request())
     await writer.drain()
     await asyncio.sleep(0.05)
@@ -225,13 +225,8 @@ class _Flaky(PolicyService):
 async def test_a_fault_answering_one_request_gets_the_safe_answer_and_the_connection_goes_on(
         sender, caplog):
     cfg = Config.from_text(f"policy_restrictions = {RESTRICTIONS}\n")
-    srv = PolicyServer(_Flaky(build_engine(cfg, Services(cfg))))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(4)
-    sock.setblocking(False)
-    await srv.start(sock)
-    reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+    srv, port = await serve(_Flaky(build_engine(cfg, Services(cfg))))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         # the failing request and one behind it, pipelined: both answered, in order
         writer.write(request(sender=sender) + request(client_address="192.0.2.66"))
