@@ -58,6 +58,10 @@ class PolicyParser:
         if b"\r" in data:
             data = data.replace(b"\r\n", b"\n")
         buf = self._buf
+        end = len(data) - 2
+        if not buf and 0 <= end <= MAX_REQUEST and data.find(b"\n\n") == end:
+            # What smtpd sends: one whole request per read, nothing held from before.
+            return [parse_block(data[:-2])]
         buf += data
         out: list[PolicyRequest | FramingError] = []
         start = 0

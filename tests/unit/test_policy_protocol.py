@@ -45,6 +45,19 @@ def test_byte_at_a_time_and_several_per_packet():
     assert len(got) == 3 and parser.pending == 0
 
 
+def test_whole_request_per_read_parses_as_the_buffered_path_does():
+    """One whole request per read (what smtpd sends) skips the buffer; the result is the
+    same as feeding the same bytes in pieces, an empty request included."""
+    reads = [*postfix_requests(), b"\n\n", b"request=x\nno equals here\n\n", b"a=1\n\nb=2\n\n"]
+    whole, pieces = PolicyParser(), PolicyParser()
+    for data in reads:
+        fast = whole.feed(data)
+        slow = pieces.feed(data[:1]) + pieces.feed(data[1:])
+        assert [(r.attrs, r.faults) for r in fast] == [(r.attrs, r.faults) for r in slow]
+        assert whole.pending == pieces.pending == 0
+    assert whole.feed(b"c=3\n") == [] and whole.feed(b"\n") != [] and whole.pending == 0
+
+
 def test_crlf_and_stray_empty_lines_are_tolerated():
     parser = PolicyParser()
     items = parser.feed(b"request=smtpd_access_policy\r\nprotocol_state=RCPT\r\n\r\n\n\nrequest=smtpd_access_policy\n\n")
