@@ -16,7 +16,8 @@ Scenarios:
           the delay, a pass that lets them through, then the measurement, new instance per
           request as for a new message from a known sender)
 
-Usage: python bench/policy_bench.py [--seconds S] [--workers N] [--only filterd|postgrey|trivial]
+Usage: python bench/policy_bench.py [--seconds S] [--workers N] [--runs N]
+                                   [--only filterd|postgrey|trivial|bare]
 See bench/README.md.
 """
 
@@ -437,6 +438,18 @@ class TrivialServer(Server):
         return [sys.executable, str(Path(__file__).resolve()), "--serve-trivial", str(self.port)]
 
 
+class BareServer(Server):
+    """bench/bare_greylist.py: the least a CPython greylister does per request (a floor)."""
+
+    name = "bare"
+
+    def command(self) -> list[str]:
+        data = self.workdir / "bare-data"
+        data.mkdir(exist_ok=True)
+        return [sys.executable, str(Path(__file__).resolve().with_name("bare_greylist.py")),
+                str(self.port), str(data)]
+
+
 class PostgreyServer(Server):
     """Debian's postgrey run by hand; as root it drops to user postgrey, who owns dbdir."""
 
@@ -671,8 +684,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="fixed number of requests per measurement instead of --seconds")
     parser.add_argument("--workers", type=int, default=2,
                         help="filterd worker_processes (default 2)")
-    parser.add_argument("--only", action="append", choices=("filterd", "postgrey", "trivial"),
-                        help="server(s) to measure; repeatable (default: all)")
+    parser.add_argument("--only", action="append", choices=("filterd", "postgrey", "trivial", "bare"),
+                        help="server(s) to measure; repeatable (default: trivial, postgrey, "
+                             "filterd; bare, the floor of a CPython greylister, when asked)")
     parser.add_argument("--scenario", action="append", choices=("new", "repeat"),
                         help="scenario(s); repeatable (default: both)")
     parser.add_argument("--connections", type=int, action="append",
@@ -717,6 +731,7 @@ def main(argv: list[str] | None = None) -> int:
     connection_counts = args.connections or [1, 8]
     factories = {
         "trivial": TrivialServer,
+        "bare": BareServer,
         "postgrey": PostgreyServer,
         "filterd": lambda workdir: FilterdServer(workdir, args.workers, args.filterd_command),
     }
