@@ -236,6 +236,10 @@ class Greylister:
         return self._decide(now, key, state, client, client_name, recipient, instance)
 
     async def _see(self, sightings: Sequence[Sighting]) -> list[tuple[int, TripletState | None]]:
+        # A pass counted just before must be in the store before these are read: when the
+        # count waited for a busy database in the thread, the read here would not wait.
+        while self._awl_task is not None and not self._awl_task.done():
+            await asyncio.gather(self._awl_task, return_exceptions=True)
         now = int(self._clock())
         states = await self._store.see(sightings, now, self.timing)
         return [(now, state) for state in states]

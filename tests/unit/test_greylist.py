@@ -270,6 +270,28 @@ async def test_auto_whitelist_counts_first_passes_only(make: Factory, tmp_path: 
     assert (await check(g, "192.0.2.10", recipient="x@example.org")).action == "awl"
 
 
+async def test_a_count_waiting_for_a_busy_database_is_seen_by_the_next_decision(
+        make: Factory, tmp_path: Path) -> None:
+    """The pass that whitelists a client is counted while another process holds the write
+    lock, so the count waits in the thread; the next request of that client must still
+    find it whitelisted, not read the database before the count is in."""
+    clock = Clock()
+    g = await make("greylist_auto_whitelist_clients = 1", clock)
+    await check(g, recipient="first@example.org")
+    clock.advance(300)
+    blocker = sqlite3.connect(tmp_path / "greylist.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        assert (await check(g, recipient="first@example.org")).action == "pass"
+        following = asyncio.ensure_future(check(g, recipient="second@example.org"))
+        await asyncio.sleep(0.2)
+        assert not following.done()  # it waits for the count, which waits for the lock
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert (await following).action == "awl"
+
+
 async def test_auto_whitelist_refresh_and_expiry(make: Factory, tmp_path: Path) -> None:
     clock = Clock()
     g = await make("greylist_auto_whitelist_clients = 1", clock)
