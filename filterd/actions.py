@@ -23,7 +23,7 @@ _DSN = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
 _CODE = re.compile(r"([245]\d\d)(?:\s+|$)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Action:
     """A parsed action.
 

@@ -65,13 +65,15 @@ class Client:
 
     ``net`` is the triplet's client part, ``awl_key`` the auto-whitelist key (the full
     address), both in postgrey's text form (NetAddr::IP: IPv6 as eight unpadded groups).
-    ``ip`` is None for an address that is not an IP: postgrey dies on those; filterd uses
-    the text itself as the network so that such a client is still greylisted.
+    ``ip`` is (IP version, address as a number), what the whitelist's network test needs
+    (an ``ipaddress`` object would cost a microsecond per new client), or None for an
+    address that is not an IP: postgrey dies on those; filterd uses the text itself as
+    the network so that such a client is still greylisted.
     """
 
     net: str
     awl_key: str
-    ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    ip: tuple[int, int] | None
 
 
 def _v6_text(value: int) -> str:
@@ -82,11 +84,10 @@ def parse_client(address: str, by_subnet: bool, v4_bits: int, v6_bits: int) -> C
     """The triplet network and auto-whitelist key of ``address`` (postgrey's rules)."""
     v4 = canonical_ipv4(address)
     if v4 is not None:  # what Postfix sends nearly always: no text parsing in Python
-        ip = ipaddress.IPv4Address(v4)
         if not by_subnet:
-            return Client(address, address, ip)
+            return Client(address, address, (4, v4))
         net = v4 & ((0xFFFFFFFF << (32 - v4_bits)) & 0xFFFFFFFF)
-        return Client(socket.inet_ntoa(net.to_bytes(4, "big")), address, ip)
+        return Client(socket.inet_ntoa(net.to_bytes(4, "big")), address, (4, v4))
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -94,15 +95,16 @@ def parse_client(address: str, by_subnet: bool, v4_bits: int, v6_bits: int) -> C
                     "using it as its own network", address)
         text = address.lower()
         return Client(text, text, None)
+    value = int(ip)
     if ip.version == 4:
         full = str(ip)
         if not by_subnet:
-            return Client(full, full, ip)
-        value = int(ip) & ((0xFFFFFFFF << (32 - v4_bits)) & 0xFFFFFFFF)
-        return Client(str(ipaddress.IPv4Address(value)), full, ip)
-    full = _v6_text(int(ip))
+            return Client(full, full, (4, value))
+        net = value & ((0xFFFFFFFF << (32 - v4_bits)) & 0xFFFFFFFF)
+        return Client(str(ipaddress.IPv4Address(net)), full, (4, value))
+    full = _v6_text(value)
     if not by_subnet:
-        return Client(full, full, ip)
+        return Client(full, full, (6, value))
     mask = ((1 << 128) - 1) ^ ((1 << (128 - v6_bits)) - 1)
-    return Client(_v6_text(int(ip) & mask), full, ip)
+    return Client(_v6_text(value & mask), full, (6, value))
 

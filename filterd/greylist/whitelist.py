@@ -194,9 +194,11 @@ class ClientWhitelist(_Whitelist):
         by_len = self._nets[net.version].setdefault(net.prefixlen, {})
         by_len.setdefault(int(net.network_address) >> shift, loader.entry(file, line, text))
 
-    def match(self, client_name: str,
-              ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> Entry | None:
-        """The entry that whitelists this client, or None. Names are tested before addresses."""
+    def match(self, client_name: str, ip: tuple[int, int] | None) -> Entry | None:
+        """The entry that whitelists this client, or None. Names are tested before addresses.
+
+        ``ip`` is (IP version, address as a number), None when the client has no address.
+        """
         name = client_name.lower()
         best = self._names.get(name)
         start = name.find(".")
@@ -210,9 +212,9 @@ class ClientWhitelist(_Whitelist):
             return hit
         if best is not None or ip is None:
             return best
-        value = int(ip)
-        bits = ip.max_prefixlen
-        for prefix_len, nets in self._nets[ip.version].items():
+        version, value = ip
+        bits = 32 if version == 4 else 128
+        for prefix_len, nets in self._nets[version].items():
             hit = nets.get(value >> (bits - prefix_len))
             if hit is not None and (best is None or hit.order < best.order):
                 best = hit

@@ -24,7 +24,7 @@ MAX_ATTRIBUTES = 256
 _SPLIT_ATTRIBUTE = methodcaller("split", "=", 1)
 
 
-@dataclass
+@dataclass(slots=True)
 class PolicyRequest:
     """One complete request: its attributes and the faults found while reading it."""
 

@@ -16,7 +16,7 @@ from filterd.reply import Reply
 __all__ = ["Decision", "Evidence", "Reply", "PERMIT", "REJECT", "DEFER", "DUNNO"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Evidence:
     """Why something happened: which restriction, and what it looked at."""
 
@@ -35,7 +35,7 @@ DEFER = "defer"
 DUNNO = "dunno"
 
 
-@dataclass
+@dataclass(slots=True)
 class Decision:
     """The outcome of evaluating a restriction list for one transaction stage.
 

@@ -23,7 +23,7 @@ from filterd.restrict.decision import (
 from filterd.restrict.transaction import Stage, Transaction
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """What one restriction found.
 
@@ -44,7 +44,7 @@ class Outcome:
 RestrictionFn = Callable[["Evaluation", str | None], Awaitable[Outcome | None]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Restriction:
     """A named restriction: its implementation and whether it takes an argument."""
 
@@ -74,7 +74,7 @@ def stage_subject(txn: Transaction) -> tuple[str, str]:
     return txn.recipient or "", "Recipient address"
 
 
-@dataclass
+@dataclass(slots=True)
 class Evaluation:
     """State of one evaluation: the transaction, services, and Postfix's pending flags."""
 
@@ -206,22 +206,23 @@ class RestrictionEngine:
             if outcome is None:
                 continue
             name = r.name if arg is None else f"{r.name} {arg}"
-            result = await self._apply(ev, name, outcome, warn)
+            evidence = Evidence(ev.txn.stage.value, name, outcome.detail)
+            ev.decision.evidence.append(evidence)
+            act = outcome.action
+            if act.kind == "RESTRICTION":  # a table result naming restrictions: run them here
+                ev.depth += 1
+                result = await self._run_list(ev, self.compile(split_list(act.text), f"{name} result"))
+                ev.depth -= 1
+            else:
+                result = self._apply(ev, outcome, evidence, warn)
             if result != DUNNO:
                 return result
         return DUNNO
 
-    async def _apply(self, ev: Evaluation, name: str, outcome: Outcome, warn: bool) -> str:
+    def _apply(self, ev: Evaluation, outcome: Outcome, evidence: Evidence, warn: bool) -> str:
+        """Apply one restriction's (non-RESTRICTION) action with Postfix's semantics."""
         act = outcome.action
-        txn = ev.txn
-        evidence = Evidence(txn.stage.value, name, outcome.detail)
-        ev.decision.evidence.append(evidence)
         kind = act.kind
-        if kind == "RESTRICTION":
-            ev.depth += 1
-            result = await self._run_list(ev, self.compile(split_list(act.text), f"{name} result"))
-            ev.depth -= 1
-            return result
         if kind == "OK":
             return self._decide(ev, PERMIT, None, "OK", evidence)
         if kind == "DUNNO":

@@ -46,7 +46,7 @@ def test_recipient_domain() -> None:
 def test_ipv4_network_and_host() -> None:
     c = parse_client("192.0.2.77", True, 24, 64)
     assert (c.net, c.awl_key, c.ip) == ("192.0.2.0", "192.0.2.77",
-                                       ipaddress.ip_address("192.0.2.77"))
+                                       (4, int(ipaddress.ip_address("192.0.2.77"))))
     assert parse_client("192.0.2.77", True, 16, 64).net == "192.0.0.0"
     assert parse_client("192.0.2.77", True, 0, 64).net == "0.0.0.0"
     assert parse_client("192.0.2.77", False, 24, 64).net == "192.0.2.77"

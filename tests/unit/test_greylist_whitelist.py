@@ -29,8 +29,10 @@ def write(tmp_path: Path, name: str, text: str) -> str:
     return str(path)
 
 
-def ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    return ipaddress.ip_address(text)
+def ip(text: str) -> tuple[int, int]:
+    """An address as Client.ip holds it: (IP version, address as a number)."""
+    address = ipaddress.ip_address(text)
+    return address.version, int(address)
 
 
 @pytest.fixture
