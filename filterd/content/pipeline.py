@@ -273,9 +273,8 @@ class QualityScorer:
         self.close()
 
 
-def quality_scorer(cfg: Any) -> QualityScorer:
-    """The ``bench/quality.py`` hook: a :class:`QualityScorer` for ``cfg``; close it when done."""
-    return QualityScorer(cfg)
+#: The ``bench/quality.py`` hook: ``quality_scorer(cfg)`` is a scorer to close when done.
+quality_scorer = QualityScorer
 
 
 def _check_failed(where: str, check: str, exc: Exception) -> str:

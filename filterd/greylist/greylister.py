@@ -161,9 +161,13 @@ class Greylister:
     async def flush(self) -> None:
         """Wait until every request so far is decided and its bookkeeping written."""
         await self._batcher.drain()
+        await self._awl_written()
+        await self._store.sync()
+
+    async def _awl_written(self) -> None:
+        """Wait until the auto-whitelist writes queued so far are in the store."""
         while self._awl_task is not None and not self._awl_task.done():
             await asyncio.gather(self._awl_task, return_exceptions=True)
-        await self._store.sync()
 
     async def _cleanup_loop(self) -> None:
         while True:
@@ -238,8 +242,7 @@ class Greylister:
     async def _see(self, sightings: Sequence[Sighting]) -> list[tuple[int, TripletState | None]]:
         # A pass counted just before must be in the store before these are read: when the
         # count waited for a busy database in the thread, the read here would not wait.
-        while self._awl_task is not None and not self._awl_task.done():
-            await asyncio.gather(self._awl_task, return_exceptions=True)
+        await self._awl_written()
         now = int(self._clock())
         states = await self._store.see(sightings, now, self.timing)
         return [(now, state) for state in states]

@@ -252,18 +252,14 @@ class SqliteGreylistStore(GreylistStore):
     # -- decisions ----------------------------------------------------------------------
     def see_now(self, sightings: Sequence[Sighting], now: int,
                 timing: Timing) -> list[TripletState | None] | None:
-        fast = self._fast
-        if fast is None:
+        if self._fast is None:
             return None  # not open: see() reports it
         rows = []
-        try:
-            for s in sightings:
-                rows.append(fast.execute(_READ, _read_params(s, now, timing)).fetchone())
-        except sqlite3.OperationalError as exc:
-            if not _busy(exc):
-                raise
-            self.busy_fallbacks += 1
-            return None
+        for s in sightings:
+            found = self._run_fast(_READ, _read_params(s, now, timing))
+            if found is None:
+                return None
+            rows.append(found[0])  # _READ always yields one row
         return self._decide(sightings, rows, now, timing)
 
     async def see(self, sightings: Sequence[Sighting], now: int,

@@ -82,29 +82,24 @@ def _v6_text(value: int) -> str:
 
 def parse_client(address: str, by_subnet: bool, v4_bits: int, v6_bits: int) -> Client:
     """The triplet network and auto-whitelist key of ``address`` (postgrey's rules)."""
-    v4 = canonical_ipv4(address)
-    if v4 is not None:  # what Postfix sends nearly always: no text parsing in Python
-        if not by_subnet:
-            return Client(address, address, (4, v4))
-        net = v4 & ((0xFFFFFFFF << (32 - v4_bits)) & 0xFFFFFFFF)
-        return Client(socket.inet_ntoa(net.to_bytes(4, "big")), address, (4, v4))
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        log.warning("greylist: client address %r is not an IP address; "
-                    "using it as its own network", address)
-        text = address.lower()
-        return Client(text, text, None)
-    value = int(ip)
-    if ip.version == 4:
-        full = str(ip)
-        if not by_subnet:
-            return Client(full, full, (4, value))
-        net = value & ((0xFFFFFFFF << (32 - v4_bits)) & 0xFFFFFFFF)
-        return Client(str(ipaddress.IPv4Address(net)), full, (4, value))
-    full = _v6_text(value)
+    value = canonical_ipv4(address)
+    if value is not None:  # what Postfix sends nearly always: no text parsing in Python
+        version, full = 4, address
+    else:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            log.warning("greylist: client address %r is not an IP address; "
+                        "using it as its own network", address)
+            text = address.lower()
+            return Client(text, text, None)
+        version, value = ip.version, int(ip)
+        full = str(ip) if version == 4 else _v6_text(value)
     if not by_subnet:
-        return Client(full, full, (6, value))
+        return Client(full, full, (version, value))
+    if version == 4:
+        net = value & ((0xFFFFFFFF << (32 - v4_bits)) & 0xFFFFFFFF)
+        return Client(socket.inet_ntoa(net.to_bytes(4, "big")), full, (4, value))
     mask = ((1 << 128) - 1) ^ ((1 << (128 - v6_bits)) - 1)
     return Client(_v6_text(value & mask), full, (6, value))
 

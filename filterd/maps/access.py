@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from filterd.maps.base import LookupTable
+from filterd.netaddr import is_ip
 
 #: Local parts that split_addr() never splits at the recipient delimiter.
 _NEVER_SPLIT = frozenset({"postmaster", "mailer-daemon", "double-bounce"})
@@ -115,19 +116,11 @@ def lookup_address(
     return match
 
 
-def _is_address(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
 def lookup_domain(
     tables: Sequence[LookupTable], domain: str, *, parent_matches_subdomains: bool = True
 ) -> Match | None:
     """Search a host name (client name, HELO name) and its parent domains."""
-    if _is_address(domain):
+    if is_ip(domain):
         return _find(tables, domain, False)
     for i, key in enumerate(_domain_keys(domain, parent_matches_subdomains)):
         match = _find(tables, key, i > 0)

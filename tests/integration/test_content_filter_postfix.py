@@ -209,7 +209,7 @@ async def test_clamd_down_defers_until_it_returns(postfix_factory: PostfixFactor
         await wait_for(lambda: reply.queue_id in postfix.queue_ids("deferred"), "message deferred", postfix=postfix)
         await wait_for(lambda: any(reply.queue_id in line and "451 4.5.0 Error in processing" in line
                                    and "virus_scan FAILED" in line for line in postfix.log_lines()),
-                       "the 451 in Postfix's log")
+                       "the 451 in Postfix's log", postfix=postfix)
     finally:
         await asyncio.to_thread(clamd_server.start)
     await asyncio.to_thread(postfix.flush)
