@@ -21,6 +21,7 @@ import time
 
 from filterd.config import Config
 from filterd.config.types import Endpoint
+from filterd.eventloop import WorkerLoop
 from filterd.log import flush as flush_log
 
 log = logging.getLogger("filterd.master")
@@ -150,7 +151,8 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
 def _run_worker(cfg: Config, listeners: dict[str, socket.socket], master_pipe: int | None = None,
                 preloaded: object | None = None) -> int:
     try:
-        return asyncio.run(worker_main(cfg, listeners, master_pipe, preloaded))
+        with asyncio.Runner(loop_factory=WorkerLoop) as runner:
+            return runner.run(worker_main(cfg, listeners, master_pipe, preloaded))
     except Exception:  # noqa: BLE001 - logged; the master restarts the worker
         log.exception("worker failed")
         return 1

@@ -13,6 +13,7 @@ import socket
 from collections import deque
 
 from filterd import eager
+from filterd.eventloop import call_before_poll
 from filterd.policy.protocol import FramingError, PolicyParser, PolicyRequest, encode_reply
 from filterd.policy.service import FAILURE, PolicyService
 
@@ -43,6 +44,7 @@ class PolicyConnection(asyncio.BufferedProtocol):
         self.worker: asyncio.Task[str] | None = None
         self.closing = False
         self._buffer = memoryview(bytearray(RECV_BUFFER))
+        self._out: list[bytes] = []  # replies answered, not yet written (see _reply)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
@@ -63,12 +65,14 @@ class PolicyConnection(asyncio.BufferedProtocol):
 
     def data_received(self, data: bytes) -> None:
         """Parse what arrived and answer every request it completed."""
+        if self.closing:  # after a framing fault or a stop: nothing more is read
+            return
         for item in self.parser.feed(data):
             if isinstance(item, FramingError):
+                # The requests complete before the fault are answered, then it closes.
                 log.warning("policy client %s: %s; closing the connection", self.peer, item.message)
-                self.queue.clear()
-                self.close()
-                return
+                self.closing = True
+                break
             self.queue.append(item)
         if self.worker is None:
             self._answer()
@@ -92,8 +96,8 @@ class PolicyConnection(asyncio.BufferedProtocol):
                 result.task.add_done_callback(self._resumed)
                 return
             self._reply(result)
-        if self.closing and self.transport is not None:
-            self.transport.close()
+        if self.closing:
+            self._close_transport()
 
     def _resumed(self, task: asyncio.Task[str]) -> None:
         self.worker = None
@@ -108,8 +112,16 @@ class PolicyConnection(asyncio.BufferedProtocol):
         self._answer()
 
     def _reply(self, action: str) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(encode_reply(action))
+        """Hold the reply; all held replies go out in one write before the loop polls."""
+        self._out.append(encode_reply(action))
+        if len(self._out) == 1:
+            call_before_poll(self._write_out)
+
+    def _write_out(self) -> None:
+        out = self._out
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
 
     @property
     def idle(self) -> bool:
@@ -119,11 +131,18 @@ class PolicyConnection(asyncio.BufferedProtocol):
         """Close now if idle, else after the request in progress has been answered."""
         self.closing = True
         self.queue.clear()
-        if self.worker is None and self.transport is not None:
+        if self.worker is None:
+            self._close_transport()
+
+    def _close_transport(self) -> None:
+        """Write the replies held so far, then close (after the transport's buffer)."""
+        self._write_out()
+        if self.transport is not None:
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.registry.discard(self)
+        self._out.clear()
         if self.parser.pending:
             log.warning("policy client %s: lost connection in the middle of a request (%d bytes)",
                         self.peer, self.parser.pending)

@@ -2,6 +2,8 @@
 
 The engine runs a table-only restriction list here, so these tests need no DNS or
 greylist state; the full daemon is tested in tests/integration/test_policy_daemon.py.
+Every test runs on asyncio's own loop and on the workers' loop, which holds replies
+until it is about to poll (filterd.eventloop).
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from filterd.restrict.registry import build_engine
 from filterd.restrict.services import Services
 
 RESTRICTIONS = "check_client_access inline:{ { 192.0.2.66 = REJECT go away } }, check_sender_access inline:{ { hold@example.com = HOLD } }"
+
+
+pytestmark = pytest.mark.worker_loop  # every test on both loops (tests/conftest.py)
 
 
 def request(**attrs: str) -> bytes:

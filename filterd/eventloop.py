@@ -1,0 +1,73 @@
+"""The workers' event loop: asyncio's, with work held until the loop is about to poll.
+
+Why: a reply written at once wakes its client at once. When the worker is busy, each
+reply then interrupts a client that has gone back to sleep, and on loopback the sender
+pays for the wake-up inside ``send()``. On this machine's 2 cores that was a third of
+a busy worker's time per policy request. Redis answers the same way: replies collect
+while a turn's requests are read and decided, and go out in one burst just before the
+server waits for more (its ``beforeSleep``). The first write of the burst wakes the
+client, which then finds every other answer ready.
+
+:class:`WorkerLoop` runs callbacks handed to :func:`call_before_poll` inside its
+selector's ``select()``, just before the system call. That costs nothing extra when
+the loop is about to wait anyway. On any other loop (tests, embedding),
+:func:`call_before_poll` falls back to ``call_soon``: the same order (after the turn's
+other callbacks, before anything read later), one loop turn later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+from collections.abc import Callable
+
+
+class _BeforePollSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+    """The platform's default selector, running the loop's held callbacks before polling."""
+
+    def __init__(self, loop: WorkerLoop) -> None:
+        super().__init__()
+        self._run_held = loop._run_held
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if self._run_held():
+            timeout = 0  # a held callback scheduled work: do not sleep before running it
+        return super().select(timeout)
+
+
+class WorkerLoop(asyncio.SelectorEventLoop):
+    """A selector event loop that runs held callbacks just before each poll."""
+
+    def __init__(self) -> None:
+        self._held: list[Callable[[], object]] = []
+        super().__init__(_BeforePollSelector(self))
+
+    def call_before_poll(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` once, just before the loop next polls for events."""
+        self._held.append(callback)
+
+    def _run_held(self) -> bool:
+        """Run the held callbacks; True when they left callbacks ready to run."""
+        if not self._held:
+            return False
+        held, self._held = self._held, []
+        for callback in held:
+            try:
+                callback()
+            except Exception as exc:  # noqa: BLE001 - as a Handle: report, keep the loop going
+                self.call_exception_handler({
+                    "message": f"Exception in callback {callback!r} run before polling",
+                    "exception": exc,
+                })
+        # A failed write closes its transport through call_soon (connection_lost): the
+        # poll must not sleep before that runs. Held callbacks added meanwhile also wait.
+        return bool(self._ready or self._held)  # type: ignore[attr-defined]
+
+
+def call_before_poll(callback: Callable[[], object]) -> None:
+    """Run ``callback`` after the current loop turn, before the loop waits for events."""
+    loop = asyncio.get_running_loop()
+    if isinstance(loop, WorkerLoop):
+        loop.call_before_poll(callback)
+    else:
+        loop.call_soon(callback)
