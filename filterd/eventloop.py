@@ -8,11 +8,11 @@ while a turn's requests are read and decided, and go out in one burst just befor
 server waits for more (its ``beforeSleep``). The first write of the burst wakes the
 client, which then finds every other answer ready.
 
-:class:`WorkerLoop` runs callbacks handed to :func:`call_before_poll` inside its
+:class:`WorkerLoop` runs callbacks handed to its ``call_before_poll`` inside its
 selector's ``select()``, just before the system call. That costs nothing extra when
 the loop is about to wait anyway. On any other loop (tests, embedding),
-:func:`call_before_poll` falls back to ``call_soon``: the same order (after the turn's
-other callbacks, before anything read later), one loop turn later.
+:func:`before_poll` falls back to ``call_soon``: the callbacks still run after the
+current turn and before anything read later, one loop turn later.
 """
 
 from __future__ import annotations
@@ -64,10 +64,13 @@ class WorkerLoop(asyncio.SelectorEventLoop):
         return bool(self._ready or self._held)  # type: ignore[attr-defined]
 
 
-def call_before_poll(callback: Callable[[], object]) -> None:
-    """Run ``callback`` after the current loop turn, before the loop waits for events."""
-    loop = asyncio.get_running_loop()
+def before_poll(loop: asyncio.AbstractEventLoop) -> Callable[[Callable[[], object]], object]:
+    """The function that runs a callback after ``loop``'s current turn, before it waits
+    for events: :meth:`WorkerLoop.call_before_poll`, or ``call_soon`` on another loop.
+
+    Callers keep it per connection or store: ``asyncio.get_running_loop()`` makes a
+    ``getpid()`` system call every time, which is too much once per request.
+    """
     if isinstance(loop, WorkerLoop):
-        loop.call_before_poll(callback)
-    else:
-        loop.call_soon(callback)
+        return loop.call_before_poll
+    return loop.call_soon

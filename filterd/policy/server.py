@@ -13,7 +13,7 @@ import socket
 from collections import deque
 
 from filterd import eager
-from filterd.eventloop import call_before_poll
+from filterd.eventloop import before_poll
 from filterd.policy.protocol import FramingError, PolicyParser, PolicyRequest, encode_reply
 from filterd.policy.service import FAILURE, PolicyService
 
@@ -45,6 +45,8 @@ class PolicyConnection(asyncio.BufferedProtocol):
         self.closing = False
         self._buffer = memoryview(bytearray(RECV_BUFFER))
         self._out: list[bytes] = []  # replies answered, not yet written (see _reply)
+        # Created by the loop's server, in the loop: the hook is looked up once here.
+        self._before_poll = before_poll(asyncio.get_running_loop())
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
@@ -115,7 +117,7 @@ class PolicyConnection(asyncio.BufferedProtocol):
         """Hold the reply; all held replies go out in one write before the loop polls."""
         self._out.append(encode_reply(action))
         if len(self._out) == 1:
-            call_before_poll(self._write_out)
+            self._before_poll(self._write_out)
 
     def _write_out(self) -> None:
         out = self._out

@@ -10,10 +10,14 @@ import asyncio
 
 import pytest
 
-from filterd.eventloop import WorkerLoop, call_before_poll
+from filterd.eventloop import WorkerLoop, before_poll
 from filterd.policy.server import PolicyConnection
 
 pytestmark = pytest.mark.worker_loop
+
+
+def call_before_poll(callback) -> None:
+    before_poll(asyncio.get_running_loop())(callback)
 
 
 async def test_the_worker_variant_runs_on_a_worker_loop(request):

@@ -13,7 +13,7 @@ import pytest
 
 from filterd.greylist import sqlite_store
 from filterd.greylist.sqlite_store import SqliteGreylistStore
-from filterd.greylist.store import Sighting, Timing, TripletState, advance
+from filterd.greylist.store import ClientState, Sighting, Timing, TripletState, advance
 
 NOW = 1_700_000_000
 TIMING = Timing(delay=300, retry_window=2 * 86400, max_age=35 * 86400, awl_clients=5)
@@ -122,6 +122,46 @@ async def test_a_busy_database_delays_the_write_not_the_answer(
             other.execute("ROLLBACK")
         other.close()
     assert other_worker_sees(tmp_path / "g.db") == [(sighting(1).key, NOW, NOW + 300)]
+
+
+async def next_turn() -> None:
+    """Let the event loop poll once (the store's turn-end callback runs before that)."""
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
+async def test_reads_in_one_loop_turn_share_one_read_transaction(
+        store: SqliteGreylistStore) -> None:
+    assert store._fast is not None
+    store.see_now([sighting(1)], NOW, TIMING)
+    assert not store._fast.in_transaction  # one read: autocommit, as before
+    store.see_now([sighting(2)], NOW, TIMING)
+    store.see_now([sighting(3)], NOW, TIMING)
+    assert store._fast.in_transaction  # the turn's later reads share one
+    await next_turn()
+    assert not store._fast.in_transaction
+
+
+async def test_another_workers_write_is_read_from_the_next_turn_on(
+        store: SqliteGreylistStore, tmp_path: Path) -> None:
+    store.see_now([sighting(1)], NOW, TIMING)
+    store.see_now([sighting(2)], NOW, TIMING)  # a read transaction is open now
+    with sqlite3.connect(tmp_path / "g.db") as conn:  # another worker's sighting
+        conn.execute("INSERT INTO triplet VALUES (?, ?, ?, 0)", (sighting(3).key, NOW - 400, NOW - 400))
+    await next_turn()
+    assert store.see_now([sighting(3)], NOW, TIMING) == [TripletState(NOW - 400, False)]
+
+
+async def test_a_write_in_the_middle_of_a_turn_is_committed_at_once(
+        store: SqliteGreylistStore, tmp_path: Path) -> None:
+    store.see_now([sighting(1)], NOW, TIMING)
+    store.see_now([sighting(2)], NOW, TIMING)  # a read transaction is open now
+    assert await store.count_passes(["192.0.2.10"], NOW, TIMING) == [ClientState(1, NOW)]
+    with sqlite3.connect(tmp_path / "g.db") as conn:
+        assert list(conn.execute("SELECT key, count FROM client")) == [("192.0.2.10", 1)]
+    store.see_now([sighting(3)], NOW, TIMING)  # and reading goes on
+    await store.sync()
+    assert len(other_worker_sees(tmp_path / "g.db")) == 3
 
 
 class BusyReads:
