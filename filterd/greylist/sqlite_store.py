@@ -18,10 +18,12 @@ writes everything).
 
 WAL mode with synchronous=NORMAL: readers never wait for the writer, and a commit costs
 a write(2), not an fsync. Each read transaction takes and drops a lock on the shared
-WAL index with two fcntl(2) calls, half the cost of a read; so when one event-loop turn
-reads more than once (several connections' requests arrived together), its later reads
-share one read transaction, ended before the loop polls again. Its snapshot is at most
-that turn old, and a write of this store's ends it first. The reads and writes run on a second, non-waiting connection
+WAL index with two fcntl(2) calls, more than half the cost of a read; so the reads of
+READ_SPAN share one read transaction. What another worker wrote is then seen up to
+READ_SPAN later (on top of its WRITE_DELAY); a write of this store's own ends the read
+transaction first, so this worker always reads what it wrote. Ending it every
+READ_SPAN also lets checkpoints catch up and the WAL file start over, as with short
+reads. The reads and writes run on a second, non-waiting connection
 in the event-loop thread (a hop to aiosqlite's thread and back costs more than the
 statement). That connection never waits (busy timeout 0) and never checkpoints
 (``wal_autocheckpoint = 0``), so it cannot block the loop on another process's lock or
@@ -35,11 +37,10 @@ import asyncio
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import aiosqlite
 
-from filterd.eventloop import before_poll
 from filterd.greylist.store import (
     CleanupStats,
     ClientState,
@@ -125,6 +126,7 @@ log = logging.getLogger("filterd.greylist")
 CHECKPOINT_INTERVAL = 5.0  # seconds between WAL checkpoints from aiosqlite's thread
 WRITE_DELAY = 0.1  # seconds a sighting may wait to be written with others
 WRITE_AT = 500  # sightings queued that are written at once (about 1 ms of work for the loop)
+READ_SPAN = 0.01  # seconds of reads that share one read transaction
 
 _CHUNK = 2000
 _CHUNK_END = "SELECT max(key) FROM (SELECT key FROM {table} WHERE key > ?1 ORDER BY key LIMIT ?2)"
@@ -157,8 +159,6 @@ class SqliteGreylistStore(GreylistStore):
         self._writing: dict[str, tuple[int, int]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._writer: asyncio.Task[None] | None = None
-        self._before_poll: Callable[[Callable[[], object]], object] | None = None
-        self._turn_reads = 0  # reads since the loop last polled
         self._reading = False  # a read transaction is open on the fast connection
         #: How often the non-waiting path found the database busy (the work then went
         #: through aiosqlite): a figure for operators and tests.
@@ -185,7 +185,6 @@ class SqliteGreylistStore(GreylistStore):
         fast.execute("PRAGMA wal_autocheckpoint=0")
         self._fast = fast
         self._loop = asyncio.get_running_loop()
-        self._before_poll = before_poll(self._loop)
         self._checkpointer = self._loop.create_task(self._checkpoint_loop())
 
     async def _checkpoint_loop(self) -> None:
@@ -274,24 +273,18 @@ class SqliteGreylistStore(GreylistStore):
         return self._decide(sightings, rows, now, timing)
 
     def _read(self, params: tuple[object, ...]) -> list[tuple] | None:
-        """_READ on the fast connection; the turn's second and later reads share one
-        read transaction (see the module's text). None if the database is busy."""
-        if self._turn_reads:
-            if not self._reading:
-                self._fast.execute("BEGIN")  # type: ignore[union-attr]  # see_now checked
-                self._reading = True
-        else:
-            assert self._before_poll is not None
-            self._before_poll(self._turn_over)
-        self._turn_reads += 1
+        """_READ on the fast connection, inside the read transaction of the last
+        READ_SPAN (see the module's text). None if the database is busy."""
+        if not self._reading:
+            assert self._fast is not None and self._loop is not None  # see_now checked
+            self._fast.execute("BEGIN")  # deferred: the first SELECT takes the snapshot
+            self._reading = True
+            # A write may end it sooner; then this timer ends a later one early: harmless.
+            self._loop.call_later(READ_SPAN, self._end_read)
         return self._run_fast(_READ, params)
 
-    def _turn_over(self) -> None:
-        self._turn_reads = 0
-        self._end_read()
-
     def _end_read(self) -> None:
-        """End the turn's read transaction, if one is open (before any write, and polling)."""
+        """End the read transaction, if one is open (after READ_SPAN, before any write)."""
         if self._reading:
             self._reading = False
             if self._fast is not None and self._fast.in_transaction:

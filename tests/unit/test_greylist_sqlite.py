@@ -124,35 +124,26 @@ async def test_a_busy_database_delays_the_write_not_the_answer(
     assert other_worker_sees(tmp_path / "g.db") == [(sighting(1).key, NOW, NOW + 300)]
 
 
-async def next_turn() -> None:
-    """Let the event loop poll once (the store's turn-end callback runs before that)."""
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-
-
-async def test_reads_in_one_loop_turn_share_one_read_transaction(
+async def test_reads_share_one_read_transaction_for_the_read_span(
         store: SqliteGreylistStore) -> None:
     assert store._fast is not None
     store.see_now([sighting(1)], NOW, TIMING)
-    assert not store._fast.in_transaction  # one read: autocommit, as before
     store.see_now([sighting(2)], NOW, TIMING)
-    store.see_now([sighting(3)], NOW, TIMING)
-    assert store._fast.in_transaction  # the turn's later reads share one
-    await next_turn()
-    assert not store._fast.in_transaction
+    assert store._fast.in_transaction
+    await asyncio.sleep(sqlite_store.READ_SPAN * 3)
+    assert not store._fast.in_transaction  # ended, even with no read after it
 
 
-async def test_another_workers_write_is_read_from_the_next_turn_on(
+async def test_another_workers_write_is_read_after_the_read_span(
         store: SqliteGreylistStore, tmp_path: Path) -> None:
-    store.see_now([sighting(1)], NOW, TIMING)
-    store.see_now([sighting(2)], NOW, TIMING)  # a read transaction is open now
+    store.see_now([sighting(1)], NOW, TIMING)  # a read transaction is open now
     with sqlite3.connect(tmp_path / "g.db") as conn:  # another worker's sighting
         conn.execute("INSERT INTO triplet VALUES (?, ?, ?, 0)", (sighting(3).key, NOW - 400, NOW - 400))
-    await next_turn()
+    await asyncio.sleep(sqlite_store.READ_SPAN * 3)
     assert store.see_now([sighting(3)], NOW, TIMING) == [TripletState(NOW - 400, False)]
 
 
-async def test_a_write_in_the_middle_of_a_turn_is_committed_at_once(
+async def test_a_write_during_a_read_transaction_is_committed_at_once(
         store: SqliteGreylistStore, tmp_path: Path) -> None:
     store.see_now([sighting(1)], NOW, TIMING)
     store.see_now([sighting(2)], NOW, TIMING)  # a read transaction is open now
