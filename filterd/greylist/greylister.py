@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from filterd.actions import split_dsn
 from filterd.config import Config
 from filterd.greylist.batcher import Batcher
 from filterd.greylist.store import (
@@ -71,21 +72,28 @@ class GreylistResult:
 
     ``action``: ``pass``, ``defer``, ``whitelisted`` (by the whitelist files) or ``awl``
     (auto-whitelisted client). ``header``: the X-Greylist header to prepend, only on the
-    first pass of a triplet and once per message instance. ``text``: the deferral text,
-    with postgrey's ``4.2.0`` enhanced status code in front. ``delay_left``: seconds still
-    to wait (defer) or seconds the triplet was delayed (its first pass; 0 later).
-    ``reason``: evidence for the log.
+    first pass of a triplet and once per message instance. ``dsn`` and ``body``: the
+    deferral reply, its enhanced status code (postgrey's ``4.2.0``; None when the
+    configured text has none) and its text. ``delay_left``: seconds still to wait
+    (defer) or seconds the triplet was delayed (its first pass; 0 later). ``reason``:
+    evidence for the log.
     """
 
     action: str
     header: str | None
-    text: str
+    dsn: str | None
+    body: str
     delay_left: int
     reason: str
 
+    @property
+    def text(self) -> str:
+        """The deferral text as postgrey answers it: status code, then text."""
+        return f"{self.dsn} {self.body}" if self.dsn else self.body
 
-_AWL = GreylistResult("awl", None, "", 0, "client auto-whitelisted")
-_PASSED = GreylistResult("pass", None, "", 0, "triplet passed before")
+
+_AWL = GreylistResult("awl", None, None, "", 0, "client auto-whitelisted")
+_PASSED = GreylistResult("pass", None, None, "", 0, "triplet passed before")
 
 
 def header_date(when: float) -> str:
@@ -108,7 +116,8 @@ class Greylister:
         text = cfg.get("greylist_text")
         # postgrey adds 4.2.0 when the client is Postfix >= 2.3 (it sends etrn_domain),
         # as every client of filterd is; 4.2.0 instead of 4.7.1 works around Exchange.
-        self._text = text if _STARTS_WITH_DIGIT.match(text) else f"4.2.0 {text}"
+        # Split once here: the engine needs the status code and the text apart.
+        self._dsn, self._body = split_dsn(text if _STARTS_WITH_DIGIT.match(text) else f"4.2.0 {text}")
         self._add_header = bool(cfg.get("greylist_header"))
         by_subnet = bool(cfg.get("greylist_lookup_by_subnet"))
         v4_bits = int(cfg.get("greylist_ipv4_netmask"))
@@ -206,10 +215,10 @@ class Greylister:
         client = self._client(client_address)
         entry = self.client_whitelist.match(client_name, client.ip)
         if entry is not None:
-            return GreylistResult("whitelisted", None, "", 0, f"client whitelisted by {entry}")
+            return GreylistResult("whitelisted", None, None, "", 0, f"client whitelisted by {entry}")
         entry = self.recipient_whitelist.match(recipient)
         if entry is not None:
-            return GreylistResult("whitelisted", None, "", 0,
+            return GreylistResult("whitelisted", None, None, "", 0,
                                   f"recipient whitelisted by {entry}")
         if self.timing.awl_clients:
             until = self._awl_until.get(client.awl_key)
@@ -255,22 +264,25 @@ class Greylister:
             name = f"{client_name}[{client.awl_key}]" if client_name else client.awl_key
             self._queue_awl(now, client.awl_key, name)
         if left > 0:
-            text = self._text.replace("%s", str(left), 1)
-            text = text.replace("%r", recipient_domain(recipient), 1)
+            body = self._body
+            if "%s" in body:
+                body = body.replace("%s", str(left), 1)
+            if "%r" in body:
+                body = body.replace("%r", recipient_domain(recipient), 1)
             reason = "new triplet" if waited == 0 else f"early retry ({left}s left)"
-            return GreylistResult("defer", None, text, left, reason)
+            return GreylistResult("defer", None, self._dsn, body, left, reason)
         self._remember(self._passed, key, now + self._passed_ttl)
         if state.passed:
             return _PASSED
         if not self._new_instance(instance):
-            return GreylistResult("pass", None, "", waited,
+            return GreylistResult("pass", None, None, "", waited,
                                   f"triplet passed after {waited}s; message already has "
                                   "its X-Greylist header")
         header = None
         if self._add_header:
             header = (f"X-Greylist: delayed {waited} seconds by filterd-{VERSION} at "
                       f"{self._hostname}; {header_date(now)}")
-        return GreylistResult("pass", header, "", waited, f"triplet passed after {waited}s")
+        return GreylistResult("pass", header, None, "", waited, f"triplet passed after {waited}s")
 
     def _new_instance(self, instance: str) -> bool:
         if not instance:

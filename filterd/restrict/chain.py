@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from filterd.actions import Action, parse_action, split_dsn
+from filterd.actions import Action, parse_action
 from filterd.policy.client import PolicyServiceError, ServiceSpec
 from filterd.policy.protocol import from_transaction
 from filterd.restrict.decision import Reply
@@ -45,8 +45,7 @@ async def check_greylist(ev: Evaluation, arg: str | None) -> Outcome | None:
     )
     detail = f"{result.action}: {result.reason}"
     if result.action == "defer":
-        dsn, text = split_dsn(result.text)
-        return Outcome(Action("DEFER_IF_PERMIT", None, dsn or "4.2.0", text), detail)
+        return Outcome(Action("DEFER_IF_PERMIT", None, result.dsn or "4.2.0", result.body), detail)
     if result.header:
         return Outcome(Action("PREPEND", text=result.header), detail)
     return Outcome(Action("DUNNO"), detail)

@@ -227,6 +227,13 @@ class RestrictionEngine:
             return self._decide(ev, PERMIT, None, "OK", evidence)
         if kind == "DUNNO":
             return DUNNO
+        if kind in ("DEFER_IF_PERMIT", "DEFER_IF_REJECT"):  # greylisting's deferral: the most frequent
+            reply = self._access_reply(ev, act, outcome.subject)
+            if kind == "DEFER_IF_PERMIT" and ev.defer_if_permit is None:
+                ev.defer_if_permit = (reply, str(act), evidence)
+            elif kind == "DEFER_IF_REJECT" and ev.defer_if_reject is None:
+                ev.defer_if_reject = (reply, str(act), evidence)
+            return DUNNO
         if act.is_reject or act.is_defer:
             reply = outcome.reply or self._access_reply(ev, act, outcome.subject)
             result = REJECT if reply.code >= 500 else DEFER
@@ -238,13 +245,6 @@ class RestrictionEngine:
                 return self._decide(ev, DEFER, reply, policy, evidence)
             policy = f"{reply}" if outcome.reply is not None else str(act)
             return self._decide(ev, result, reply, policy, evidence)
-        if kind in ("DEFER_IF_PERMIT", "DEFER_IF_REJECT"):
-            reply = self._access_reply(ev, act, outcome.subject)
-            if kind == "DEFER_IF_PERMIT" and ev.defer_if_permit is None:
-                ev.defer_if_permit = (reply, str(act), evidence)
-            elif kind == "DEFER_IF_REJECT" and ev.defer_if_reject is None:
-                ev.defer_if_reject = (reply, str(act), evidence)
-            return DUNNO
         d = ev.decision
         if kind == "PREPEND":
             d.prepend.append(act.text)

@@ -253,17 +253,17 @@ class StandInGreylister:
 
 
 async def test_check_greylist_translation():
-    from types import SimpleNamespace as R
+    from filterd.greylist import GreylistResult as R
 
     cfg = Config.from_text("policy_restrictions = check_greylist\n")
-    g = StandInGreylister(R(action="defer", header=None, text="4.2.0 Greylisted, see http://x/help/example.com.html",
+    g = StandInGreylister(R(action="defer", header=None, dsn="4.2.0", body="Greylisted, see http://x/help/example.com.html",
                             delay_left=300, reason="new triplet"))
     d = await build_engine(cfg, Services(cfg, greylister=g)).evaluate("policy_restrictions", txn())
     assert d.result == DEFER
     assert d.policy_action == "DEFER_IF_PERMIT 4.2.0 Greylisted, see http://x/help/example.com.html"
     assert str(d.reply) == "450 4.2.0 <bob@example.com>: Recipient address rejected: Greylisted, see http://x/help/example.com.html"
     assert "new triplet" in d.reason
-    g = StandInGreylister(R(action="pass", header="X-Greylist: delayed 301 seconds by filterd", text="",
+    g = StandInGreylister(R(action="pass", header="X-Greylist: delayed 301 seconds by filterd", dsn=None, body="",
                             delay_left=301, reason="retry after 301s"))
     d = await build_engine(cfg, Services(cfg, greylister=g)).evaluate("policy_restrictions", txn())
     assert d.result == DUNNO and d.policy_action == "PREPEND X-Greylist: delayed 301 seconds by filterd"
