@@ -2,11 +2,12 @@
 
 Why: a reply written at once wakes its client at once. When the worker is busy, each
 reply then interrupts a client that has gone back to sleep, and on loopback the sender
-pays for the wake-up inside ``send()``. On this machine's 2 cores that was a third of
-a busy worker's time per policy request. Redis answers the same way: replies collect
+pays for the wake-up inside ``send()``. Redis answers the same way: replies collect
 while a turn's requests are read and decided, and go out in one burst just before the
 server waits for more (its ``beforeSleep``). The first write of the burst wakes the
-client, which then finds every other answer ready.
+client, which then finds every other answer ready. Measured here with 8 policy
+connections on one worker: 10-15 % less CPU per request, and the load generator's own
+CPU per request fell by a fifth.
 
 :class:`WorkerLoop` runs callbacks handed to its ``call_before_poll`` inside its
 selector's ``select()``, just before the system call. That costs nothing extra when

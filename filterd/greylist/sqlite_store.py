@@ -287,8 +287,12 @@ class SqliteGreylistStore(GreylistStore):
         """End the read transaction, if one is open (after READ_SPAN, before any write)."""
         if self._reading:
             self._reading = False
-            if self._fast is not None and self._fast.in_transaction:
-                self._fast.execute("COMMIT")
+            fast = self._fast
+            if fast is not None and fast.in_transaction:
+                try:
+                    fast.execute("COMMIT")
+                except sqlite3.Error:  # nothing to keep in a read transaction
+                    fast.execute("ROLLBACK")
 
     async def see(self, sightings: Sequence[Sighting], now: int,
                   timing: Timing) -> list[TripletState | None]:

@@ -79,6 +79,16 @@ async def test_many_requests_on_one_connection_in_order(server):
     await close(writer)
 
 
+async def test_a_client_that_sends_and_half_closes_still_gets_its_answers(server):
+    """The answers are held until the loop polls; reading the end of input comes after."""
+    _, port = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request(client_address="192.0.2.66") + request())
+    writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), 5) == b"action=REJECT go away\n\naction=DUNNO\n\n"
+    await close(writer)
+
+
 async def test_attributes_in_any_order_and_unknown_ones_ignored(server):
     _, port = server
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
