@@ -1,7 +1,8 @@
-"""The workers' event loop: callbacks held until the loop is about to poll.
+"""The workers' event loop, callbacks held until the loop is about to poll, and the
+policy connection's replies held that way (with a recording transport).
 
 Marked ``worker_loop``: each test runs on filterd's WorkerLoop and on asyncio's own
-loop, where ``call_before_poll`` falls back to ``call_soon`` with the same order.
+loop, where :func:`before_poll` falls back to ``call_soon``.
 """
 
 from __future__ import annotations
