@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from filterd.eventloop import WorkerLoop, before_poll
+from filterd.eventloop import HOLD_LIMIT, WorkerLoop, before_poll
 from filterd.policy.server import PolicyConnection
 
 pytestmark = pytest.mark.worker_loop
@@ -35,6 +35,17 @@ async def test_held_callbacks_run_after_the_turn_in_the_order_held():
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     assert order == ["this turn", "held 1", "held 2"]
+
+
+async def test_at_most_hold_limit_callbacks_wait_for_the_poll():
+    ran: list[int] = []
+    for n in range(HOLD_LIMIT + 1):
+        call_before_poll(lambda n=n: ran.append(n))
+    if isinstance(asyncio.get_running_loop(), WorkerLoop):
+        assert ran == list(range(HOLD_LIMIT))  # the limit was reached: run at once
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert ran == list(range(HOLD_LIMIT + 1))
 
 
 async def test_a_failing_held_callback_is_reported_and_the_others_still_run():
