@@ -59,7 +59,7 @@ class Restriction:
 def stage_subject(txn: Transaction) -> tuple[str, str]:
     """The (name, class) Postfix puts in a reply for the stage being checked."""
     st = txn.stage
-    if st is Stage.RCPT:  # by far the most frequent: tested first (an Enum lookup each)
+    if st is Stage.RCPT or st is Stage.VRFY:  # RCPT first: the most frequent (an Enum lookup each)
         return txn.recipient or "", "Recipient address"
     if st is Stage.CONNECT:
         return txn.client_label, "Client host"
@@ -71,9 +71,7 @@ def stage_subject(txn: Transaction) -> tuple[str, str]:
         return "DATA", "Data command"
     if st is Stage.END_OF_MESSAGE:
         return "END-OF-MESSAGE", "End-of-data"
-    if st is Stage.ETRN:
-        return txn.etrn_domain, "Etrn command"
-    return txn.recipient or "", "Recipient address"
+    return txn.etrn_domain, "Etrn command"  # Stage.ETRN, the only one left
 
 
 @dataclass(slots=True)
@@ -188,9 +186,7 @@ class RestrictionEngine:
             raise ConfigError("restriction classes nest deeper than 20 levels (a loop?)")
         for r, arg in items:
             if isinstance(r, str):  # a restriction class
-                ev.depth += 1
-                result = await self._run_list(ev, self.compile(self.classes[r], r))
-                ev.depth -= 1
+                result = await self._run_nested(ev, self.classes[r], r)
                 if result != DUNNO:
                     return result
                 continue
@@ -212,14 +208,19 @@ class RestrictionEngine:
             ev.decision.evidence.append(evidence)
             act = outcome.action
             if act.kind == "RESTRICTION":  # a table result naming restrictions: run them here
-                ev.depth += 1
-                result = await self._run_list(ev, self.compile(split_list(act.text), f"{name} result"))
-                ev.depth -= 1
+                result = await self._run_nested(ev, split_list(act.text), f"{name} result")
             else:
                 result = self._apply(ev, outcome, evidence, warn)
             if result != DUNNO:
                 return result
         return DUNNO
+
+    async def _run_nested(self, ev: Evaluation, words: list[str], where: str) -> str:
+        """Run a list named in place (a restriction class, a table result), one level deeper."""
+        ev.depth += 1
+        result = await self._run_list(ev, self.compile(words, where))
+        ev.depth -= 1
+        return result
 
     def _apply(self, ev: Evaluation, outcome: Outcome, evidence: Evidence, warn: bool) -> str:
         """Apply one restriction's (non-RESTRICTION) action with Postfix's semantics."""

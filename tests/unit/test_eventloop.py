@@ -111,10 +111,16 @@ def _requests(*numbers: int) -> bytes:
     return b"".join(b"request=smtpd_access_policy\nn=%d\n\n" % n for n in numbers)
 
 
-async def test_replies_to_one_read_go_out_in_one_write_in_order():
+def connected() -> tuple[PolicyConnection, FakeTransport]:
+    """A policy connection answering with EchoService, and the transport it writes to."""
     conn = PolicyConnection(EchoService(), set())  # type: ignore[arg-type]
     transport = FakeTransport()
     conn.connection_made(transport)  # type: ignore[arg-type]
+    return conn, transport
+
+
+async def test_replies_to_one_read_go_out_in_one_write_in_order():
+    conn, transport = connected()
     conn.data_received(_requests(1, 2, 3))
     assert transport.writes == []  # held until the loop is about to poll
     await asyncio.sleep(0)
@@ -123,9 +129,7 @@ async def test_replies_to_one_read_go_out_in_one_write_in_order():
 
 
 async def test_closing_writes_the_held_replies_first():
-    conn = PolicyConnection(EchoService(), set())  # type: ignore[arg-type]
-    transport = FakeTransport()
-    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn, transport = connected()
     conn.data_received(_requests(7))
     conn.close()  # e.g. the server stopping
     assert transport.closed
@@ -136,9 +140,7 @@ async def test_closing_writes_the_held_replies_first():
 
 
 async def test_a_framing_error_answers_the_requests_before_it_then_closes():
-    conn = PolicyConnection(EchoService(), set())  # type: ignore[arg-type]
-    transport = FakeTransport()
-    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn, transport = connected()
     conn.data_received(_requests(1) + b"x=" + b"y" * 70000)
     assert transport.writes == [b"action=DUNNO 1\n\n"]
     assert transport.closed
