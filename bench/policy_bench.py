@@ -16,8 +16,15 @@ Scenarios:
           the delay, a pass that lets them through, then the measurement, new instance per
           request as for a new message from a known sender)
 
+State placement matters: postgrey syncs its Berkeley DB on every request, so its CPU per
+request depends on the filesystem under its database (on this machine's ext4 about 1.5
+times what it is on tmpfs), while filterd never syncs per request. ``--state-dir`` is
+repeatable: every scenario is then measured in each directory and ratios are given per
+filesystem, so both comparisons come from the same run.
+
 Usage: python bench/policy_bench.py [--seconds S] [--workers N] [--runs N]
                                    [--only filterd|postgrey|trivial|bare]
+                                   [--state-dir DIR ...]
 See bench/README.md.
 """
 
@@ -521,6 +528,7 @@ class Measurement:
     actions: dict[str, int]
     errors: list[str]
     run: int = 1  # which round of --runs
+    state: str = ""  # filesystem type under the servers' state (ext4, tmpfs...)
 
 
 def _percentile(sorted_values: list[int], fraction: float) -> float:
@@ -552,6 +560,20 @@ def measure(server: Server, scenario: str, spec: LoadSpec, template: str,
         passed_percent=100 * passed / requests,
         actions=dict(result.actions), errors=result.errors,
     )
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem holding ``path``: its longest mount point in /proc/mounts."""
+    resolved = str(path.resolve())
+    best, fstype = "", "unknown"
+    with open("/proc/self/mounts", encoding="utf-8") as mounts:
+        for line in mounts:
+            fields = line.split()
+            mount = fields[1].replace("\\040", " ")
+            inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
+            if inside and len(mount) > len(best):
+                best, fstype = mount, fields[2]
+    return fstype
 
 
 def run_scenario(make_server: Callable[[Path], Server], scenario: str, connections: int,
@@ -586,7 +608,8 @@ def run_scenario(make_server: Callable[[Path], Server], scenario: str, connectio
 
 # -- report ---------------------------------------------------------------------------
 
-COLUMNS = (("run", "run", "{:>3}"), ("server", "server", "{:<9}"), ("scenario", "scen", "{:<7}"),
+COLUMNS = (("run", "run", "{:>3}"), ("state", "state", "{:<6}"),
+           ("server", "server", "{:<9}"), ("scenario", "scen", "{:<7}"),
            ("connections", "conns", "{:>5}"), ("requests", "requests", "{:>9}"),
            ("requests_per_s", "req/s", "{:>9.0f}"), ("p50_ms", "p50 ms", "{:>7.2f}"),
            ("p99_ms", "p99 ms", "{:>7.2f}"),
@@ -600,7 +623,8 @@ def format_table(measurements: list[Measurement]) -> str:
     header = "  ".join(_pad(title, fmt) for _, title, fmt in COLUMNS)
     lines = [header, "-" * len(header)]
     order = {name: i for i, name in enumerate(dict.fromkeys(m.server for m in measurements))}
-    for m in sorted(measurements, key=lambda m: (order[m.server], m.scenario, m.connections, m.run)):
+    for m in sorted(measurements,
+                    key=lambda m: (m.state, order[m.server], m.scenario, m.connections, m.run)):
         lines.append("  ".join(fmt.format(getattr(m, key)) for key, _, fmt in COLUMNS))
         for error in m.errors:
             lines.append(f"    ! {error}")
@@ -615,19 +639,20 @@ def _pad(title: str, fmt: str) -> str:
 
 
 def ratios(measurements: list[Measurement]) -> list[dict[str, object]]:
-    """filterd/postgrey for each scenario and concurrency measured on both.
+    """filterd/postgrey for each state filesystem, scenario and concurrency measured on both.
 
-    Ratios are taken within a round (the two servers measured back to back), then the
-    median over the rounds is reported: this machine's speed drifts over minutes, and a
-    ratio of two measurements taken minutes apart would carry that drift.
+    Ratios are taken within a round (the two servers measured back to back, state on the
+    same filesystem), then the median over the rounds is reported: this machine's speed
+    drifts over minutes, and a ratio of two measurements taken minutes apart would carry
+    that drift.
     """
-    by_key = {(m.run, m.server, m.scenario, m.connections): m for m in measurements}
-    per_cell: dict[tuple[str, int], list[dict[str, float]]] = {}
-    for (run, server, scenario, connections), ours in by_key.items():
-        theirs = by_key.get((run, "postgrey", scenario, connections))
+    by_key = {(m.run, m.state, m.server, m.scenario, m.connections): m for m in measurements}
+    per_cell: dict[tuple[str, str, int], list[dict[str, float]]] = {}
+    for (run, state, server, scenario, connections), ours in by_key.items():
+        theirs = by_key.get((run, state, "postgrey", scenario, connections))
         if server != "filterd" or theirs is None:
             continue
-        per_cell.setdefault((scenario, connections), []).append({
+        per_cell.setdefault((state, scenario, connections), []).append({
             "requests_per_s": _ratio(ours.requests_per_s, theirs.requests_per_s),
             "p50_ms": _ratio(ours.p50_ms, theirs.p50_ms),
             "p99_ms": _ratio(ours.p99_ms, theirs.p99_ms),
@@ -635,9 +660,9 @@ def ratios(measurements: list[Measurement]) -> list[dict[str, object]]:
                                                 theirs.server_cpu_us_per_request),
         })
     out: list[dict[str, object]] = []
-    for (scenario, connections), rounds in per_cell.items():
-        row: dict[str, object] = {"scenario": scenario, "connections": connections,
-                                  "runs": len(rounds)}
+    for (state, scenario, connections), rounds in per_cell.items():
+        row: dict[str, object] = {"state": state, "scenario": scenario,
+                                  "connections": connections, "runs": len(rounds)}
         for field_name in rounds[0]:
             row[field_name] = round(statistics.median(r[field_name] for r in rounds), 3)
         out.append(row)
@@ -651,10 +676,10 @@ def _ratio(a: float, b: float) -> float:
 def format_ratios(rows: list[dict[str, object]]) -> str:
     if not rows:
         return "filterd/postgrey ratios: need both servers measured"
-    lines = ["filterd/postgrey   req/s (>1 better)  p50  p99  srv CPU/req (<1 better)"
+    lines = ["filterd/postgrey          req/s (>1 better)  p50  p99  srv CPU/req (<1 better)"
              + ("  (median of the runs' ratios)" if any(r["runs"] != 1 for r in rows) else "")]
     for row in rows:
-        lines.append(f"{row['scenario']:<7} conns={row['connections']:<3}   "
+        lines.append(f"{row['state']:<6} {row['scenario']:<7} conns={row['connections']:<3}   "
                      f"{row['requests_per_s']:>8}  {row['p50_ms']:>8}  {row['p99_ms']:>8}  "
                      f"{row['server_cpu_us_per_request']:>8}")
     return "\n".join(lines)
@@ -663,9 +688,10 @@ def format_ratios(rows: list[dict[str, object]]) -> str:
 # -- main -----------------------------------------------------------------------------
 
 @contextmanager
-def workspace() -> Iterator[Path]:
-    """Temp directory the server users (postgrey, filterd's workers) can traverse."""
-    root = Path(tempfile.mkdtemp(prefix="policy-bench-"))
+def workspace(state_dir: Path) -> Iterator[Path]:
+    """Temp directory under ``state_dir`` the server users (postgrey, filterd's workers)
+    can traverse."""
+    root = Path(tempfile.mkdtemp(prefix="policy-bench-", dir=state_dir))
     root.chmod(0o755)
     try:
         yield root
@@ -699,6 +725,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="how to start filterd; {config} is replaced by the config path")
     parser.add_argument("--template", type=Path, default=DEFAULT_TEMPLATE,
                         help="captured Postfix policy requests (the RCPT one is the template)")
+    parser.add_argument("--state-dir", type=Path, action="append",
+                        help="directory for the servers' state (postgrey's database, "
+                             "filterd's data_directory); repeatable, one per filesystem, "
+                             "e.g. /tmp and /dev/shm: every scenario is measured in each "
+                             "(default: the temp directory, $TMPDIR or /tmp)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("--serve-trivial", type=int, metavar="PORT",
@@ -706,6 +737,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.requests is not None:
         args.seconds = None
+    args.state_dir = args.state_dir or [Path(tempfile.gettempdir())]
+    for directory in args.state_dir:
+        if not directory.is_dir():
+            parser.error(f"--state-dir {directory}: not a directory")
+    types = [filesystem_type(directory) for directory in args.state_dir]
+    if len(set(types)) != len(types):
+        parser.error(f"--state-dir: give one directory per filesystem type (got {types})")
     return args
 
 
@@ -737,26 +775,29 @@ def main(argv: list[str] | None = None) -> int:
     }
     measurements: list[Measurement] = []
     failures: dict[str, str] = {}
-    with workspace() as root:
+    states = {directory: filesystem_type(directory) for directory in args.state_dir}
+    with contextlib.ExitStack() as stack:
+        roots = {directory: stack.enter_context(workspace(directory)) for directory in states}
         # Servers take turns on each scenario, so the two measurements behind a ratio are
         # taken back to back, not minutes apart.
         for run in range(1, args.runs + 1):
             for scenario in scenarios:
                 for connections in connection_counts:
-                    for name in servers:
-                        if name in failures:
-                            continue
-                        if args.verbose:
-                            print(f"run {run}: {name} {scenario} x{connections}...",
-                                  file=sys.stderr)
-                        try:
-                            m = run_scenario(factories[name], scenario, connections, args,
-                                             template, root)
-                        except (RuntimeError, OSError) as error:
-                            failures[name] = str(error)
-                            continue
-                        m.run = run
-                        measurements.append(m)
+                    for directory, state in states.items():
+                        for name in servers:
+                            if name in failures:
+                                continue
+                            if args.verbose:
+                                print(f"run {run}: {name} {scenario} x{connections} "
+                                      f"state on {state}...", file=sys.stderr)
+                            try:
+                                m = run_scenario(factories[name], scenario, connections,
+                                                 args, template, roots[directory])
+                            except (RuntimeError, OSError) as error:
+                                failures[name] = str(error)
+                                continue
+                            m.run, m.state = run, state
+                            measurements.append(m)
     rows = ratios(measurements)
     if args.json:
         print(json.dumps({"measurements": [asdict(m) for m in measurements],
@@ -767,7 +808,8 @@ def main(argv: list[str] | None = None) -> int:
                                        "client_procs": args.client_procs,
                                        "greylist_delay": GREYLIST_DELAY,
                                        "repeat_triplets": REPEAT_TRIPLETS,
-                                       "state_directory": tempfile.gettempdir(),
+                                       "state_directories": {str(d): t for d, t in
+                                                             states.items()},
                                        "cpus": os.cpu_count()}}, indent=2))
     else:
         print(format_table(measurements))
