@@ -28,7 +28,7 @@ from collections.abc import Callable
 HOLD_LIMIT = 16
 
 
-class _BeforePollSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+class _BeforePollSelector(selectors.DefaultSelector):
     """The platform's default selector, running the loop's held callbacks before polling."""
 
     def __init__(self, loop: WorkerLoop) -> None:

@@ -97,7 +97,7 @@ class EventLog:
             pass
 
 
-class LogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class LogHandler(logging.StreamHandler):
     """The logging handler: writes the event buffer out before each record it writes,
     and closes the stream it was given unless that is standard error."""
 

@@ -18,11 +18,15 @@ import signal
 import socket
 import stat
 import time
+from typing import TYPE_CHECKING
 
 from filterd.config import Config
 from filterd.config.types import Endpoint
 from filterd.eventloop import WorkerLoop
 from filterd.log import flush as flush_log
+
+if TYPE_CHECKING:  # imported where used: a worker without a content filter never loads it
+    from filterd.content.server import ContentFilterServer
 
 log = logging.getLogger("filterd.master")
 
@@ -128,7 +132,7 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
         loop.create_task(run())
 
     loop.add_signal_handler(signal.SIGHUP, reload)
-    servers = []
+    servers: list[PolicyServer | ContentFilterServer] = []
     if "policy" in listeners:
         server = PolicyServer(PolicyService(build_engine(cfg, services)))
         await server.start(listeners["policy"])

@@ -8,6 +8,7 @@ Usage::
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 from importlib import resources
@@ -161,10 +162,10 @@ class Config:
         return split_list(self.expand(name))
 
     # -- checking -------------------------------------------------------------------
-    def restriction_classes(self) -> list[str]:
+    def restriction_classes(self) -> builtins.list[str]:
         return split_list(self.expand("smtpd_restriction_classes"))
 
-    def validate(self) -> list[str]:
+    def validate(self) -> builtins.list[str]:
         """Convert every parameter once; raise ConfigError on the first bad value.
 
         Returns warnings for names that are set but unknown (not declared, not a
@@ -195,7 +196,7 @@ class Config:
         self.warnings = warnings
         return warnings
 
-    def names(self, only_set: bool = False) -> list[str]:
+    def names(self, only_set: bool = False) -> builtins.list[str]:
         if only_set:
             return sorted(self.settings)
         return sorted(set(_params()) | set(self.settings))

@@ -193,10 +193,10 @@ class Forwarder:
         if xforward and client.supports_extension("xforward"):
             offered = client.esmtp_extensions.get("xforward", "")
             for args in encode_commands(xforward, offered):
-                reply = await client.execute_command(b"XFORWARD", args.encode("ascii"))
-                if reply.code != 250:
+                answer = await client.execute_command(b"XFORWARD", args.encode("ascii"))
+                if answer.code != 250:
                     log.warning("%s refused XFORWARD: %d %s (check its smtpd_authorized_xforward_hosts)",
-                                hop, reply.code, reply.message)
+                                hop, answer.code, answer.message)
                     break
         options: list[str] = []
         if client.supports_extension("size"):

@@ -215,7 +215,7 @@ class Message:
         except Exception as exc:  # noqa: BLE001 - hostile input; recorded, never raised
             self.extra_defects.append(f"undecodable payload: {exc}")
             data = b""
-        if isinstance(data, list):  # message/rfc822 without multipart payload
+        if not isinstance(data, bytes):  # message/rfc822 without multipart payload: a list
             data = b""
         charset = node.get_content_charset()
         filename = _safe_filename(node)
@@ -269,8 +269,7 @@ class Message:
             if p.html is not None:
                 found.extend(extract_uris(p.html, html=True))
             found.extend(extract_uris(p.text or ""))
-        seen: set[str] = set()
-        return [u for u in found if not (u in seen or seen.add(u))]
+        return list(dict.fromkeys(found))  # first occurrence of each, in order
 
     @cached_property
     def attachments(self) -> list[tuple[str | None, str]]:

@@ -233,10 +233,11 @@ class ContentPipeline:
         return symbols
 
     def _autolearn(self, msg: Message, symbols: list[Symbol]) -> str:
-        if not (self.bayes.enabled and self.bayes.auto_learn):
+        bayes = self.bayes
+        if bayes is None or not (bayes.enabled and bayes.auto_learn):
             return "disabled"
         try:
-            learned = self.bayes.maybe_autolearn(msg, sum(s.score for s in symbols), symbols)
+            learned = bayes.maybe_autolearn(msg, sum(s.score for s in symbols), symbols)
         except Exception:  # noqa: BLE001 - learning is best effort, never the message's fate
             log.exception("Bayes auto-learning failed")
             return "unavailable"

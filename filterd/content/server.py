@@ -327,7 +327,7 @@ class ContentFilterServer:
         while (self.connections or self.tasks) and loop.time() < deadline:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
-            if conn.transport is not None:
+            if isinstance(conn.transport, asyncio.Transport):
                 conn.transport.abort()
         for task in list(self.tasks):
             task.cancel()
@@ -422,7 +422,7 @@ class ContentFilterServer:
     def _add_received(self, verdict: Verdict, session: Session, mail_id: str) -> None:
         """Our own Received line for the hop Postfix -> filterd, below the X-Spam headers
         as amavisd-new places it (Postfix counts these lines for hop_count_limit)."""
-        peer = session.peer
+        peer: object = session.peer  # aiosmtpd: (host, port) on TCP, though typed str
         address = peer[0] if isinstance(peer, tuple) else "local socket"
         date = email.utils.format_datetime(email.utils.localtime())
         proto = "LMTP" if self.protocol == "lmtp" else "ESMTP"
@@ -518,15 +518,16 @@ def _printable(text: str) -> str:
 def _envelope(session: Session, envelope: FilterEnvelope) -> Envelope:
     """The message's envelope: XFORWARD's client if Postfix sent it, else the peer."""
     xf = envelope.xforward
-    peer = session.peer
+    peer: object = session.peer  # aiosmtpd: (host, port) on TCP, though typed str
     peer_addr = peer[0] if isinstance(peer, tuple) else ""
     sender = envelope.mail_from or ""
+    helo = xf.get("HELO")
     return Envelope(
         sender="" if sender == "<>" else sender,
         recipients=list(envelope.rcpt_tos),
         client_address=xf.get("ADDR") or peer_addr,
         client_name=xf.get("NAME") or "unknown",
-        helo_name=xf.get("HELO") if xf.get("HELO") is not None else (session.host_name or ""),
+        helo_name=helo if helo is not None else (session.host_name or ""),
         protocol=xf.get("PROTO") or "ESMTP",
         queue_id=xf.get("IDENT") or "",
     )

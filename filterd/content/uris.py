@@ -54,7 +54,7 @@ def uri_host(uri: str) -> str | None:
         _, _, host = uri.partition("@")
         return host.split("?")[0].lower() or None
     try:
-        host = urlsplit(uri).hostname
+        hostname = urlsplit(uri).hostname
     except ValueError:
         return None
-    return host.lower() if host else None
+    return hostname.lower() if hostname else None

@@ -28,6 +28,7 @@ import dns.name
 import dns.nameserver
 import dns.rdatatype
 import dns.resolver
+from dns.rdatatype import RdataType
 
 from filterd.dnsbl.cache import TtlCache
 
@@ -35,6 +36,8 @@ if TYPE_CHECKING:  # a run-time import would be a cycle through the parameter re
     from filterd.config import Config
 
 log = logging.getLogger("filterd.dnsbl")
+
+_QueryKey = tuple[str, RdataType]  # (name, record type): what is cached and shared
 
 _LIST_SPLIT = re.compile(r"[\s,]+")
 """filterd.cf list separators (not split_list: importing filterd.config here would make
@@ -125,8 +128,8 @@ class DnsblResolver:
         self.timeout = timeout
         self.cache_max_ttl = cache_max_ttl
         self._resolver = self.make_resolver(nameservers or [])
-        self._cache: TtlCache[tuple[str, int], DnsAnswer] = TtlCache(cache_size)
-        self._inflight: dict[tuple[str, int], asyncio.Task[DnsAnswer]] = {}
+        self._cache: TtlCache[_QueryKey, DnsAnswer] = TtlCache(cache_size)
+        self._inflight: dict[_QueryKey, asyncio.Task[DnsAnswer]] = {}
         self.lookups_sent = 0
         self.cache_hits = 0
 
@@ -164,7 +167,7 @@ class DnsblResolver:
         answer = await self._lookup(qname, dns.rdatatype.TXT)
         return " ".join(answer.records) if answer.records else None
 
-    async def _lookup(self, qname: str, rdtype: int) -> DnsAnswer:
+    async def _lookup(self, qname: str, rdtype: RdataType) -> DnsAnswer:
         key = (qname.lower().rstrip("."), rdtype)
         cached = self._cache.get(key, asyncio.get_running_loop().time())
         if cached is not None:
@@ -178,25 +181,25 @@ class DnsblResolver:
         # shield: one impatient caller being cancelled must not cancel the shared lookup.
         return await asyncio.shield(task)
 
-    def _forget(self, key: tuple[str, int], task: asyncio.Task[DnsAnswer]) -> None:
+    def _forget(self, key: _QueryKey, task: asyncio.Task[DnsAnswer]) -> None:
         if self._inflight.get(key) is task:
             del self._inflight[key]
 
-    async def _fetch(self, key: tuple[str, int]) -> DnsAnswer:
+    async def _fetch(self, key: _QueryKey) -> DnsAnswer:
         qname, rdtype = key
         self.lookups_sent += 1
         answer, ttl = await self._query(qname, rdtype)
         self._cache.put(key, answer, min(ttl, self.cache_max_ttl), asyncio.get_running_loop().time())
         return answer
 
-    def _failed(self, qname: str, rdtype: int, why: str) -> tuple[DnsAnswer, float]:
+    def _failed(self, qname: str, rdtype: RdataType, why: str) -> tuple[DnsAnswer, float]:
         log.warning(
             "DNSBL lookup of %s %s failed: %s; treating it as not listed",
             qname, dns.rdatatype.to_text(rdtype), why,
         )
         return DnsAnswer(qname, (), True), 0.0
 
-    async def _query(self, qname: str, rdtype: int) -> tuple[DnsAnswer, float]:
+    async def _query(self, qname: str, rdtype: RdataType) -> tuple[DnsAnswer, float]:
         """One resolver call, mapped to (answer, seconds it may be cached)."""
         try:
             name = dns.name.from_text(qname)

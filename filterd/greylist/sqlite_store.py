@@ -38,6 +38,7 @@ import logging
 import os
 import sqlite3
 from collections.abc import Sequence
+from typing import Any, cast
 
 import aiosqlite
 
@@ -123,6 +124,13 @@ RETURNING value
 
 log = logging.getLogger("filterd.greylist")
 
+
+async def _fetch_all(db: aiosqlite.Connection, sql: str,
+                     params: Sequence[object]) -> list[tuple[Any, ...]]:
+    """aiosqlite's ``execute_fetchall`` as what it returns here: a list of tuples (it is
+    typed as rows; this store sets no row factory)."""
+    return cast("list[tuple[Any, ...]]", list(await db.execute_fetchall(sql, params)))
+
 CHECKPOINT_INTERVAL = 5.0  # seconds between WAL checkpoints from aiosqlite's thread
 WRITE_DELAY = 0.1  # seconds a sighting may wait to be written with others
 WRITE_AT = 500  # sightings queued that are written at once (about 1 ms of work for the loop)
@@ -205,7 +213,7 @@ class SqliteGreylistStore(GreylistStore):
         self._end_read()
         rows = self._run_fast(sql, params)
         if rows is None:
-            rows = list(await db.execute_fetchall(sql, params))
+            rows = await _fetch_all(db, sql, params)
         return rows
 
     def _run_fast(self, sql: str, params: Sequence[object]) -> list[tuple] | None:
@@ -300,7 +308,7 @@ class SqliteGreylistStore(GreylistStore):
         states = self.see_now(sightings, now, timing)
         if states is not None:
             return states
-        rows = [(await db.execute_fetchall(_READ, _read_params(s, now, timing)))[0]
+        rows = [(await _fetch_all(db, _READ, _read_params(s, now, timing)))[0]
                 for s in sightings]
         return self._decide(sightings, rows, now, timing)
 
@@ -415,11 +423,11 @@ class SqliteGreylistStore(GreylistStore):
         after = ""
         deleted = 0
         while True:
-            rows = await db.execute_fetchall(chunk_end, (after, _CHUNK))
+            rows = await _fetch_all(db, chunk_end, (after, _CHUNK))
             upto = rows[0][0] if rows else None
             if upto is None:
                 return deleted
-            deleted += len(await db.execute_fetchall(delete, (after, upto, *args)))
+            deleted += len(await _fetch_all(db, delete, (after, upto, *args)))
             after = upto
 
 

@@ -8,7 +8,7 @@ without recursion.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from filterd.maps.errors import MapError
 from filterd.maps.source import where
@@ -16,6 +16,9 @@ from filterd.maps.source import where
 
 class _HasSkip(Protocol):
     skip: int
+
+
+_Rule = TypeVar("_Rule", bound=_HasSkip)
 
 
 def keyword(text: str) -> tuple[str, str] | None:
@@ -35,12 +38,12 @@ class IfBlocks:
         self.spec = spec
         self._open: list[tuple[int, int]] = []  # (rule index, line number)
 
-    def open(self, rules: list[_HasSkip], rule: _HasSkip, line: int) -> None:
+    def open(self, rules: list[_Rule], rule: _Rule, line: int) -> None:
         """Append the ``if`` rule; its skip index is set by the matching :meth:`close`."""
         self._open.append((len(rules), line))
         rules.append(rule)
 
-    def close(self, rules: list[_HasSkip], line: int, rest: str) -> None:
+    def close(self, rules: list[_Rule], line: int, rest: str) -> None:
         if rest:
             raise MapError(f"{where(self.spec, line)}: unexpected text after endif: {rest!r}")
         if not self._open:
@@ -48,7 +51,8 @@ class IfBlocks:
         index, _ = self._open.pop()
         rules[index].skip = len(rules)
 
-    def lines(self, rules: list[_HasSkip], lines: list[tuple[int, str]]) -> Iterator[tuple[str, int, bool, str]]:
+    def lines(self, rules: list[_Rule],
+              lines: list[tuple[int, str]]) -> Iterator[tuple[str, int, bool, str]]:
         """The rule lines of a table: (place, line number, is an ``if``, text after ``if``).
 
         ``endif`` lines are consumed here (closing their block), and when the lines run

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from itertools import repeat
+from typing import Any
 
 from filterd.restrict.transaction import Stage, Transaction
 
@@ -168,7 +169,7 @@ def to_transaction(attrs: dict[str, str]) -> tuple[Transaction, list[str]]:
     faults: list[str] = []
     # Attribute names are the field names: copy them in whole, take out what is not a
     # field. Set operations and dict copies run in C; this runs for every request.
-    values = attrs.copy()
+    values: dict[str, Any] = attrs.copy()  # a few become numbers
     extra = {} if attrs.keys() <= _KNOWN else {k: values.pop(k) for k in attrs if k not in _KNOWN}
     values.pop("request", None)
     state = values.pop("protocol_state", None)

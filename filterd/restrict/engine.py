@@ -12,7 +12,7 @@ class) is evaluated in place.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from filterd.actions import Action, dsn_class_fix, parse_action
 from filterd.config import Config, ConfigError, split_list
@@ -21,6 +21,9 @@ from filterd.restrict.decision import (
     DEFER, DUNNO, PERMIT, REJECT, Decision, Evidence, Reply,
 )
 from filterd.restrict.transaction import Stage, Transaction
+
+if TYPE_CHECKING:  # services.py reaches the DNS, greylist and policy-client modules
+    from filterd.restrict.services import Services
 
 
 @dataclass(slots=True)
@@ -91,14 +94,14 @@ class Evaluation:
         return self.engine.cfg
 
     @property
-    def services(self) -> "object":
+    def services(self) -> Services:
         return self.engine.services
 
 
 class RestrictionEngine:
     """Evaluates restriction lists. Build once per process; ``evaluate`` per request."""
 
-    def __init__(self, cfg: Config, services: object, restrictions: dict[str, Restriction]):
+    def __init__(self, cfg: Config, services: Services, restrictions: dict[str, Restriction]):
         self.cfg = cfg
         self.services = services
         self.restrictions = restrictions

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from filterd.config import Config
 from filterd.config.types import is_network
@@ -16,6 +17,11 @@ from filterd.maps import open_table
 from filterd.maps.access import lookup_domain, lookup_ip
 from filterd.policy.client import PolicyClient, ServiceSpec
 from filterd.restrict.localnets import style_networks
+
+if TYPE_CHECKING:  # imported where first used: a process that never looks one up never loads it
+    from filterd.dnsbl.check import DnsblChecker
+    from filterd.greylist.greylister import Greylister
+    from filterd.restrict.dnsrestrict import DomainLookup
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -90,7 +96,7 @@ class Destinations:
 class Services:
     """Everything the restriction engine reaches outside the transaction."""
 
-    def __init__(self, cfg: Config, greylister: object | None = None):
+    def __init__(self, cfg: Config, greylister: Greylister | None = None):
         self.cfg = cfg
         nets = cfg.get("mynetworks") or style_networks(cfg.get("mynetworks_style"))
         self.mynetworks = NetworkMatcher(nets)
@@ -99,20 +105,20 @@ class Services:
         self._policy_clients: dict[str, PolicyClient] = {}
 
     @cached_property
-    def dnsbl(self):
+    def dnsbl(self) -> DnsblChecker:
         from filterd.dnsbl.check import DnsblChecker
         from filterd.dnsbl.resolver import DnsblResolver
 
         return DnsblChecker(DnsblResolver.from_config(self.cfg))
 
     @cached_property
-    def domains(self):
+    def domains(self) -> DomainLookup:
         from filterd.restrict.dnsrestrict import DomainLookup
 
         return DomainLookup(self.cfg)
 
     @property
-    def greylister(self):
+    def greylister(self) -> Greylister:
         if self._greylister is None:
             raise RuntimeError("check_greylist used but no greylist store was opened")
         return self._greylister

@@ -414,7 +414,7 @@ _EXPR = re.compile(r"^\s*(<=|>=|==|!=|<|>)\s*([+-]?\d+)\s*$")
 
 def _compare(value: float, expr: str) -> bool:
     m = _EXPR.match(expr)
-    return bool(m) and _COMPARE[m.group(1)](value, float(m.group(2)))
+    return m is not None and _COMPARE[m.group(1)](value, float(m.group(2)))
 
 
 def _range_value_ok(args: tuple[str, ...]) -> bool:

@@ -51,7 +51,7 @@ class PatternRule:
 
     name: str
     perl: PerlRegex
-    compiled: regex.Pattern[bytes]
+    compiled: regex.Pattern[bytes] | re.Pattern[bytes]
     multiple: bool = False
     maxhits: int = 0  # 0 = unlimited (only meaningful with ``multiple``)
 
@@ -151,8 +151,8 @@ class PatternSet:
         dbs = list(zip(self._dbs, self._scratches()))
         for text in texts:
             if not text:
-                for i, m in self._empty.items():
-                    _add(found, i, m, rules[i])
+                for i, empty in self._empty.items():
+                    _add(found, i, empty, rules[i])
                 continue
             candidates: list[int] = []
             for db, scratch in dbs:
@@ -221,13 +221,14 @@ def _hs_suitable(pattern: str) -> bool:
     return True
 
 
-def _hs_database(entries: list[tuple[int, bytes, int]], cache: "HsCache | None" = None) -> object | None:
+def _hs_database(entries: list[tuple[int, bytes, int]],
+                 cache: HsCache | None = None) -> hyperscan.Database | None:
     assert hyperscan is not None
     key = cache.key(entries) if cache is not None else ""
     if cache is not None:
         cached = cache.get(key)
         if cached is not None:
-            return cached or None  # b"" records a compile failure
+            return None if isinstance(cached, bytes) else cached  # b"": a compile failure
     db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
     try:
         db.compile(expressions=[e for _, e, _ in entries], ids=[i for i, _, _ in entries],
@@ -259,7 +260,7 @@ class HsCache:
         self.directory = directory
 
     def key(self, entries: list[tuple[int, bytes, int]]) -> str:
-        h = hashlib.sha256(hyperscan.__version__.encode() if hyperscan else b"")
+        h = hashlib.sha256(getattr(hyperscan, "__version__", "").encode())
         for i, expr, flags in entries:
             h.update(b"%d\0%d\0%d\0" % (i, flags, len(expr)))
             h.update(expr)
@@ -268,7 +269,7 @@ class HsCache:
     def _path(self, key: str) -> str:
         return os.path.join(self.directory, key[:2], key)
 
-    def get(self, key: str) -> object | bytes | None:
+    def get(self, key: str) -> hyperscan.Database | bytes | None:
         """The database, ``b""`` for a remembered failure, or None when not cached."""
         try:
             with open(self._path(key), "rb") as fh:
@@ -287,7 +288,7 @@ class HsCache:
         except hyperscan.error:
             return None
 
-    def put(self, key: str, db: object | None) -> None:
+    def put(self, key: str, db: hyperscan.Database | None) -> None:
         payload = hyperscan.dumpb(db) if db is not None else b""
         data = self.MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
         path = self._path(key)
