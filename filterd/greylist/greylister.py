@@ -32,7 +32,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from filterd.actions import split_dsn
 from filterd.config import Config
@@ -66,8 +66,7 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
            "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
-@dataclass(frozen=True, slots=True)
-class GreylistResult:
+class GreylistResult(NamedTuple):
     """One decision.
 
     ``action``: ``pass``, ``defer``, ``whitelisted`` (by the whitelist files) or ``awl``

@@ -18,7 +18,7 @@ import ipaddress
 import logging
 import re
 import socket
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from filterd.netaddr import canonical_ipv4
 
@@ -59,8 +59,7 @@ def recipient_domain(recipient: str) -> str:
     return recipient.rpartition("@")[2]
 
 
-@dataclass(frozen=True, slots=True)
-class Client:
+class Client(NamedTuple):
     """A client address as greylisting uses it.
 
     ``net`` is the triplet's client part, ``awl_key`` the auto-whitelist key (the full

@@ -10,14 +10,14 @@ Every outcome records its evidence: stage, restriction, table/key or DNSBL zone/
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from filterd.reply import Reply
 
 __all__ = ["Decision", "Evidence", "Reply", "PERMIT", "REJECT", "DEFER", "DUNNO"]
 
 
-@dataclass(frozen=True, slots=True)
-class Evidence:
+class Evidence(NamedTuple):
     """Why something happened: which restriction, and what it looked at."""
 
     stage: str
