@@ -37,6 +37,7 @@ import asyncio
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -181,9 +182,7 @@ class SqliteGreylistStore(GreylistStore):
         db = await aiosqlite.connect(self.path, isolation_level=None,
                                      timeout=self._busy_timeout, cached_statements=512)
         try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=NORMAL")
-            await db.executescript(_SCHEMA)
+            await self._prepare(db)
         except BaseException:
             await db.close()
             raise
@@ -194,6 +193,26 @@ class SqliteGreylistStore(GreylistStore):
         self._fast = fast
         self._loop = asyncio.get_running_loop()
         self._checkpointer = self._loop.create_task(self._checkpoint_loop())
+
+    async def _prepare(self, db: aiosqlite.Connection) -> None:
+        """WAL mode and the schema, retried while another process holds the lock.
+
+        Workers start together, so a new database is converted by whichever gets there
+        first. One that tries at the same moment is told "database is locked" at once:
+        SQLite does not wait for a lock where waiting could deadlock, whatever the busy
+        timeout. So it tries again, until the busy timeout has passed.
+        """
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                await db.execute("PRAGMA journal_mode=WAL")
+                await db.execute("PRAGMA synchronous=NORMAL")
+                await db.executescript(_SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(0.05)
 
     async def _checkpoint_loop(self) -> None:
         while True:

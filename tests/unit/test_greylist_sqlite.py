@@ -7,6 +7,7 @@ import logging
 import random
 import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,42 @@ async def test_an_auto_whitelisted_client_leaves_the_triplet_alone(
     assert store.see_now([sighting(1)], NOW, no_awl) == [TripletState(NOW, False)]
     await store.sync()
     assert other_worker_sees(tmp_path / "g.db") == [(sighting(1).key, NOW, NOW)]
+
+
+async def test_a_new_database_being_converted_by_another_worker_is_waited_for(
+        tmp_path: Path) -> None:
+    """Workers start together: one converts the new file to WAL, the others are told
+    "database is locked" at once (SQLite does not wait where it could deadlock)."""
+    path = tmp_path / "g.db"
+    other = sqlite3.connect(path, isolation_level=None)  # a new file, rollback journal
+    other.execute("CREATE TABLE first_worker (x)")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO first_worker VALUES (1)")
+    asyncio.get_running_loop().call_later(0.3, other.execute, "COMMIT")
+    store = SqliteGreylistStore(str(path), busy_timeout=5.0)
+    try:
+        await store.start()
+        with closing(sqlite3.connect(path)) as fresh:
+            assert fresh.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert store.see_now([sighting(1)], NOW, TIMING) == [TripletState(NOW, False)]
+    finally:
+        await store.close()
+        other.close()
+
+
+async def test_a_database_locked_past_the_busy_timeout_fails_the_start(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("CREATE TABLE first_worker (x)")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO first_worker VALUES (1)")
+    store = SqliteGreylistStore(str(path), busy_timeout=0.3)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await store.start()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
 
 
 async def test_a_busy_database_delays_the_write_not_the_answer(
