@@ -132,6 +132,9 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
         loop.create_task(run())
 
     loop.add_signal_handler(signal.SIGHUP, reload)
+    # A SIGHUP sent while this worker started waited, blocked (so that it neither
+    # killed the worker nor was lost): delivered now, it reloads what was just read.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     servers: list[PolicyServer | ContentFilterServer] = []
     if "policy" in listeners:
         server = PolicyServer(PolicyService(build_engine(cfg, services)))
@@ -166,6 +169,10 @@ def _run_worker(cfg: Config, listeners: dict[str, socket.socket], master_pipe: i
 
 def serve(cfg: Config) -> int:
     """Run the configured services until SIGTERM; returns the exit status."""
+    # A reload asked for while starting (loading the content rules takes seconds) waits
+    # until there is something to reload, instead of killing the daemon: SIGHUP stays
+    # blocked until the master (_supervise) or the single worker (worker_main) handles it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     check_config(cfg)
     for warning in getattr(cfg, "warnings", []):
         log.warning("%s", warning)
@@ -214,15 +221,28 @@ def _supervise(cfg: Config, slots: list[dict[str, socket.socket]], preloaded: ob
     stopping = False
     children: dict[int, tuple[int, float]] = {}  # pid -> (slot, started)
     alive_r, alive_w = os.pipe()  # workers watch alive_r: EOF means the master died
+    forwarded = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
     def spawn(slot: int) -> None:
-        pid = os.fork()
-        if pid == 0:
-            os.close(alive_w)
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)
-            os._exit(_run_worker(cfg, slots[slot], alive_r, preloaded))
-        children[pid] = (slot, time.monotonic())
+        """Fork a worker, unless stopping. The forwarded signals are blocked across the
+        fork: a SIGTERM handled between the fork and ``children`` learning the new pid
+        would not reach the new worker, and one reaching the child before it resets its
+        handlers would run the master's handler there and be lost."""
+        if stopping:
+            return
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, forwarded)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                os.close(alive_w)
+                for sig in forwarded:
+                    signal.signal(sig, signal.SIG_DFL)
+                # SIGHUP stays blocked until the worker's loop handles it (worker_main).
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask | {signal.SIGHUP})
+                os._exit(_run_worker(cfg, slots[slot], alive_r, preloaded))
+            children[pid] = (slot, time.monotonic())
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     def on_signal(signum: int, frame: object) -> None:
         nonlocal stopping
@@ -243,6 +263,7 @@ def _supervise(cfg: Config, slots: list[dict[str, socket.socket]], preloaded: ob
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hup)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     for slot in range(len(slots)):
         spawn(slot)
     status = 0

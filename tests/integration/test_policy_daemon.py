@@ -56,6 +56,36 @@ def test_state_survives_restart_and_sigterm_exits_cleanly(tmp_path):
             d.stop()
 
 
+def _workers(master: int, count: int) -> list[int]:
+    """The master's worker pids, once it has forked ``count`` of them."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with open(f"/proc/{master}/task/{master}/children") as f:
+            pids = [int(p) for p in f.read().split()]
+        if len(pids) >= count:
+            return pids
+        time.sleep(0.02)
+    pytest.fail(f"the master forked {len(pids)} of {count} workers")
+
+
+def test_sigterm_while_a_dead_worker_waits_to_be_replaced_stops_the_daemon(tmp_path):
+    """A worker that dies within a second of starting is replaced after a pause. A
+    SIGTERM in that pause must stop the daemon, not be followed by a new worker that
+    nobody stops."""
+    d = Daemon(tmp_path, workers=2).start()
+    try:
+        first, _ = _workers(d.proc.pid, 2)
+        os.kill(first, signal.SIGKILL)
+        time.sleep(0.3)  # the master now pauses before replacing it
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(timeout=15) == 0
+        assert "starting a new one" in d.log.read_text()
+    finally:
+        if d.proc.poll() is None:
+            d.proc.kill()  # its workers see the master's pipe close and stop
+            d.proc.wait()
+
+
 def test_workers_stop_when_the_master_is_killed(tmp_path):
     """SIGKILL leaves no orphan workers serving on the socket."""
     d = Daemon(tmp_path, workers=2).start()
@@ -124,6 +154,24 @@ def test_sighup_reloads_greylist_whitelists(tmp_path):
             assert ask(c, client_name="mx.friend.example", sender="other@x.example") == "action=DUNNO"
     finally:
         d.stop()
+
+
+def test_sighup_while_the_workers_start_reloads_them_and_kills_none(tmp_path):
+    """A reload asked for while the daemon starts waits until each worker can reload:
+    it neither kills a worker (SIGHUP's default action) nor is lost."""
+    wl = tmp_path / "whitelist_clients"
+    wl.write_text("friend.example\n")
+    d = Daemon(tmp_path, f"greylist_whitelist_clients = {wl}\n").start()  # the port is bound:
+    try:                                                                  # workers are starting
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while d.log.read_text().count("reloaded greylist whitelists") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log = d.log.read_text()
+        assert log.count("reloaded greylist whitelists") == 2
+        assert "exited with status" not in log
+    finally:
+        assert d.stop() == 0
 
 
 def test_connections_are_spread_over_workers(tmp_path):
