@@ -34,6 +34,8 @@ from typing import Any
 
 import aiosqlite
 
+from filterd import sqlite_wal
+
 KINDS = ("virus", "banned", "spam", "badh")
 """amavisd-new's quarantine kinds (badh: bad header)."""
 
@@ -43,6 +45,7 @@ _ID_RE = re.compile(rf"(?:{'|'.join(KINDS)})-[A-Za-z0-9]{{{_ID_LENGTH}}}")
 _TMP_SUFFIX = ".tmp"
 _FILE_MODE = 0o640
 _DIR_MODE = 0o750
+BUSY_TIMEOUT = 5.0  # seconds a worker waits for another's lock on the index (sqlite3's default)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -169,11 +172,9 @@ class Quarantine:
         self.database.parent.mkdir(parents=True, exist_ok=True)
         # Autocommit: each statement is its own transaction, so concurrent store() calls
         # sharing this connection never commit or roll back each other's rows.
-        db = await aiosqlite.connect(self.database, isolation_level=None)
-        try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=FULL")
-            await db.executescript(_SCHEMA)
+        db = await aiosqlite.connect(self.database, isolation_level=None, timeout=BUSY_TIMEOUT)
+        try:  # every worker opens it at start: the first converts a new file to WAL
+            await sqlite_wal.prepare(db, _SCHEMA, "FULL", BUSY_TIMEOUT)
         except BaseException:
             await db.close()
             raise

@@ -37,12 +37,12 @@ import asyncio
 import logging
 import os
 import sqlite3
-import time
 from collections.abc import Sequence
 from typing import Any, cast
 
 import aiosqlite
 
+from filterd import sqlite_wal
 from filterd.greylist.store import (
     CleanupStats,
     ClientState,
@@ -52,6 +52,7 @@ from filterd.greylist.store import (
     TripletState,
     advance,
 )
+from filterd.sqlite_wal import is_busy
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS triplet (
@@ -182,7 +183,7 @@ class SqliteGreylistStore(GreylistStore):
         db = await aiosqlite.connect(self.path, isolation_level=None,
                                      timeout=self._busy_timeout, cached_statements=512)
         try:
-            await self._prepare(db)
+            await sqlite_wal.prepare(db, _SCHEMA, "NORMAL", self._busy_timeout)
         except BaseException:
             await db.close()
             raise
@@ -193,26 +194,6 @@ class SqliteGreylistStore(GreylistStore):
         self._fast = fast
         self._loop = asyncio.get_running_loop()
         self._checkpointer = self._loop.create_task(self._checkpoint_loop())
-
-    async def _prepare(self, db: aiosqlite.Connection) -> None:
-        """WAL mode and the schema, retried while another process holds the lock.
-
-        Workers start together, so a new database is converted by whichever gets there
-        first. One that tries at the same moment is told "database is locked" at once:
-        SQLite does not wait for a lock where waiting could deadlock, whatever the busy
-        timeout. So it tries again, until the busy timeout has passed.
-        """
-        deadline = time.monotonic() + self._busy_timeout
-        while True:
-            try:
-                await db.execute("PRAGMA journal_mode=WAL")
-                await db.execute("PRAGMA synchronous=NORMAL")
-                await db.executescript(_SCHEMA)
-                return
-            except sqlite3.OperationalError as exc:
-                if not _busy(exc) or time.monotonic() >= deadline:
-                    raise
-            await asyncio.sleep(0.05)
 
     async def _checkpoint_loop(self) -> None:
         while True:
@@ -242,7 +223,7 @@ class SqliteGreylistStore(GreylistStore):
         try:
             rows = fast.execute(sql, params).fetchall()
         except sqlite3.OperationalError as exc:
-            if not _busy(exc):
+            if not is_busy(exc):
                 raise
             self.busy_fallbacks += 1
             return None
@@ -372,7 +353,7 @@ class SqliteGreylistStore(GreylistStore):
         try:
             fast.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            if not _busy(exc):
+            if not is_busy(exc):
                 self._lost(len(batch), exc)
                 return
             self.busy_fallbacks += 1
@@ -453,8 +434,3 @@ class SqliteGreylistStore(GreylistStore):
 def _read_params(s: Sighting, now: int, timing: Timing) -> tuple[object, ...]:
     return (s.key, s.client, now, timing.max_age, timing.awl_clients)
 
-
-def _busy(exc: sqlite3.OperationalError) -> bool:
-    """Another connection holds the lock (as opposed to a real failure)."""
-    text = str(exc)
-    return "locked" in text or "busy" in text

@@ -15,6 +15,7 @@ import pytest
 from filterd.greylist import sqlite_store
 from filterd.greylist.sqlite_store import SqliteGreylistStore
 from filterd.greylist.store import ClientState, Sighting, Timing, TripletState, advance
+from tests.fixtures.sqlite import converting
 
 NOW = 1_700_000_000
 TIMING = Timing(delay=300, retry_window=2 * 86400, max_age=35 * 86400, awl_clients=5)
@@ -111,10 +112,7 @@ async def test_a_new_database_being_converted_by_another_worker_is_waited_for(
     """Workers start together: one converts the new file to WAL, the others are told
     "database is locked" at once (SQLite does not wait where it could deadlock)."""
     path = tmp_path / "g.db"
-    other = sqlite3.connect(path, isolation_level=None)  # a new file, rollback journal
-    other.execute("CREATE TABLE first_worker (x)")
-    other.execute("BEGIN IMMEDIATE")
-    other.execute("INSERT INTO first_worker VALUES (1)")
+    other = converting(path)
     asyncio.get_running_loop().call_later(0.3, other.execute, "COMMIT")
     store = SqliteGreylistStore(str(path), busy_timeout=5.0)
     try:
@@ -129,10 +127,7 @@ async def test_a_new_database_being_converted_by_another_worker_is_waited_for(
 
 async def test_a_database_locked_past_the_busy_timeout_fails_the_start(tmp_path: Path) -> None:
     path = tmp_path / "g.db"
-    other = sqlite3.connect(path, isolation_level=None)
-    other.execute("CREATE TABLE first_worker (x)")
-    other.execute("BEGIN IMMEDIATE")
-    other.execute("INSERT INTO first_worker VALUES (1)")
+    other = converting(path)
     store = SqliteGreylistStore(str(path), busy_timeout=0.3)
     try:
         with pytest.raises(sqlite3.OperationalError, match="locked"):

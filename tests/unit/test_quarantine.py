@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import os
@@ -14,6 +15,7 @@ import pytest
 from filterd.config import Config
 from filterd.content import quarantine as qmod
 from filterd.content.quarantine import Quarantine, QuarantineError
+from tests.fixtures.sqlite import converting
 
 MESSAGE = b"From: a@example.org\r\nTo: b@example.com\r\nSubject: cheap\r\n\r\nbuy now\r\n"
 
@@ -59,6 +61,22 @@ def test_default_directory_is_under_data_directory(tmp_path: Path) -> None:
 def test_quarantine_directory_can_be_set(tmp_path: Path) -> None:
     q = Quarantine(config(tmp_path, f"quarantine_directory = {tmp_path}/q\n"))
     assert q.directory == tmp_path / "q"
+
+
+async def test_open_waits_for_another_worker_creating_the_index(tmp_path: Path) -> None:
+    """Workers open the quarantine together; the one that does not convert the new index
+    to WAL waits for the one that does instead of failing."""
+    (tmp_path / "data").mkdir()
+    other = converting(tmp_path / "data" / "quarantine.db")
+    asyncio.get_running_loop().call_later(0.3, other.execute, "COMMIT")
+    q = Quarantine(config(tmp_path))
+    try:
+        await q.open()
+        await store_spam(q)
+        assert index_rows(tmp_path) == 1
+    finally:
+        await q.close()
+        other.close()
 
 
 async def test_use_before_open_is_a_clear_error(tmp_path: Path) -> None:
