@@ -179,11 +179,8 @@ async def test_reinjection_down_keeps_mail_deferred_until_it_returns(
 
     reply = await postfix.send_async("sender@example.org", ["rcpt@example.com"], clean_message())
     assert reply.ok, reply
-    await wait_for(lambda: reply.queue_id in postfix.queue_ids("deferred"), "message deferred", postfix=postfix)
-    # Postfix's log goes through postlogd: the line may land just after the queue move.
-    await wait_for(lambda: any(reply.queue_id in line and "451 4.4.1 Error in processing, forwarding to"
-                               in line for line in postfix.log_lines()), "the 451 in Postfix's log",
-                   postfix=postfix)
+    await wait_for(lambda: postfix.was_deferred(reply.queue_id, "451 4.4.1 Error in processing, forwarding to"),
+                   "the message deferred with filterd's 451", postfix=postfix)
     assert postfix.sink.messages() == []
 
     await relay.start()
@@ -206,10 +203,9 @@ async def test_clamd_down_defers_until_it_returns(postfix_factory: PostfixFactor
     try:
         reply = await postfix.send_async("sender@example.org", ["rcpt@example.com"], clean_message())
         assert reply.ok, reply
-        await wait_for(lambda: reply.queue_id in postfix.queue_ids("deferred"), "message deferred", postfix=postfix)
-        await wait_for(lambda: any(reply.queue_id in line and "451 4.5.0 Error in processing" in line
-                                   and "virus_scan FAILED" in line for line in postfix.log_lines()),
-                       "the 451 in Postfix's log", postfix=postfix)
+        await wait_for(lambda: postfix.was_deferred(reply.queue_id, "451 4.5.0 Error in processing",
+                                                    "virus_scan FAILED"),
+                       "the message deferred with filterd's 451", postfix=postfix)
     finally:
         await asyncio.to_thread(clamd_server.start)
     await asyncio.to_thread(postfix.flush)

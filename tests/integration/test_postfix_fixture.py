@@ -64,13 +64,13 @@ def test_refused_recipient_is_reported_as_first_failure(postfix_factory: Postfix
     assert message.rcpt_to == ("bob@remote.example",)
 
 
-def test_mail_waits_in_deferred_queue_until_relay_returns(postfix_factory: PostfixFactory) -> None:
+def test_deferred_mail_waits_queued_until_the_relay_returns(postfix_factory: PostfixFactory) -> None:
     postfix = postfix_factory()
     postfix.sink.stop()
 
     reply = postfix.send("alice@sender.example", ["bob@remote.example"], MESSAGE)
     assert reply.code == 250, reply
-    _wait_until(lambda: reply.queue_id in postfix.queue_ids("deferred"),
+    _wait_until(lambda: postfix.was_deferred(reply.queue_id, "Connection refused"),
                 lambda: postfix.postqueue_listing())
     assert "Connection refused" in postfix.postqueue_listing()
     assert postfix.sink.messages() == []
