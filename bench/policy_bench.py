@@ -737,13 +737,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.requests is not None:
         args.seconds = None
-    args.state_dir = args.state_dir or [Path(tempfile.gettempdir())]
-    for directory in args.state_dir:
+    directories = args.state_dir or [Path(tempfile.gettempdir())]
+    for directory in directories:
         if not directory.is_dir():
             parser.error(f"--state-dir {directory}: not a directory")
-    types = [filesystem_type(directory) for directory in args.state_dir]
+    types = [filesystem_type(directory) for directory in directories]
     if len(set(types)) != len(types):
         parser.error(f"--state-dir: give one directory per filesystem type (got {types})")
+    args.states = dict(zip(directories, types))  # directory -> filesystem type
     return args
 
 
@@ -775,7 +776,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     measurements: list[Measurement] = []
     failures: dict[str, str] = {}
-    states = {directory: filesystem_type(directory) for directory in args.state_dir}
+    states: dict[Path, str] = args.states
     with contextlib.ExitStack() as stack:
         roots = {directory: stack.enter_context(workspace(directory)) for directory in states}
         # Servers take turns on each scenario, so the two measurements behind a ratio are

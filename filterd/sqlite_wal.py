@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from pathlib import Path
 
 import aiosqlite
 
@@ -19,6 +20,21 @@ def is_busy(exc: sqlite3.OperationalError) -> bool:
     """Another connection holds the lock (as opposed to a real failure)."""
     text = str(exc)
     return "locked" in text or "busy" in text
+
+
+async def connect(path: str | Path, schema: str, *, synchronous: str,
+                  timeout: float, cached_statements: int = 128) -> aiosqlite.Connection:
+    """An autocommit aiosqlite connection (each statement its own transaction) to the
+    shared database at ``path``, in WAL mode with ``schema`` in place. ``timeout`` is both
+    the busy timeout of the connection and how long :func:`prepare` keeps trying."""
+    db = await aiosqlite.connect(path, isolation_level=None, timeout=timeout,
+                                 cached_statements=cached_statements)
+    try:
+        await prepare(db, schema, synchronous, timeout)
+    except BaseException:
+        await db.close()
+        raise
+    return db
 
 
 async def prepare(db: aiosqlite.Connection, schema: str, synchronous: str, timeout: float) -> None:

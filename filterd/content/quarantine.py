@@ -172,13 +172,9 @@ class Quarantine:
         self.database.parent.mkdir(parents=True, exist_ok=True)
         # Autocommit: each statement is its own transaction, so concurrent store() calls
         # sharing this connection never commit or roll back each other's rows.
-        db = await aiosqlite.connect(self.database, isolation_level=None, timeout=BUSY_TIMEOUT)
-        try:  # every worker opens it at start: the first converts a new file to WAL
-            await sqlite_wal.prepare(db, _SCHEMA, "FULL", BUSY_TIMEOUT)
-        except BaseException:
-            await db.close()
-            raise
-        self._db = db
+        # Every worker opens it at start: the first converts a new file to WAL.
+        self._db = await sqlite_wal.connect(self.database, _SCHEMA, synchronous="FULL",
+                                            timeout=BUSY_TIMEOUT)
 
     async def close(self) -> None:
         if self._db is not None:

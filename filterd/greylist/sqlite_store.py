@@ -52,7 +52,6 @@ from filterd.greylist.store import (
     TripletState,
     advance,
 )
-from filterd.sqlite_wal import is_busy
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS triplet (
@@ -126,13 +125,6 @@ RETURNING value
 
 log = logging.getLogger("filterd.greylist")
 
-
-async def _fetch_all(db: aiosqlite.Connection, sql: str,
-                     params: Sequence[object]) -> list[tuple[Any, ...]]:
-    """aiosqlite's ``execute_fetchall`` as what it returns here: a list of tuples (it is
-    typed as rows; this store sets no row factory)."""
-    return cast("list[tuple[Any, ...]]", list(await db.execute_fetchall(sql, params)))
-
 CHECKPOINT_INTERVAL = 5.0  # seconds between WAL checkpoints from aiosqlite's thread
 WRITE_DELAY = 0.1  # seconds a sighting may wait to be written with others
 WRITE_AT = 500  # sightings queued that are written at once (about 1 ms of work for the loop)
@@ -178,16 +170,10 @@ class SqliteGreylistStore(GreylistStore):
         directory = os.path.dirname(self.path)
         if directory:
             os.makedirs(directory, exist_ok=True)
-        # isolation_level=None: autocommit, so each statement is its own transaction and
-        # costs one thread hop (no separate COMMIT call).
-        db = await aiosqlite.connect(self.path, isolation_level=None,
-                                     timeout=self._busy_timeout, cached_statements=512)
-        try:
-            await sqlite_wal.prepare(db, _SCHEMA, "NORMAL", self._busy_timeout)
-        except BaseException:
-            await db.close()
-            raise
-        self._db = db
+        # Autocommit: each statement is its own transaction and costs one thread hop (no
+        # separate COMMIT call).
+        self._db = await sqlite_wal.connect(self.path, _SCHEMA, synchronous="NORMAL",
+                                            timeout=self._busy_timeout, cached_statements=512)
         fast = sqlite3.connect(self.path, isolation_level=None, timeout=0, cached_statements=512)
         fast.execute("PRAGMA synchronous=NORMAL")
         fast.execute("PRAGMA wal_autocheckpoint=0")
@@ -223,7 +209,7 @@ class SqliteGreylistStore(GreylistStore):
         try:
             rows = fast.execute(sql, params).fetchall()
         except sqlite3.OperationalError as exc:
-            if not is_busy(exc):
+            if not sqlite_wal.is_busy(exc):
                 raise
             self.busy_fallbacks += 1
             return None
@@ -353,7 +339,7 @@ class SqliteGreylistStore(GreylistStore):
         try:
             fast.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            if not is_busy(exc):
+            if not sqlite_wal.is_busy(exc):
                 self._lost(len(batch), exc)
                 return
             self.busy_fallbacks += 1
@@ -434,3 +420,9 @@ class SqliteGreylistStore(GreylistStore):
 def _read_params(s: Sighting, now: int, timing: Timing) -> tuple[object, ...]:
     return (s.key, s.client, now, timing.max_age, timing.awl_clients)
 
+
+async def _fetch_all(db: aiosqlite.Connection, sql: str,
+                     params: Sequence[object]) -> list[tuple[Any, ...]]:
+    """aiosqlite's ``execute_fetchall`` as what it returns here: a list of tuples (it is
+    typed as rows; this store sets no row factory)."""
+    return cast("list[tuple[Any, ...]]", list(await db.execute_fetchall(sql, params)))
