@@ -11,18 +11,29 @@ from __future__ import annotations
 import builtins
 import os
 import re
+from dataclasses import replace
 from importlib import resources
 from typing import Any, Iterable
 
-from filterd.config.parser import ConfigError, Setting, parse_file, parse_text
+from filterd.config.parser import ConfigError, ConfigErrors, Setting, parse_file, parse_text
 from filterd.config.types import Param, split_list
 
-__all__ = ["Config", "ConfigError", "Param", "split_list", "default_config_path", "expand_macros"]
+__all__ = ["Config", "ConfigError", "ConfigErrors", "Param", "split_list", "default_config_path",
+           "expand_macros"]
 
 SYSTEM_CONFIG = "/etc/filterd/filterd.cf"
 EMBEDDED = "<embedded default>"
 
 _MACRO = re.compile(r"\$(?:\$|\{([A-Za-z0-9_]+)(?:([?:])([^}]*))?\}|\(([A-Za-z0-9_]+)\)|([A-Za-z0-9_]+))")
+
+
+class ExpansionLoop(ConfigError):
+    """``$name`` references that come back to where they started (``a = $b``, ``b = $a``)."""
+
+    def __init__(self, chain: tuple[str, ...], file: str | None, line: int | None):
+        #: The names in the loop itself, which every entry into it shares.
+        self.cycle = frozenset(chain[chain.index(chain[-1]):])
+        super().__init__(f"parameter expansion loop: {' -> '.join(chain)}", file, line)
 
 
 def _params() -> dict[str, Param]:
@@ -50,9 +61,16 @@ def embedded_text() -> str:
 class Config:
     """A loaded configuration: what the file set, over the declared defaults."""
 
-    def __init__(self, settings: dict[str, Setting], source: str):
+    def __init__(self, settings: dict[str, Setting], source: str,
+                 syntax_errors: Iterable[ConfigError] = (), origins: Iterable[str] = ()):
+        """``syntax_errors`` were found while parsing, to be reported by validate() with
+        the rest; ``origins`` are the files settings came from, in the order they were
+        read (default: ``source``), which orders the report."""
         self.settings = settings
         self.source = source
+        self.syntax_errors = list(syntax_errors)
+        self.origins = list(origins) or [source]
+        self.warnings: builtins.list[str] = []
         self._cache: dict[str, Any] = {}
         self._expanded: dict[str, str] = {}
 
@@ -62,24 +80,33 @@ class Config:
         """Load ``path``, or follow the search order when it is None.
 
         ``overrides`` are ``name=value`` strings applied last (like ``postconf -o``).
+        Raises ConfigErrors naming every bad line and value, in file order.
         """
         if path is None:
             path = default_config_path()
+        errors: builtins.list[ConfigError] = []
         if path is None:
-            settings = parse_text(embedded_text(), EMBEDDED)
+            settings = parse_text(embedded_text(), EMBEDDED, errors)
             source = EMBEDDED
         else:
-            settings = parse_file(path)
+            settings = parse_file(path, errors)
             source = path
+        origins = [source]
         for i, item in enumerate(overrides, 1):
-            settings.update(parse_text(item, f"-o option {i}"))
-        cfg = cls(settings, source)
+            origins.append(f"-o option {i}")
+            # An option has no lines: its problems are reported as "-o option 2: ...".
+            option_errors: builtins.list[ConfigError] = []
+            parsed = parse_text(item, origins[-1], option_errors)
+            settings.update({name: replace(s, line=0) for name, s in parsed.items()})
+            errors += [ConfigError(e.message, e.file) for e in option_errors]
+        cfg = cls(settings, source, errors, origins)
         cfg.validate()
         return cfg
 
     @classmethod
     def from_text(cls, text: str, file: str = "<string>") -> "Config":
-        cfg = cls(parse_text(text, file), file)
+        errors: builtins.list[ConfigError] = []
+        cfg = cls(parse_text(text, file, errors), file, errors)
         cfg.validate()
         return cfg
 
@@ -115,9 +142,8 @@ class Config:
                 return "$"
             ref = m.group(1) or m.group(4) or m.group(5)
             if ref in chain:
-                loop = " -> ".join(chain + (ref,))
                 where = self._where(chain[0]) if chain else (None, None)
-                raise ConfigError(f"parameter expansion loop: {loop}", *where)
+                raise ExpansionLoop(chain + (ref,), *where)
             try:
                 inner = self._expand_value(self.raw(ref), chain + (ref,))
             except KeyError:
@@ -166,35 +192,58 @@ class Config:
         return split_list(self.expand("smtpd_restriction_classes"))
 
     def validate(self) -> builtins.list[str]:
-        """Convert every parameter once; raise ConfigError on the first bad value.
+        """Convert every parameter once and check every line; report all problems at once.
 
-        Returns warnings for names that are set but unknown (not declared, not a
-        restriction class, and not referenced by ``$name`` from another value), each
-        naming the file and line, as ``postconf`` warns about unused parameters.
+        Syntax errors, bad values and ``$name`` loops are errors: ConfigErrors lists
+        them all, with the warnings, in file order (as postconf goes through main.cf),
+        so one run shows everything to mend. Names that are set but unknown (not
+        declared, not a restriction class, not referenced by ``$name`` from another
+        value) are warnings naming file and line, as postconf warns about unused
+        parameters; they are returned (and kept in ``warnings``) when there is no error.
         """
-        for name in _params():
-            self.get(name)
-        for name in self.settings:
-            self.expand(name)  # user-defined names too: a $name loop is an error anywhere
-        classes = set(self.restriction_classes())
+        errors = list(self.syntax_errors)
+        for name in dict.fromkeys([*_params(), *self.settings]):  # a loop is an error anywhere
+            try:
+                if name in _params():
+                    self.get(name)
+                else:
+                    self.expand(name)
+            except ConfigError as exc:
+                errors.append(exc)
+        try:
+            classes = set(self.restriction_classes())
+        except ConfigError:  # reported above, as smtpd_restriction_classes
+            classes = set()
         referenced: set[str] = set()
         for s in self.settings.values():
             for m in _MACRO.finditer(s.value):
                 ref = m.group(1) or m.group(4) or m.group(5)
                 if ref:
                     referenced.add(ref)
-        warnings = []
-        for name, s in self.settings.items():
-            if name in _params():
-                continue
-            if name in classes:
-                self.expand(name)
-                continue
-            if name in referenced:
-                continue
-            warnings.append(f"{s.file}, line {s.line}: unknown parameter {name!r} (ignored)")
-        self.warnings = warnings
-        return warnings
+        unknown = [ConfigError(f"unknown parameter {name!r} (ignored)", s.file, s.line)
+                   for name, s in self.settings.items()
+                   if name not in _params() and name not in classes and name not in referenced]
+        self.warnings = [str(w) for w in sorted(unknown, key=self._order)]
+        if errors:
+            problems = [("error", e) for e in errors] + [("warning", w) for w in unknown]
+            problems.sort(key=lambda p: self._order(p[1]))
+            loops: set[frozenset[str]] = set()
+            for level, problem in list(problems):  # a loop once, where it is met first
+                if isinstance(problem, ExpansionLoop):
+                    if problem.cycle in loops:
+                        problems.remove((level, problem))
+                    loops.add(problem.cycle)
+            raise ConfigErrors(problems)
+        return self.warnings
+
+    def _order(self, problem: ConfigError) -> tuple[int, int]:
+        """Where a problem sits in the order the configuration was read: the file, then
+        each -o option; problems in defaults (``default of NAME``) come last."""
+        try:
+            rank = self.origins.index(problem.file or "")
+        except ValueError:
+            rank = len(self.origins)
+        return (rank, problem.line or 0)
 
     def names(self, only_set: bool = False) -> builtins.list[str]:
         if only_set:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from filterd.cli import main
-from filterd.config import Config, ConfigError, expand_macros
+from filterd.config import Config, ConfigError, ConfigErrors, expand_macros
 from filterd.config.parser import parse_text
 from filterd.config.types import as_endpoint, as_size, as_time, split_list
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_continuation_comments_and_last_setting_wins():
@@ -136,4 +142,85 @@ def test_config_command_reports_bad_file(tmp_path, capsys):
     f.write_text("worker_processes = many\n")
     assert main(["config", "--config", str(f)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("filterd: fatal: ") and "line 1" in err and "worker_processes" in err
+    assert err == (f"filterd: error: {f}, line 1: bad value for worker_processes: expected an integer, "
+                   "got 'many'\nfilterd: fatal: 1 error in the configuration\n")
+
+
+SEVERAL_ERRORS = (
+    "# every kind of problem, each line once\n"   # 1
+    "greylist_delay = soon\n"                    # 2 bad value
+    "mispelled_param = 1\n"                      # 3 unknown: a warning
+    "novalue\n"                                  # 4 syntax
+    "worker_processes = many\n"                  # 5 bad value (with its continuation)
+    "  more\n"                                   # 6
+    "myhostname = $mydomain\n"                   # 7 loop, reported once
+    "mydomain = $myhostname\n"                   # 8
+    "bad name = 3\n"                             # 9 syntax
+    "log_level = loud\n"                         # 10 bad value
+)
+SEVERAL_ERRORS_REPORT = [
+    ("error", "several.cf, line 2: bad value for greylist_delay: expected a time value"),
+    ("warning", "several.cf, line 3: unknown parameter 'mispelled_param' (ignored)"),
+    ("error", "several.cf, line 4: missing '=' after parameter name 'novalue'"),
+    ("error", "several.cf, line 5: bad value for worker_processes: expected an integer, got 'many more'"),
+    ("error", "several.cf, line 7: parameter expansion loop: myhostname -> mydomain -> myhostname"),
+    ("error", "several.cf, line 9: bad parameter name 'bad name'"),
+    ("error", "several.cf, line 10: bad value for log_level: expected one of debug, info, warning, error"),
+]
+
+
+def test_parse_collects_every_syntax_error_when_asked():
+    errors: list[ConfigError] = []
+    s = parse_text("  lead = 1\na = 1\nnovalue\nb = 2\n= 3\n", "f.cf", errors)
+    assert [str(e).split(":")[0] for e in errors] == ["f.cf, line 1", "f.cf, line 3", "f.cf, line 5"]
+    assert sorted(s) == ["a", "b"]
+
+
+def test_every_problem_is_reported_in_file_order(tmp_path):
+    f = tmp_path / "several.cf"
+    f.write_text(SEVERAL_ERRORS)
+    with pytest.raises(ConfigErrors) as err:
+        Config.load(str(f), ["greylist_max_age = never", "nonsense"])
+    got = [(level, str(exc).replace(f"{tmp_path}/", "")) for level, exc in err.value.problems]
+    expected = SEVERAL_ERRORS_REPORT + [
+        ("error", "-o option 1: bad value for greylist_max_age: expected a time value"),
+        ("error", "-o option 2: missing '=' after parameter name 'nonsense'"),
+    ]
+    assert len(got) == len(expected)
+    for (level, text), (want_level, want) in zip(got, expected):
+        assert level == want_level and text.startswith(want), (text, want)
+    assert len(err.value.errors) == 8
+
+
+def test_a_single_error_reads_as_before():
+    with pytest.raises(ConfigError) as err:
+        Config.from_text("greylist_delay = soon\n", "one.cf")
+    assert str(err.value).startswith("one.cf, line 1: bad value for greylist_delay")
+    assert (err.value.file, err.value.line) == ("one.cf", 1)
+
+
+def _assert_report(stderr: str, directory) -> None:
+    lines = [line.replace(f"{directory}/", "") for line in stderr.splitlines()]
+    assert len(lines) == len(SEVERAL_ERRORS_REPORT) + 1, stderr
+    for line, (level, text) in zip(lines, SEVERAL_ERRORS_REPORT):
+        assert line.startswith(f"filterd: {level}: {text}"), (line, text)
+    assert lines[-1] == "filterd: fatal: 6 errors in the configuration"
+
+
+def test_config_command_reports_every_error(tmp_path, capsys):
+    f = tmp_path / "several.cf"
+    f.write_text(SEVERAL_ERRORS)
+    assert main(["config", "--config", str(f), "-n"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    _assert_report(err, tmp_path)
+
+
+def test_serve_reports_every_error_and_starts_nothing(tmp_path):
+    f = tmp_path / "several.cf"
+    f.write_text(SEVERAL_ERRORS + f"data_directory = {tmp_path}/data\n")
+    proc = subprocess.run([sys.executable, "-m", "filterd", "serve", "--config", str(f)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    _assert_report(proc.stderr, tmp_path)
+    assert not (tmp_path / "data").exists()
