@@ -1,8 +1,10 @@
 """The ``filterd`` command: serve, config (postconf), map query (postmap -q), and tools.
 
-Every subcommand takes ``--config FILE`` (and ``-o name=value`` overrides); without it
-the configuration is $FILTERD_CONFIG, then /etc/filterd/filterd.cf, then the embedded
-default, so all subcommands always agree on what the daemon would run with.
+``--config FILE`` and ``-o name=value`` are offered before the subcommand and at every
+level after it (``filterd quarantine --config F list`` and ``filterd quarantine list
+--config F`` are the same); without ``--config`` the configuration is $FILTERD_CONFIG,
+then /etc/filterd/filterd.cf, then the embedded default, so all subcommands always agree
+on what the daemon would run with.
 """
 
 from __future__ import annotations
@@ -11,13 +13,31 @@ import argparse
 import sys
 from typing import Callable
 
-from filterd.config import Config, ConfigError, defaults
+import filterd
+from filterd.config import Config, ConfigError, ConfigErrors, defaults
 
 Command = Callable[[argparse.Namespace], int]
 
+#: How many levels of (sub)commands offer --config and -o: ``filterd``, ``filterd
+#: quarantine``, ``filterd quarantine list``. Each level stores them under its own name
+#: (config_0, override_1, ...): argparse copies a subcommand's defaults over what an outer
+#: level parsed, so one shared name would lose ``filterd quarantine --config F list``'s F.
+LEVELS = 3
+
+
+def config_args(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """The --config and -o given at any level: the innermost --config wins; -o options
+    apply outermost first, so for one name given at two levels the innermost wins too."""
+    path: str | None = None
+    overrides: list[str] = []
+    for level in range(LEVELS):
+        path = getattr(args, f"config_{level}", None) or path
+        overrides += getattr(args, f"override_{level}", None) or []
+    return path, overrides
+
 
 def _load(args: argparse.Namespace) -> Config:
-    return Config.load(args.config, args.override or ())
+    return Config.load(*config_args(args))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -60,8 +80,11 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_map(args: argparse.Namespace) -> int:
+    """postmap -q. The table does not depend on the configuration, but, as postmap reads
+    main.cf, the configuration is read and a broken one is reported, not ignored."""
     from filterd.maps.query import query_command
 
+    _load(args)
     return query_command(args.table, args.keys)
 
 
@@ -98,46 +121,52 @@ COMMANDS: dict[str, Command] = {"rules": cmd_rules, "serve": cmd_serve, "config"
                                 "learn": cmd_learn}
 
 
+def _common(parser: argparse.ArgumentParser, level: int) -> argparse.ArgumentParser:
+    """Offer --config and -o on ``parser``, a (sub)command ``level`` deep."""
+    parser.add_argument("--config", "-c", dest=f"config_{level}", metavar="FILE",
+                        help="configuration file (default: $FILTERD_CONFIG, /etc/filterd/filterd.cf, "
+                             "embedded); given at several levels, the last one counts")
+    parser.add_argument("-o", dest=f"override_{level}", action="append", metavar="NAME=VALUE",
+                        help="override a parameter (may be repeated; the last one for a name counts)")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", "-c", metavar="FILE",
-                        help="configuration file (default: $FILTERD_CONFIG, /etc/filterd/filterd.cf, embedded)")
-    common.add_argument("-o", dest="override", action="append", metavar="NAME=VALUE",
-                        help="override a parameter (may be repeated)")
-    parser = argparse.ArgumentParser(prog="filterd", description="Anti-spam and anti-virus filter for Postfix")
+    parser = _common(argparse.ArgumentParser(
+        prog="filterd", description="Anti-spam and anti-virus filter for Postfix"), 0)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {filterd.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", parents=[common], help="run the configured services")
-    p = sub.add_parser("config", parents=[common], help="show parameters, like postconf")
+    _common(sub.add_parser("serve", help="run the configured services"), 1)
+    p = _common(sub.add_parser("config", help="show parameters, like postconf"), 1)
     p.add_argument("-n", action="store_true", help="only parameters set in the configuration file")
     p.add_argument("-d", action="store_true", help="default values")
     p.add_argument("-x", action="store_true", help="expand $name references")
     p.add_argument("names", nargs="*")
-    p = sub.add_parser("map", parents=[common], help="lookup table tools, like postmap")
+    p = _common(sub.add_parser("map", help="lookup table tools, like postmap"), 1)
     msub = p.add_subparsers(dest="map_command", required=True)
-    q = msub.add_parser("query", parents=[common], help="look up keys (postmap -q)")
+    q = _common(msub.add_parser("query", help="look up keys (postmap -q)"), 2)
     q.add_argument("table", metavar="type:name")
     q.add_argument("keys", nargs="+", metavar="KEY")
-    p = sub.add_parser("check", parents=[common],
-                       help="run the content checks on message files and show the verdicts")
+    p = _common(sub.add_parser("check", help="run the content checks on message files and show the verdicts"), 1)
     p.add_argument("--json", action="store_true", help="one JSON object per message")
     p.add_argument("files", nargs="+", metavar="FILE", help="RFC 822 message files ('-' = stdin)")
-    p = sub.add_parser("quarantine", parents=[common], help="list, show, release or delete quarantined mail")
+    p = _common(sub.add_parser("quarantine", help="list, show, release or delete quarantined mail"), 1)
     qsub = p.add_subparsers(dest="quarantine_command", required=True)
-    q = qsub.add_parser("list", parents=[common], help="newest quarantined messages")
+    q = _common(qsub.add_parser("list", help="newest quarantined messages"), 2)
     q.add_argument("--kind", choices=["virus", "banned", "spam", "badh"])
     q.add_argument("--limit", type=int, default=100)
-    q = qsub.add_parser("show", parents=[common], help="print a quarantined message")
+    q = _common(qsub.add_parser("show", help="print a quarantined message"), 2)
     q.add_argument("id", metavar="ID")
-    q = qsub.add_parser("release", parents=[common], help="reinject to the original recipients")
+    q = _common(qsub.add_parser("release", help="reinject to the original recipients"), 2)
     q.add_argument("ids", nargs="+", metavar="ID")
-    q = qsub.add_parser("delete", parents=[common], help="remove from the quarantine")
+    q = _common(qsub.add_parser("delete", help="remove from the quarantine"), 2)
     q.add_argument("ids", nargs="+", metavar="ID")
-    p = sub.add_parser("rules", parents=[common], help="score rules (SpamAssassin language) tools")
+    p = _common(sub.add_parser("rules", help="score rules (SpamAssassin language) tools"), 1)
     p.add_argument("--check", action="store_true", required=True,
                    help="load the rules and report what loaded and what is unsupported")
     p.add_argument("paths", nargs="*", metavar="PATH",
                    help="rule files or directories (default: rules_directory and rules_extra_directories)")
-    p = sub.add_parser("learn", parents=[common], help="train the Bayes model, like sa-learn")
+    p = _common(sub.add_parser("learn", help="train the Bayes model, like sa-learn"), 1)
     p.add_argument("--spam", nargs="+", default=[], metavar="PATH",
                    help="spam: files, directories, mbox files or Maildirs")
     p.add_argument("--ham", nargs="+", default=[], metavar="PATH",
@@ -145,10 +174,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def report_config_errors(exc: ConfigErrors) -> None:
+    """Every problem on its own line in file order, as postconf reports main.cf, then
+    one fatal line: the run stops only after everything to mend has been shown."""
+    for level, problem in exc.problems:
+        print(f"filterd: {level}: {problem}", file=sys.stderr)
+    count = len(exc.errors)
+    print(f"filterd: fatal: {count} error{'s' if count > 1 else ''} in the configuration",
+          file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except ConfigErrors as exc:
+        report_config_errors(exc)
+        return 1
     except ConfigError as exc:
         print(f"filterd: fatal: {exc}", file=sys.stderr)
         return 1
