@@ -24,7 +24,9 @@ DEBIAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def _debian_env(home: Path) -> dict[str, str]:
-    return {"HOME": str(home), "PATH": DEBIAN_PATH, "LANG": "C.UTF-8"}
+    """Debian's PATH and nothing else from this environment but HOME (pip's download
+    cache is there), or ``home`` where there is none."""
+    return {"HOME": os.environ.get("HOME") or str(home), "PATH": DEBIAN_PATH, "LANG": "C.UTF-8"}
 
 
 def _ask(proc: subprocess.Popen[bytes], port: int, deadline: float) -> str:
