@@ -9,6 +9,7 @@ Usage::
 from __future__ import annotations
 
 import builtins
+import difflib
 import os
 import re
 from dataclasses import replace
@@ -220,7 +221,7 @@ class Config:
                 ref = m.group(1) or m.group(4) or m.group(5)
                 if ref:
                     referenced.add(ref)
-        unknown = [ConfigError(f"unknown parameter {name!r} (ignored)", s.file, s.line)
+        unknown = [ConfigError(f"unknown parameter {name!r} (ignored{_did_you_mean(name)})", s.file, s.line)
                    for name, s in self.settings.items()
                    if name not in _params() and name not in classes and name not in referenced]
         self.warnings = [str(w) for w in sorted(unknown, key=self._order)]
@@ -249,6 +250,12 @@ class Config:
         if only_set:
             return sorted(self.settings)
         return sorted(set(_params()) | set(self.settings))
+
+
+def _did_you_mean(name: str) -> str:
+    """``; did you mean greylist_delay?`` for a name one slip away from a known one."""
+    close = difflib.get_close_matches(name, _params(), n=1, cutoff=0.85)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def expand_macros(template: str, values: dict[str, str]) -> str:

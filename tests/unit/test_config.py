@@ -79,6 +79,11 @@ def test_unknown_parameters_are_warned_with_location_but_classes_and_refs_are_no
     assert cfg.warnings == ["w.cf, line 5: unknown parameter 'mispelled_param' (ignored)"]
 
 
+def test_an_unknown_name_close_to_a_known_one_is_named():
+    cfg = Config.from_text("greylist_dely = 60s\n", "w.cf")
+    assert cfg.warnings == ["w.cf, line 1: unknown parameter 'greylist_dely' (ignored; did you mean greylist_delay?)"]
+
+
 def test_converters():
     assert split_list("a, b  c,{ x = y, z },d") == ["a", "b", "c", "{ x = y, z }", "d"]
     assert as_time("s")("5m") == 300 and as_time("d")("2") == 172800 and as_time("s")("1w") == 604800
