@@ -184,18 +184,22 @@ def report_config_errors(exc: ConfigErrors) -> None:
           file=sys.stderr)
 
 
+#: Exit status on a configuration error: 1, except where 1 already means something else:
+#: ``map query`` exits 1 for "not found" (postmap -q), 2 for a table it cannot use.
+CONFIG_ERROR_STATUS: dict[str, int] = {"map": 2}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except ConfigErrors as exc:
         report_config_errors(exc)
-        return 1
     except ConfigError as exc:
         print(f"filterd: fatal: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    return CONFIG_ERROR_STATUS.get(args.command, 1)
 
 
 if __name__ == "__main__":
