@@ -331,7 +331,7 @@ class FilterHandler:
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: SmtpEnvelope,
                           address: str, options: list[str]) -> str:
         _command(server, "RCPT")
-        problem = address_problem(address, envelope.smtp_utf8)
+        problem = "syntax" if address == "<>" else address_problem(address, envelope.smtp_utf8)
         if problem == "utf8":
             return "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
         if problem is not None:
