@@ -115,6 +115,20 @@ DIALOGUES: tuple[Dialogue, ...] = (
              b"MAIL FROM:<a@example.org>\r\nDATA\r\nRSET\r\n",
              ("503", "503", "250", "503", "503", "250")),
     )),
+    Dialogue("NUL, 8-bit and undecodable bytes inside DATA; an empty message; no body", (
+        Step(EHLO, ("250",)),
+        Step(ENVELOPE + data(b"Subject: \xff\xfe\x00\x1b\r\nFrom: \xc3(\x00\r\n\r\n\x00\x00body\x80\r\n")
+             + ENVELOPE + b"DATA\r\n.\r\n" + ENVELOPE + data(b"Subject: only headers\r\n"),
+             ("250", "250", "354", "250", "250", "250", "354", "250", "250", "250", "354", "250")),
+    )),
+    Dialogue("many recipients, duplicates, and a recipient over the limit", (
+        Step(EHLO, ("250",)),
+        Step(b"MAIL FROM:<a@example.org> SIZE=999999999999999999999 BODY=8BITMIME\r\n", ("552",)),
+        Step(b"MAIL FROM:<a@example.org> BODY=BINARYMIME\r\n", ("501",)),
+        Step(b"MAIL FROM:<a@example.org> SIZE=100 BODY=8BITMIME\r\n", ("250",)),
+        Step(b"RCPT TO:<b@example.com>\r\n" * 1000 + b"RCPT TO:<c@example.com>\r\n" + data(CLEAN),
+             ("250",) * 1000 + ("452", "354", "250")),
+    )),
     Dialogue("a stall inside DATA is timed out", (
         Step(EHLO, ("250",)),
         Step(ENVELOPE + b"DATA\r\n" + CLEAN + b"x" * 100_000, ("250", "250", "354")),
