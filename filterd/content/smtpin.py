@@ -131,6 +131,17 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None) -> Dat
     Nothing after the end line is consumed: Postfix may pipeline its next command.
     """
     out = _Collector(size_limit)
+    try:
+        return await _read_into(reader, out)
+    except BaseException:
+        # The client went away or was cut off: drop what it sent now. The exception's
+        # traceback keeps this frame alive in a reference cycle with the connection,
+        # which only a full garbage collection would free, megabytes per client.
+        out.pieces = []
+        raise
+
+
+async def _read_into(reader: asyncio.StreamReader, out: _Collector) -> DataResult:
     state = _START
     while True:
         if state == _START:

@@ -172,3 +172,29 @@ async def test_lines_over_the_reader_limit_are_taken_whole(line: bytes) -> None:
         assert rest == b"QUIT\r\n"
     result, rest = await _run(read_data, stream + b"QUIT\r\n", [], 4000, 4096)
     assert result.state is DataState.TOO_MUCH and rest == b"QUIT\r\n"
+
+
+async def test_a_client_cut_off_inside_data_releases_its_message_at_once() -> None:
+    """The frame of a cancelled read stays referenced (the task's exception traceback, in
+    a cycle with the connection) until a full garbage collection: what the client sent
+    must not stay with it, or every stalled client cut off keeps megabytes."""
+    import gc
+    import tracemalloc
+
+    reader = asyncio.StreamReader(limit=1 << 16)
+    gc.disable()
+    tracemalloc.start()
+    try:
+        task = asyncio.ensure_future(read_data(reader, None))
+        for _ in range(64):
+            reader.feed_data(b"x" * 65534 + b"\r\n")
+            await asyncio.sleep(0)
+        held = tracemalloc.get_traced_memory()[0]
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    assert held > 4_000_000 and after < 1_000_000, (held, after)
