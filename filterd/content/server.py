@@ -342,6 +342,13 @@ class FilterHandler:
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 Ok"
 
+    async def handle_exception(self, error: Exception) -> str:
+        """A bug while handling a command: logged with its traceback, answered 451 (aiosmtpd
+        answers 500 with the exception's text, which would make Postfix bounce the
+        message for a reason that is no verdict)."""
+        log.error("error while handling an SMTP command", exc_info=error)
+        return "451 4.3.0 Error: internal error"
+
     async def handle_DATA(self, server: SMTP, session: Session,
                           envelope: SmtpEnvelope) -> str | list[str]:
         assert isinstance(envelope, FilterEnvelope)

@@ -597,3 +597,21 @@ async def test_helo_is_neutered_before_it_reaches_the_received_header(sink: Any,
     [got] = handler.messages
     assert b"Received: from evil?X-Injected:?1 ([127.0.0.1])" in got.original_content
     assert b"\rX-Injected" not in got.original_content
+
+
+async def test_a_bug_in_a_command_is_a_temporary_error(sink: Any, start_filter: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never a 5xx for a reason that is not a verdict: aiosmtpd's own answer to an
+    exception is 500 with the exception's text."""
+    import filterd.content.server as server_module
+
+    def broken(arg: str | None, current: Any) -> Any:
+        raise RuntimeError("boom\r\n250 fake")
+
+    monkeypatch.setattr(server_module, "parse_xforward", broken)
+    _, port = await start_filter(sink[1])
+    client, _ = await Client.connect(port)
+    await client.cmd("EHLO pf.example")
+    assert await client.cmd("XFORWARD ADDR=192.0.2.1") == "451 4.3.0 Error: internal error"
+    assert (await client.cmd("NOOP")).startswith("250")
+    client.close()
