@@ -535,7 +535,8 @@ class ContentFilterServer:
             msg.envelope.sender, targets, data,
             xforward=_xforward_out(msg.envelope, xf), smtputf8=envelope.smtp_utf8, hop=hop,
             partial=lmtp and targets == recipients,
-            before_data=None if lmtp else notify)
+            # a DSN only names the sender's own recipients: never a redirect or bcc target
+            before_data=notify if not lmtp and targets == recipients else None)
 
     async def _notify_refused(self, msg: Message, verdict: Verdict, mail_id: str,
                               refused: dict[str, Reply], smtputf8: bool) -> bool:
@@ -668,7 +669,9 @@ def _bounded(text: str, limit: int = FIELD_MAX) -> str:
 
 
 def _printable(text: str) -> str:
-    return "".join(ch if ch >= " " and ch != "\x7f" else "?" for ch in text)
+    """Text for a header of our own: every non-printable character (controls, line and
+    paragraph separators, format characters) becomes ``?``."""
+    return text if text.isprintable() else "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
 def _envelope(session: Session, envelope: FilterEnvelope) -> Envelope:
