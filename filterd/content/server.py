@@ -17,9 +17,16 @@ In LMTP mode each recipient gets its own reply after DATA (aiosmtpd sends the li
 ``handle_DATA`` returns, separated by CRLF, one per recipient).
 
 The SMTP dialogue is aiosmtpd's; filterd adds Postfix's XFORWARD command (so the
-original client is known and passed on), replies in Postfix's words for oversized mail,
-a connection limit (``421 4.3.2``), an idle timeout that never cuts a message being
-processed, and a clean stop: stop accepting, let messages in flight finish, close.
+original client is known and passed on), replies in Postfix's words for oversized mail
+and unusable addresses, a connection limit (``421 4.3.2``), ``filter_timeout`` on every
+wait for the client (inside DATA too; never on a message being processed), and a clean
+stop: stop accepting, let messages in flight finish, close.
+
+Hostile input: every reply line leaves through ``push``, which makes it one line of
+printable ASCII (:func:`filterd.reply.safe_reply`), whatever text a message, a client or
+the next hop put into it; log lines are escaped by the log writers themselves. Nothing
+a client sends is refused with a 5xx unless it is a verdict or Postfix would refuse it
+too: DATA lines of any length are taken, and a failure of our own is a 4xx.
 
 One log line per message, in amavisd-new's shape, e.g.::
 
