@@ -69,6 +69,20 @@ from filterd.reply import join_replies, safe_reply
 
 log = logging.getLogger("filterd.content")
 
+
+class _AiosmtpdLog(logging.Handler):
+    """aiosmtpd's own warnings (``mail.log``: an unrecognised command, too many of them)
+    go into filterd's log, whose writers escape them. Left alone they reach Python's
+    last-resort handler, which writes a client's NUL or ESC raw to standard error."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log.log(record.levelno, "%s", record.getMessage(), exc_info=record.exc_info)
+
+
+_aiosmtpd_log = logging.getLogger("mail.log")
+_aiosmtpd_log.addHandler(_AiosmtpdLog(logging.WARNING))
+_aiosmtpd_log.propagate = False
+
 _MAIL_ID_ALPHABET = string.ascii_letters + string.digits
 #: aiosmtpd's own texts for oversized mail, replaced by what Postfix's smtpd says.
 _REPLY_TEXTS = {

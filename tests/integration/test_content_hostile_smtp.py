@@ -162,6 +162,9 @@ def test_hostile_dialogue_stays_in_step(daemon: tuple[Daemon, SmtpSink, int], di
     log = filterd.log.read_text(encoding="utf-8", errors="replace")
     assert "internal error" not in log and "Traceback" not in log
     assert all(line.isprintable() for line in log.splitlines())
+    # nothing reaches standard error unescaped either (aiosmtpd's own warnings)
+    out = filterd.config.with_name("filterd.out").read_text(encoding="utf-8", errors="replace")
+    assert all(line.isprintable() for line in out.splitlines()), out
 
 
 def test_injected_replies_never_reach_the_client_or_the_log(daemon: tuple[Daemon, SmtpSink, int]) -> None:
