@@ -9,9 +9,11 @@ timeout, lost connection) into a temporary reply, so Postfix keeps the message q
 SMTP is spoken by aiosmtplib. The original client is passed on with XFORWARD when the
 next hop offers it (Postfix's 10025 smtpd needs ``smtpd_authorized_xforward_hosts``; a
 refused XFORWARD is logged and the message still goes). MAIL and RCPT are written by
-this module, address as received: aiosmtplib's own quoting reparses an address as a
-header would and changes some (a source route, a quoted local part), or refuses them
-after the message was already accepted.
+this module with the addresses as received (checked then: printable, UTF-8 only with
+SMTPUTF8): aiosmtplib's own quoting reparses an address as a header would, and can
+quietly change one (it drops control characters) or raise after the message was taken.
+A UTF-8 address for a next hop that does not offer SMTPUTF8 is refused as Postfix's smtp
+client refuses it (``5.6.7``), instead of failing with an internal error.
 
 When the next hop refuses some recipients and accepts others, what happens depends on
 what Postfix can be told (``partial``): over LMTP each recipient has its own reply, so
