@@ -18,7 +18,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.data.hostile_smtp import BANNED, CLEAN, DIALOGUES, EHLO, ENVELOPE, Dialogue, data
+from tests.data.hostile_smtp import (
+    BANNED,
+    CLEAN,
+    DIALOGUES,
+    EHLO,
+    ENVELOPE,
+    LHLO,
+    LMTP_DIALOGUES,
+    Dialogue,
+    data,
+)
 from tests.fixtures.filterd import Daemon, wait_port
 from tests.fixtures.postfix import SmtpSink
 from tests.fixtures.programs import find_program, free_port
@@ -77,8 +87,7 @@ class Session:
         self.sock.close()
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, SmtpSink, int]]:
+def _start(tmp_path_factory: pytest.TempPathFactory, protocol: str) -> Iterator[tuple[Daemon, SmtpSink, int]]:
     sink_binary = find_program("smtp-sink")
     if sink_binary is None:
         pytest.skip("smtp-sink (package postfix) is not installed")
@@ -94,7 +103,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, S
         f"filter_listen = inet:127.0.0.1:{port}\n"
         f"filter_forward = smtp:[127.0.0.1]:{sink.port}\n"
         f"filter_timeout = {TIMEOUT}s\nmyhostname = filter.example\n"
-        "content_checks = postfix_checks banned\n"))
+        f"filter_protocol = {protocol}\ncontent_checks = postfix_checks banned\n"))
     filterd.start()
     try:
         wait_port(port)
@@ -103,6 +112,16 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, S
         filterd.stop()
         sink.stop()
         shutil.rmtree(sink_root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, SmtpSink, int]]:
+    yield from _start(tmp_path_factory, "smtp")
+
+
+@pytest.fixture(scope="module")
+def lmtp_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, SmtpSink, int]]:
+    yield from _start(tmp_path_factory, "lmtp")
 
 
 def _check_reply(reply: bytes, code: str, dialogue: Dialogue) -> None:
@@ -115,12 +134,12 @@ def _check_reply(reply: bytes, code: str, dialogue: Dialogue) -> None:
         assert bad not in reply, (dialogue.name, reply)
 
 
-def _serves_a_fresh_client(port: int, sink: SmtpSink) -> None:
+def _serves_a_fresh_client(port: int, sink: SmtpSink, hello: bytes = EHLO) -> None:
     before = len(sink.dumps())
     client = Session(port)
     try:
         assert (client.reply() or b"").startswith(b"220 ")
-        client.send(EHLO + ENVELOPE + data(CLEAN) + b"QUIT\r\n")
+        client.send(hello + ENVELOPE + data(CLEAN) + b"QUIT\r\n")
         replies = [client.reply() for _ in range(5)]
         assert [r[:3] if r else None for r in replies] == [b"250", b"250", b"250", b"354", b"250"], replies
         assert replies[3] is not None and replies[4].startswith(b"250 2.0.0 from MTA(")  # type: ignore[union-attr]
@@ -134,6 +153,16 @@ def _serves_a_fresh_client(port: int, sink: SmtpSink) -> None:
 
 @pytest.mark.parametrize("dialogue", DIALOGUES, ids=[d.name for d in DIALOGUES])
 def test_hostile_dialogue_stays_in_step(daemon: tuple[Daemon, SmtpSink, int], dialogue: Dialogue) -> None:
+    _replay(daemon, dialogue, EHLO)
+
+
+@pytest.mark.parametrize("dialogue", LMTP_DIALOGUES, ids=[d.name for d in LMTP_DIALOGUES])
+def test_hostile_lmtp_dialogue_stays_in_step(lmtp_daemon: tuple[Daemon, SmtpSink, int],
+                                             dialogue: Dialogue) -> None:
+    _replay(lmtp_daemon, dialogue, LHLO)
+
+
+def _replay(daemon: tuple[Daemon, SmtpSink, int], dialogue: Dialogue, hello: bytes) -> None:
     filterd, sink, port = daemon
     session = Session(port)
     try:
@@ -158,7 +187,7 @@ def test_hostile_dialogue_stays_in_step(daemon: tuple[Daemon, SmtpSink, int], di
                 assert reply is not None and reply.startswith(b"250"), (dialogue.name, reply)
     finally:
         session.close()
-    _serves_a_fresh_client(port, sink)
+    _serves_a_fresh_client(port, sink, hello)
     log = filterd.log.read_text(encoding="utf-8", errors="replace")
     assert "internal error" not in log and "Traceback" not in log
     assert all(line.isprintable() for line in log.splitlines())

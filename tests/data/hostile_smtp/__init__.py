@@ -138,3 +138,26 @@ DIALOGUES: tuple[Dialogue, ...] = (
         Step(b"", None),
     )),
 )
+
+LHLO = b"LHLO pf.example\r\n"
+
+#: The same kind of dialogues for a content filter speaking LMTP (filter_protocol = lmtp):
+#: after DATA one reply per accepted recipient, each of them one safe line.
+LMTP_DIALOGUES: tuple[Dialogue, ...] = (
+    Dialogue("LMTP: reply injection, one reply per recipient, next transaction in step", (
+        Step(LHLO, ("250",)),
+        Step(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nRCPT TO:<c@example.com>\r\n"
+             + data(BANNED) + ENVELOPE + data(CLEAN) + b"QUIT\r\n",
+             ("250", "250", "250", "354", "554", "554", "250", "250", "354", "250", "221")),
+    ), forbidden=(b"\x00", b"\x1b")),
+    Dialogue("LMTP: HELO and EHLO are not LMTP; a refused recipient gets no reply after DATA", (
+        Step(b"HELO pf.example\r\nEHLO pf.example\r\n" + LHLO, ("500", "500", "250")),
+        Step(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<\"b\x01\"@example.com>\r\nRCPT TO:<b@example.com>\r\n"
+             + data(CLEAN), ("250", "501", "250", "354", "250")),
+    )),
+    Dialogue("LMTP: a stall inside DATA is timed out", (
+        Step(LHLO, ("250",)),
+        Step(ENVELOPE + b"DATA\r\n" + CLEAN + b"x" * 100_000, ("250", "250", "354")),
+        Step(b"", None),
+    )),
+)
