@@ -94,7 +94,9 @@ def _relayed(hop: NextHop, code: int, message: str) -> Reply:
 
 
 def _failure(hop: NextHop, what: str) -> Reply:
-    return Reply(451, "4.4.1", f"Error in processing, forwarding to {hop} FAILED: {what}")
+    """A temporary failure to pass the message on; ``what`` may quote the next hop (a
+    malformed reply), so it is made safe and short like any text from outside."""
+    return Reply(451, "4.4.1", f"Error in processing, forwarding to {hop} FAILED: {safe_reply(what)[:200]}")
 
 
 #: Idle connections kept per next hop, and how long one may stay idle. Postfix's smtpd
