@@ -479,9 +479,11 @@ async def test_reply_injection_from_a_banned_name_stays_one_reply(sink: Any, sta
     assert passed.rcpt_tos == ["b@example.com"]
 
 
-async def test_client_stalled_inside_data_is_timed_out(sink: Any, start_filter: Any) -> None:
+async def test_client_stalled_inside_data_is_timed_out(sink: Any, start_filter: Any,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
     """filter_timeout limits every wait for the client, inside DATA too (Postfix's
     smtpd_timeout): a stalled client is cut off, its connection slot and memory freed."""
+    caplog.set_level("INFO", "filterd.content")
     handler, sink_port = sink
     server, port = await start_filter(sink_port, "filter_timeout = 1s\nfilter_max_connections = 1")
     client, _ = await Client.connect(port)
@@ -493,6 +495,7 @@ async def test_client_stalled_inside_data_is_timed_out(sink: Any, start_filter: 
     await client.writer.drain()
     assert await asyncio.wait_for(client.reader.read(), 30) == b""  # closed by the server
     client.close()
+    assert any(r.getMessage().startswith("timeout after DATA from [127.0.0.1]:") for r in caplog.records)
     while server.connections:  # the slot is free again: a new client is served
         await asyncio.sleep(0.05)
     again, greeting = await Client.connect(port)
