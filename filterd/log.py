@@ -16,6 +16,36 @@ from typing import TextIO
 from filterd.config import Config
 
 
+#: Escapes for the controls that have a short form; every other one is written as
+#: ``\xHH``, ``\uHHHH`` or ``\UHHHHHHHH``.
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(ch: str) -> str:
+    if ch.isprintable():
+        return ch
+    short = _SHORT_ESCAPES.get(ch)
+    if short is not None:
+        return short
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def escape(msg: str) -> str:
+    """One event, one line, and nothing a terminal or a log reader acts on.
+
+    Every character that is not printable (str.isprintable: the C0 and C1 controls
+    with NUL, ESC, VT, FF and NEL, DEL, the line and paragraph separators U+2028/U+2029,
+    format characters such as bidirectional overrides, unassigned code points, and
+    undecodable bytes kept as surrogates) is written as a backslash escape, so text
+    from a client or a message can neither forge a log line nor hide what it holds.
+    Applied to every line the log writers produce, whatever built the text.
+    """
+    if msg.isprintable():
+        return msg
+    return "".join(map(_escape_char, msg))
+
+
 class PostfixFormatter(logging.Formatter):
     def __init__(self, hostname: str, syslog_name: str):
         super().__init__()
@@ -32,9 +62,7 @@ class PostfixFormatter(logging.Formatter):
             msg = f"warning: {msg}"
         if record.exc_info:
             msg += " | " + self.formatException(record.exc_info).replace("\n", " | ")
-        # One event, one line: a newline from hostile input must not forge a log line.
-        msg = msg.replace("\r", "\\r").replace("\n", "\\n")
-        return f"{stamp} {self.hostname} {self.syslog_name}/{part}[{_pid}]: {msg}"
+        return f"{stamp} {self.hostname} {self.syslog_name}/{part}[{_pid}]: {escape(msg)}"
 
 
 _pid = os.getpid()
@@ -75,9 +103,7 @@ class EventLog:
         if now != self._second:
             self._second = now
             self._stamp = time.strftime("%b %d %H:%M:%S", time.localtime(now))
-        if "\n" in msg or "\r" in msg:
-            msg = msg.replace("\r", "\\r").replace("\n", "\\n")
-        self._lines.append(f"{self._stamp}{self.prefix}{part}[{_pid}]: {msg}\n")
+        self._lines.append(f"{self._stamp}{self.prefix}{part}[{_pid}]: {escape(msg)}\n")
         if len(self._lines) == 1:
             try:
                 asyncio.get_running_loop().call_later(FLUSH_DELAY, self.flush)

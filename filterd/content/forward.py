@@ -8,7 +8,20 @@ timeout, lost connection) into a temporary reply, so Postfix keeps the message q
 
 SMTP is spoken by aiosmtplib. The original client is passed on with XFORWARD when the
 next hop offers it (Postfix's 10025 smtpd needs ``smtpd_authorized_xforward_hosts``; a
-refused XFORWARD is logged and the message still goes).
+refused XFORWARD is logged and the message still goes). MAIL and RCPT are written by
+this module with the addresses as received (checked then: printable, UTF-8 only with
+SMTPUTF8): aiosmtplib's own quoting reparses an address as a header would, and can
+quietly change one (it drops control characters) or raise after the message was taken.
+A UTF-8 address for a next hop that does not offer SMTPUTF8 is refused as Postfix's smtp
+client refuses it (``5.6.7``), instead of failing with an internal error.
+
+When the next hop refuses some recipients and accepts others, what happens depends on
+what Postfix can be told (``partial``): over LMTP each recipient has its own reply, so
+the message goes to the accepted ones. Over SMTP there is one reply for all, so, as
+amavisd-new does, a permanent refusal is reported to the sender by a delivery status
+notification (the ``before_data`` callback, which must succeed before DATA is sent) and
+the accepted recipients get the message; a temporary refusal of any recipient sends
+nothing and defers the whole message (nothing delivered twice, nothing lost).
 """
 
 from __future__ import annotations
@@ -16,13 +29,14 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiosmtplib
 
 from filterd.content.nexthop import NextHop
-from filterd.content.verdict import Reply
 from filterd.content.xforward import encode_commands
+from filterd.reply import REPLY_LINE_MAX, Reply, safe_reply
 
 log = logging.getLogger("filterd.content")
 
@@ -30,24 +44,37 @@ _QUEUED_AS = re.compile(r"queued as ([0-9A-Za-z]+)")
 _DSN = re.compile(r"^([245])\.\d{1,3}\.\d{1,3}$")
 
 
+#: What ``before_data`` is given: the recipients the next hop refused permanently,
+#: with its replies; it answers whether the message may go to the others.
+BeforeData = Callable[[dict[str, Reply]], Awaitable[bool]]
+
+
 @dataclass
 class ForwardResult:
-    """The next hop's answer: one reply per recipient, and the queue id it reported."""
+    """The next hop's answer: one reply per recipient, and the queue id it reported.
+
+    ``notified`` are refused recipients already reported to the sender by a delivery
+    status notification: they no longer decide the reply to Postfix.
+    """
 
     replies: dict[str, Reply] = field(default_factory=dict)
     queued_as: str | None = None
+    notified: set[str] = field(default_factory=set)
 
     @property
     def all_ok(self) -> bool:
         return bool(self.replies) and all(r.ok for r in self.replies.values())
 
     def summary(self) -> Reply:
-        """One reply for all recipients (SMTP mode): success only if every one succeeded.
+        """One reply for all recipients (SMTP mode): success only if every one succeeded
+        or was refused and reported to the sender already.
 
         Any temporary failure makes the summary temporary, so Postfix retries; only when
         every recipient was refused permanently is it permanent.
         """
-        replies = list(self.replies.values())
+        replies = [r for rcpt, r in self.replies.items() if rcpt not in self.notified]
+        if not replies:
+            replies = list(self.replies.values())
         failed = [r for r in replies if not r.ok]
         if not failed:
             return replies[0]
@@ -56,15 +83,20 @@ class ForwardResult:
 
 
 def _relayed(hop: NextHop, code: int, message: str) -> Reply:
-    """The next hop's reply as amavisd-new relays it: its code, its DSN, its text quoted."""
+    """The next hop's reply as amavisd-new relays it: its code, its DSN, its text quoted
+    (one line, made safe and cut to a reply line's length: it is the next hop's text)."""
+    if code // 100 not in (2, 4, 5):  # not a final reply: count it a temporary failure
+        return _failure(hop, f"unexpected reply code {code}")
     first, _, _ = message.partition(" ")
     dsn = first if _DSN.match(first) and first[0] == str(code)[0] else f"{str(code)[0]}.0.0"
-    text = " ".join(message.split())  # multi-line replies become one line
-    return Reply(code, dsn, f"from MTA({hop}): {code} {text}")
+    text = safe_reply(" ".join(message.split()))  # multi-line replies become one line
+    return Reply(code, dsn, f"from MTA({hop}): {code} {text}"[:REPLY_LINE_MAX - 10])
 
 
 def _failure(hop: NextHop, what: str) -> Reply:
-    return Reply(451, "4.4.1", f"Error in processing, forwarding to {hop} FAILED: {what}")
+    """A temporary failure to pass the message on; ``what`` may quote the next hop (a
+    malformed reply), so it is made safe and short like any text from outside."""
+    return Reply(451, "4.4.1", f"Error in processing, forwarding to {hop} FAILED: {safe_reply(what)[:200]}")
 
 
 #: Idle connections kept per next hop, and how long one may stay idle. Postfix's smtpd
@@ -126,14 +158,19 @@ class Forwarder:
         smtputf8: bool = False,
         hop: NextHop | None = None,
         partial: bool = False,
+        before_data: BeforeData | None = None,
     ) -> ForwardResult:
         """Deliver ``data`` to the recipients; never raises for network or protocol trouble.
 
         With ``partial`` (LMTP mode, where Postfix gets one reply per recipient) the
         message goes to the recipients the next hop accepted, and each refused one keeps
-        its refusal. Without it (SMTP mode, one reply for all) it is all or nothing: if
-        any recipient is refused, no DATA is sent and the others get a temporary reply,
-        so a retry can neither lose nor duplicate anyone's copy.
+        its refusal. Without it (SMTP mode, one reply for all): if any recipient is
+        refused temporarily, no DATA is sent and the others get a temporary reply, so a
+        retry can neither lose nor duplicate anyone's copy; if some are refused
+        permanently, ``before_data`` is called with their replies and, if it returns
+        True (it has told the sender), the others get the message and the refused ones
+        count as ``notified``. Without ``before_data`` a permanent refusal of some
+        recipients defers the whole message, as a temporary one does.
         """
         hop = hop or self.hop
         client = self._take(hop)
@@ -142,7 +179,7 @@ class Forwarder:
             progress: list[str] = []
             try:
                 await self._transaction(client, hop, sender, recipients, data, xforward,
-                                        smtputf8, partial, result, progress)
+                                        smtputf8, partial, before_data, result, progress)
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 client.close()
                 if progress:  # the next hop saw the transaction: its outcome stands
@@ -158,7 +195,7 @@ class Forwarder:
             await client.connect()
             await client.ehlo()
             await self._transaction(client, hop, sender, recipients, data, xforward, smtputf8,
-                                    partial, result, [])
+                                    partial, before_data, result, [])
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             client.close()
             self._fail(hop, recipients, result, exc)
@@ -186,7 +223,8 @@ class Forwarder:
     async def _transaction(self, client: aiosmtplib.SMTP, hop: NextHop, sender: str,
                            recipients: list[str], data: bytes,
                            xforward: dict[str, str | None] | None, smtputf8: bool,
-                           partial: bool, result: ForwardResult, progress: list[str]) -> None:
+                           partial: bool, before_data: BeforeData | None,
+                           result: ForwardResult, progress: list[str]) -> None:
         """One transaction on a connection that has said EHLO. ``progress`` gets an entry
         once the next hop has accepted MAIL FROM: from then on a failure is the next
         hop's answer, not a dead pooled connection."""
@@ -207,17 +245,33 @@ class Forwarder:
         if smtputf8 and client.supports_extension("smtputf8"):
             options.append("SMTPUTF8")
             encoding = "utf-8"
-        await client.mail(sender, options=options, encoding=encoding)
+        elif not all(address.isascii() for address in (sender, *recipients)):
+            # What Postfix's smtp client does (and bounces): a UTF-8 address cannot be
+            # written to a next hop that does not take SMTPUTF8.
+            reply = Reply(554, "5.6.7", f"SMTPUTF8 is required, but was not offered by host {hop}")
+            for rcpt in recipients:
+                result.replies[rcpt] = reply
+            return
+        answer = await client.execute_command(
+            b"MAIL", b"FROM:<" + sender.encode(encoding) + b">", *(o.encode("ascii") for o in options))
+        if answer.code != 250:
+            raise aiosmtplib.SMTPSenderRefused(answer.code, answer.message, sender)
         progress.append("MAIL")
         accepted: list[str] = []
+        refused: dict[str, Reply] = {}
         for rcpt in recipients:
-            try:
-                await client.rcpt(rcpt, encoding=encoding)
-            except aiosmtplib.SMTPRecipientRefused as exc:
-                result.replies[rcpt] = _relayed(hop, exc.code, exc.message)
-                continue
-            accepted.append(rcpt)
-        if not accepted or (not partial and len(accepted) < len(recipients)):
+            answer = await client.execute_command(b"RCPT", b"TO:<" + rcpt.encode(encoding) + b">")
+            if answer.code in (250, 251):
+                accepted.append(rcpt)
+            else:
+                refused[rcpt] = result.replies[rcpt] = _relayed(hop, answer.code, answer.message)
+        go = bool(accepted) and (partial or not refused)
+        if accepted and not partial and refused and before_data is not None \
+                and all(not r.temporary for r in refused.values()):
+            go = await before_data(refused)
+            if go:
+                result.notified.update(refused)
+        if not go:
             await client.rset()
             for rcpt in accepted:
                 result.replies[rcpt] = Reply(451, "4.5.0", "Error in processing, not forwarded: "

@@ -17,9 +17,16 @@ In LMTP mode each recipient gets its own reply after DATA (aiosmtpd sends the li
 ``handle_DATA`` returns, separated by CRLF, one per recipient).
 
 The SMTP dialogue is aiosmtpd's; filterd adds Postfix's XFORWARD command (so the
-original client is known and passed on), replies in Postfix's words for oversized mail,
-a connection limit (``421 4.3.2``), an idle timeout that never cuts a message being
-processed, and a clean stop: stop accepting, let messages in flight finish, close.
+original client is known and passed on), replies in Postfix's words for oversized mail
+and unusable addresses, a connection limit (``421 4.3.2``), ``filter_timeout`` on every
+wait for the client (inside DATA too; never on a message being processed), and a clean
+stop: stop accepting, let messages in flight finish, close.
+
+Hostile input: every reply line leaves through ``push``, which makes it one line of
+printable ASCII (:func:`filterd.reply.safe_reply`), whatever text a message, a client or
+the next hop put into it; log lines are escaped by the log writers themselves. Nothing
+a client sends is refused with a 5xx unless it is a verdict or Postfix would refuse it
+too: DATA lines of any length are taken, and a failure of our own is a 4xx.
 
 One log line per message, in amavisd-new's shape, e.g.::
 
@@ -43,21 +50,38 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import MISSING, SMTP, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
+from filterd.content.dsn import refusal_report
 from filterd.content.forward import Forwarder, ForwardResult
 from filterd.content.message import Envelope, Message
 from filterd.content.nexthop import NextHop, parse_next_hop
 from filterd.content.pipeline import ContentPipeline, new_log_id
 from filterd.content.quarantine import Quarantine, QuarantineError
-from filterd.content.smtpin import DataState, plain_path, read_data
+from filterd.content.smtpin import DataState, address_problem, plain_path, read_data
 from filterd.content.verdict import Reply, Verdict, format_score
 from filterd.content.xforward import (
     EHLO_KEYWORD,
     Xforward,
     XforwardError,
+    neuter,
     parse_xforward,
 )
+from filterd.reply import join_replies, safe_reply
 
 log = logging.getLogger("filterd.content")
+
+
+class _AiosmtpdLog(logging.Handler):
+    """aiosmtpd's own warnings (``mail.log``: an unrecognised command, too many of them)
+    go into filterd's log, whose writers escape them. Left alone they reach Python's
+    last-resort handler, which writes a client's NUL or ESC raw to standard error."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log.log(record.levelno, "%s", record.getMessage(), exc_info=record.exc_info)
+
+
+_aiosmtpd_log = logging.getLogger("mail.log")
+_aiosmtpd_log.addHandler(_AiosmtpdLog(logging.WARNING))
+_aiosmtpd_log.propagate = False
 
 _MAIL_ID_ALPHABET = string.ascii_letters + string.digits
 #: aiosmtpd's own texts for oversized mail, replaced by what Postfix's smtpd says.
@@ -68,9 +92,17 @@ _REPLY_TEXTS = {
 }
 TOO_MANY = b"421 4.3.2 Too many connections, try again later\r\n"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
-#: Longest line accepted. Postfix's smtpd takes lines of any length; a 500 reply to a
-#: long line after DATA would make Postfix bounce the message, so be as lenient.
+#: The stream reader's buffer limit: the longest command line read whole (a longer one
+#: is drained in pieces and refused). DATA lines may be of any length: they are read in
+#: pieces too, and only the message size is limited (a 5xx for a long line would make
+#: Postfix bounce a message it has already accepted).
 LINE_LIMIT = 1 << 20
+#: Longest command line accepted: Postfix's line_length_limit, so any MAIL or RCPT that
+#: Postfix's own smtpd took (and its smtp client now sends on) is read here too.
+COMMAND_LIMIT = 2048
+#: Recipients per transaction (Postfix's smtpd_recipient_limit default); the excess gets
+#: 452 and Postfix's smtp client sends those recipients in another transaction.
+RECIPIENT_LIMIT = 1000
 
 
 def new_mail_id() -> str:
@@ -95,16 +127,34 @@ class FilterEnvelope(SmtpEnvelope):
         self.xforward = Xforward()
 
 
+class _CommandLimits(dict[str, int]):
+    """aiosmtpd's per-command line limits, fixed at COMMAND_LIMIT for every command.
+
+    aiosmtpd keeps them in one dict shared by all connections, cleared by each new one
+    and raised by every EHLO; this per-connection mapping ignores those changes."""
+
+    def __missing__(self, key: str) -> int:
+        return COMMAND_LIMIT
+
+    def __setitem__(self, key: str, value: int) -> None:
+        pass
+
+
 class _FilterProtocol(SMTP):
     """What filterd adds to aiosmtpd's SMTP and LMTP classes (mixed into both)."""
 
     line_length_limit = LINE_LIMIT
+    command_size_limit = COMMAND_LIMIT
 
     def __init__(self, owner: "ContentFilterServer", **kwargs: Any):
         self.owner = owner
-        self.busy = False
+        self.busy = False  # a DATA command is under way (read, processed or answered)
+        self.processing = False  # the message is being filtered and passed on
         self.refused = False
+        self.last_command = "CONNECT"
         super().__init__(owner.handler, **kwargs)
+        self.command_size_limits = _CommandLimits()
+        self.last_read = self.loop.time()
 
     # -- connection limit and stop -----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -133,17 +183,39 @@ class _FilterProtocol(SMTP):
     def _create_envelope(self) -> FilterEnvelope:
         return FilterEnvelope()
 
+    def data_received(self, data: bytes) -> None:
+        self.last_read = self.loop.time()
+        super().data_received(data)
+
     def _timeout_cb(self) -> None:
-        """The idle timeout never cuts a message that is being received or processed."""
-        if self.busy:
+        """``filter_timeout`` limits every wait for the client, as Postfix's smtpd_timeout
+        does: for a command, and for each piece of a message inside DATA. A client that
+        stalls in the middle of DATA is cut off like an idle one, and the memory its
+        message holds is freed. Only the time the filter itself takes to process a
+        message (and the next hop to accept it) is not the client's and never counts."""
+        if self.processing:
             self._reset_timeout()
             return
+        idle = self.loop.time() - self.last_read
+        if idle < self._timeout_duration:
+            self._reset_timeout(max(self._timeout_duration - idle, 0.01))
+            return
+        peer = self.session.peer if self.session is not None else None
+        log.info("timeout after %s from %s", self.last_command, _peer_text(peer))
         super()._timeout_cb()
 
     async def push(self, status: Any) -> None:
-        if isinstance(status, str):
-            status = _REPLY_TEXTS.get(status, status)
-        await super().push(status)
+        """Every reply line leaves through here, made safe (:func:`safe_reply`): no text
+        from a client, a message or a next hop can break it into several replies."""
+        if isinstance(status, bytes):
+            status = status.decode("ascii", "replace")
+        await super().push(safe_reply(_REPLY_TEXTS.get(status, status)))
+
+    async def push_lines(self, lines: list[str]) -> None:
+        """Several reply lines in one write (LMTP after DATA), each made safe."""
+        assert self.session is not None
+        self._writer.write(join_replies(lines).encode("ascii") + b"\r\n")
+        await self._writer.drain()
 
     async def close_when_idle(self) -> None:
         """Called on stop: idle connections get 421 now, busy ones after their reply."""
@@ -181,6 +253,7 @@ class _FilterProtocol(SMTP):
         return plain
 
     async def smtp_DATA(self, arg: str) -> None:
+        self.last_command = "DATA"
         self.busy = True
         try:
             await self._data(arg)
@@ -203,22 +276,30 @@ class _FilterProtocol(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
-            result = await read_data(self._reader, self.data_size_limit, self.line_length_limit)
+            result = await read_data(self._reader, self.data_size_limit)
         except asyncio.CancelledError:  # the client went away (aiosmtpd cancels on EOF)
             self._writer.close()
             raise
         except asyncio.IncompleteReadError:  # EOF seen before that cancellation arrived
             self._writer.close()
             return
-        if result.state is not DataState.NOMINAL:
-            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)"
-                            if result.state is DataState.TOO_LONG else "552 Error: Too much mail data")
+        self.last_command = "END-OF-MESSAGE"
+        if result.state is DataState.TOO_MUCH:
+            await self.push("552 Error: Too much mail data")
             self._set_post_data_state()
             return
         self.envelope.content = self.envelope.original_content = result.content
-        status = await self._call_handler_hook("DATA")
+        self.processing = True
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            self.processing = False
+            self.last_read = self.loop.time()  # the wait for the client starts again now
         self._set_post_data_state()
-        await self.push("250 OK" if status is MISSING else status)
+        if isinstance(status, list):
+            await self.push_lines(status)
+        else:
+            await self.push("250 OK" if status is MISSING else status)
 
 
 class FilterSMTP(_FilterProtocol):
@@ -243,12 +324,62 @@ class FilterHandler:
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: SmtpEnvelope,
                           hostname: str, responses: list[str]) -> list[str]:
-        session.host_name = hostname
+        _command(server, "EHLO")
+        session.host_name = neuter(hostname)
         return responses[:-1] + ["250-PIPELINING", f"250-{EHLO_KEYWORD}", responses[-1]]
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: SmtpEnvelope) -> str:
+    async def handle_HELO(self, server: SMTP, session: Session, envelope: SmtpEnvelope,
+                          hostname: str) -> str:
+        _command(server, "HELO")
+        session.host_name = neuter(hostname)
+        return f"250 {server.hostname}"
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: SmtpEnvelope,
+                          address: str, options: list[str]) -> str:
+        """Refuse now what could not be passed on later: a sender that is not a mailbox
+        the next hop can be given gets Postfix's 5xx here, not a 250 and then a 4xx
+        after DATA that Postfix would retry until the message expires."""
+        _command(server, "MAIL")
+        problem = address_problem(address, envelope.smtp_utf8)
+        if problem == "utf8":
+            return "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
+        if problem is not None:
+            return "501 5.1.7 Bad sender address syntax"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: SmtpEnvelope,
+                          address: str, options: list[str]) -> str:
+        _command(server, "RCPT")
+        problem = "syntax" if address == "<>" else address_problem(address, envelope.smtp_utf8)
+        if problem == "utf8":
+            return "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
+        if problem is not None:
+            return "501 5.1.3 Bad recipient address syntax"
+        if len(envelope.rcpt_tos) >= RECIPIENT_LIMIT:
+            return "452 4.5.3 Error: too many recipients"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 Ok"
+
+    async def handle_exception(self, error: Exception) -> str:
+        """A bug while handling a command: logged with its traceback, answered 451 (aiosmtpd
+        answers 500 with the exception's text, which would make Postfix bounce the
+        message for a reason that is no verdict)."""
+        log.error("error while handling an SMTP command", exc_info=error)
+        return "451 4.3.0 Error: internal error"
+
+    async def handle_DATA(self, server: SMTP, session: Session,
+                          envelope: SmtpEnvelope) -> str | list[str]:
         assert isinstance(envelope, FilterEnvelope)
         return await self.owner.process(session, envelope, lmtp=isinstance(server, LMTP))
+
+
+def _command(server: SMTP, name: str) -> None:
+    """Remember the last command, for the ``timeout after ...`` log line."""
+    if isinstance(server, _FilterProtocol):
+        server.last_command = name
 
 
 class ContentFilterServer:
@@ -342,12 +473,15 @@ class ContentFilterServer:
         return task
 
     # -- one message -------------------------------------------------------------------
-    async def process(self, session: Session, envelope: FilterEnvelope, *, lmtp: bool) -> str:
-        """The reply to DATA. The work is shielded: once the message is being passed on or
-        quarantined, a client that hangs up does not cut that work in half."""
+    async def process(self, session: Session, envelope: FilterEnvelope, *,
+                      lmtp: bool) -> str | list[str]:
+        """The reply to DATA (LMTP: one per recipient). The work is shielded: once the
+        message is being passed on or quarantined, a client that hangs up does not cut
+        that work in half."""
         return await asyncio.shield(self._track(self._process(session, envelope, lmtp)))
 
-    async def _process(self, session: Session, envelope: FilterEnvelope, lmtp: bool) -> str:
+    async def _process(self, session: Session, envelope: FilterEnvelope,
+                       lmtp: bool) -> str | list[str]:
         started = time.monotonic()
         log_id = new_log_id()
         mail_id = new_mail_id()
@@ -367,7 +501,7 @@ class ContentFilterServer:
         if verdict.virus_names and self.virus_admin:
             self._track(self._notify_admin(msg, verdict, mail_id, quarantine_id))
         if lmtp:
-            return "\r\n".join(str(replies[r]) for r in recipients)
+            return [str(replies[r]) for r in recipients]
         return str(final)
 
     async def _carry_out(self, msg: Message, verdict: Verdict, session: Session,
@@ -395,15 +529,15 @@ class ContentFilterServer:
                 return {r: reply for r in recipients}, None, None, "Tempfailed"
             flag = "Discarded,Quarantined" if verdict.action == "quarantine" else "Held,Quarantined"
             return {r: verdict.reply for r in recipients}, None, qid, flag
-        result = await self._forward(msg, verdict, envelope, data, lmtp)
-        summary = _summary(result.replies, list(result.replies))
+        result = await self._forward(msg, verdict, envelope, data, mail_id, lmtp)
+        summary = result.summary()
         flag = "Relayed" if summary.ok else ("Tempfailed" if summary.temporary else "Rejected")
         if lmtp and set(result.replies) == set(recipients):
             return result.replies, result.queued_as, None, flag
         return {r: summary for r in recipients}, result.queued_as, None, flag
 
     async def _forward(self, msg: Message, verdict: Verdict, envelope: FilterEnvelope,
-                       data: bytes, lmtp: bool) -> ForwardResult:
+                       data: bytes, mail_id: str, lmtp: bool) -> ForwardResult:
         recipients = list(envelope.rcpt_tos)
         targets = [verdict.redirect] if verdict.redirect else list(recipients)
         targets += [b for b in verdict.bcc if b not in targets]
@@ -414,10 +548,43 @@ class ContentFilterServer:
             except ValueError as exc:
                 log.warning("(%s) FILTER %s ignored: %s", verdict.log_id, verdict.next_hop, exc)
         xf = envelope.xforward
+
+        async def notify(refused: dict[str, Reply]) -> bool:
+            return await self._notify_refused(msg, verdict, mail_id, refused, envelope.smtp_utf8)
+
         return await self.forwarder.send(
             msg.envelope.sender, targets, data,
             xforward=_xforward_out(msg.envelope, xf), smtputf8=envelope.smtp_utf8, hop=hop,
-            partial=lmtp and targets == recipients)
+            partial=lmtp and targets == recipients,
+            # a DSN only names the sender's own recipients: never a redirect or bcc target
+            before_data=notify if not lmtp and targets == recipients else None)
+
+    async def _notify_refused(self, msg: Message, verdict: Verdict, mail_id: str,
+                              refused: dict[str, Reply], smtputf8: bool) -> bool:
+        """Tell the sender about recipients the next hop refused permanently (SMTP mode),
+        before the others get the message; False (defer the message) if that fails.
+
+        A null sender gets no notice (a bounce is never bounced: Postfix, too, only logs
+        it); a sender the next hop refuses permanently cannot get one either, and is
+        logged as Postfix logs an undeliverable bounce."""
+        sender = msg.envelope.sender
+        for rcpt, reply in refused.items():
+            log.info("(%s) <%s> refused by the next hop: %s", verdict.log_id, rcpt, reply)
+        if not sender:
+            log.info("(%s) no notification of refused recipients to the null sender", verdict.log_id)
+            return True
+        report = refusal_report(hostname=self.hostname, sender=sender, refused=refused,
+                                original=msg.raw, queue_id=msg.envelope.queue_id,
+                                mail_id=mail_id, boundary=f"{mail_id}.{new_mail_id()}")
+        result = await self.forwarder.send("", [sender], report, smtputf8=smtputf8)
+        summary = result.summary()
+        if summary.temporary:
+            log.warning("(%s) notification of refused recipients to <%s> failed: %s",
+                        verdict.log_id, sender, summary)
+            return False
+        log.info("(%s) notification of refused recipients to <%s>: %s", verdict.log_id, sender,
+                 summary if summary.ok else f"undeliverable, dropped: {summary}")
+        return True
 
     def _add_received(self, verdict: Verdict, session: Session, mail_id: str) -> None:
         """Our own Received line for the hop Postfix -> filterd, below the X-Spam headers
@@ -439,13 +606,14 @@ class ContentFilterServer:
             "Tempfailed" if verdict.action == "tempfail" else "Blocked")
         category = verdict.category
         if verdict.virus_names:
-            category += f" ({', '.join(verdict.virus_names)})"
+            category += f" ({_bounded(', '.join(verdict.virus_names))})"
         elif verdict.category == "BANNED":
-            category += f" ({verdict.reason[len('BANNED: '):]})"
+            category += f" ({_bounded(verdict.reason[len('BANNED: '):])})"
         parts = [f"({verdict.log_id}) {status} {category} {{{flags}}}",
                  f"[{env.client_address or 'unknown'}]"
                  + (f":{client_port}" if client_port and client_port != "unknown" else "")
-                 + f" <{env.sender}> -> " + ",".join(f"<{r}>" for r in env.recipients)]
+                 + f" <{_bounded(env.sender)}> -> "
+                 + _bounded(",".join(f"<{r}>" for r in env.recipients), FIELD_MAX * 4)]
         if quarantine_id:
             parts.append(f"quarantine: {quarantine_id}")
         if env.queue_id:
@@ -511,8 +679,20 @@ def virus_report(msg: Message, verdict: Verdict, mail_id: str, quarantine_id: st
     return "\r\n".join(lines).encode("utf-8", "replace")
 
 
+#: Longest text of one log field taken from a message or a client (Message-ID, sender,
+#: the banned part names...): one hostile field cannot make a log line huge. Control
+#: characters need no care here: the log writers escape every one of them.
+FIELD_MAX = 500
+
+
+def _bounded(text: str, limit: int = FIELD_MAX) -> str:
+    return text if len(text) <= limit else text[:limit] + "...(cut)"
+
+
 def _printable(text: str) -> str:
-    return "".join(ch if ch >= " " and ch != "\x7f" else "?" for ch in text)
+    """Text for a header of our own: every non-printable character (controls, line and
+    paragraph separators, format characters) becomes ``?``."""
+    return text if text.isprintable() else "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
 def _envelope(session: Session, envelope: FilterEnvelope) -> Envelope:
@@ -551,5 +731,5 @@ def _summary(replies: dict[str, Reply], recipients: list[str]) -> Reply:
     return result.summary()
 
 
-def _join(reply: Reply, recipients: list[str], lmtp: bool) -> str:
-    return "\r\n".join(str(reply) for _ in recipients) if lmtp else str(reply)
+def _join(reply: Reply, recipients: list[str], lmtp: bool) -> str | list[str]:
+    return [str(reply)] * len(recipients) if lmtp else str(reply)

@@ -11,11 +11,13 @@ the CPU the SMTP side costs per message. This module does the same work in bulk:
   what aiosmtpd's parser returns for it; anything else (quoted local parts, comments,
   address literals, source routes) is left to aiosmtpd.
 * :func:`read_data` reads the message up to the lone ``.`` line with a few
-  ``readuntil`` calls and removes dot-stuffing with one ``replace``, with aiosmtpd's
-  outcomes for oversized messages and over-long lines.
+  ``readuntil`` calls and removes dot-stuffing with one ``replace``. Unlike aiosmtpd it
+  takes lines of any length (as Postfix's smtpd does): only the size is limited.
+* :func:`address_problem` says whether a MAIL or RCPT address can be passed on at
+  all, so that one that cannot is refused at once instead of failing after DATA.
 
-Both give results identical to aiosmtpd's (the unit tests compare them on many inputs);
-only the cost differs.
+plain_path gives results identical to aiosmtpd's parser, and read_data the same
+content (the unit tests compare them on many inputs).
 """
 
 from __future__ import annotations
@@ -51,11 +53,26 @@ def plain_path(arg: str) -> tuple[str, str] | None:
     return m.group(1), rest
 
 
+def address_problem(address: str, smtputf8: bool) -> str | None:
+    """What is wrong with a parsed MAIL/RCPT address: None (nothing), ``"utf8"`` (non-ASCII
+    without the SMTPUTF8 parameter, RFC 6531 3.4) or ``"syntax"``.
+
+    A syntax problem is any character that is not printable: controls (in a quoted
+    local part, where aiosmtpd's parser lets them through), undecodable bytes (kept as
+    surrogates), line separators and other format characters. Such an address cannot
+    be written on the next hop's command line, nor safely into a header or a log.
+    """
+    if address.isascii():
+        return None if address.isprintable() else "syntax"
+    if not address.isprintable():
+        return "syntax"
+    return None if smtputf8 else "utf8"
+
+
 class DataState(enum.Enum):
-    """aiosmtpd's outcomes of reading DATA."""
+    """The outcomes of reading DATA."""
 
     NOMINAL = enum.auto()
-    TOO_LONG = enum.auto()  # a line longer than the line limit: 500
     TOO_MUCH = enum.auto()  # more than the size limit: 552
 
 
@@ -66,79 +83,30 @@ class DataResult:
 
 
 class _Collector:
-    """Received DATA bytes with aiosmtpd's accounting, fed in arbitrary pieces.
+    """Received DATA bytes, fed in arbitrary pieces, counted against the size limit.
 
-    aiosmtpd counts every received line (CRLF included, dots still stuffed) towards the
-    size limit and decides at the end of each line; a line longer than the line limit
-    makes the result TOO_LONG unless the size was exceeded by an earlier line. While
-    everything received is within both limits no line can break one, so lines are only
-    walked once that total is passed (messages over a megabyte, or over the size limit).
-    Data is dropped as soon as the outcome is known not to be NOMINAL, as aiosmtpd does.
+    Lines may be of any length (Postfix's smtpd takes them too; refusing one with a 5xx
+    would make Postfix bounce a message it has already accepted), so only the total is
+    limited: every byte received counts, dots still stuffed, as aiosmtpd counts. Once
+    the limit is passed the data is dropped and the rest only counted, so a message
+    over the limit holds no memory while its end is looked for.
     """
 
-    def __init__(self, size_limit: int | None, line_limit: int) -> None:
-        self.line_limit = line_limit
+    def __init__(self, size_limit: int | None) -> None:
         self.size_limit = size_limit
-        self.unchecked = min(line_limit, size_limit) if size_limit else line_limit
         self.pieces: list[bytes] = []
         self.total = 0
-        self.walked = 0  # pieces already walked line by line
-        self.received = 0  # bytes of complete lines, as aiosmtpd counts them
-        self.line = 0  # bytes of the current, unfinished line
-        self.pending_cr = False  # the walked bytes end with a CR that may start a CRLF
         self.state = DataState.NOMINAL
 
     def feed(self, data: bytes) -> None:
         if self.state is not DataState.NOMINAL:
             return
-        self.pieces.append(data)
         self.total += len(data)
-        if self.total <= self.unchecked:
-            return
-        while self.walked < len(self.pieces) and self.state is DataState.NOMINAL:
-            self._walk(self.pieces[self.walked])
-            self.walked += 1
-        if self.state is not DataState.NOMINAL:
-            self.pieces = []
-
-    def _walk(self, data: bytes) -> None:
-        start = 0
-        if self.pending_cr and data[:1] == b"\n":  # a CRLF split between two pieces
-            if not self._end_line(1):
-                return
-            start = 1
-        while True:
-            cut = data.find(b"\r\n", start)
-            if cut < 0:
-                break
-            if not self._end_line(cut + 2 - start):
-                return
-            start = cut + 2
-        self.line += len(data) - start
-        self.pending_cr = data.endswith(b"\r")
-        if self.line > self.line_limit:
-            self.state = DataState.TOO_LONG
-
-    def _end_line(self, tail: int) -> bool:
-        """The current line ends ``tail`` bytes further on; False once the outcome is known.
-
-        In aiosmtpd's order: a line whose text alone is over the limit overflows the
-        reader before it is counted; otherwise it is counted against the size limit
-        first, and only then measured with its CRLF.
-        """
-        length = self.line + tail
-        self.line = 0
-        if length - 2 > self.line_limit:
-            self.state = DataState.TOO_LONG
-            return False
-        self.received += length
-        if self.size_limit and self.received > self.size_limit:
+        if self.size_limit and self.total > self.size_limit:
             self.state = DataState.TOO_MUCH
-            return False
-        if length > self.line_limit:
-            self.state = DataState.TOO_LONG
-            return False
-        return True
+            self.pieces = []
+            return
+        self.pieces.append(data)
 
     def result(self) -> DataResult:
         if self.state is not DataState.NOMINAL:
@@ -152,8 +120,7 @@ class _Collector:
 _START, _AFTER_CR, _INSIDE = range(3)
 
 
-async def read_data(reader: asyncio.StreamReader, size_limit: int | None,
-                    line_limit: int) -> DataResult:
+async def read_data(reader: asyncio.StreamReader, size_limit: int | None) -> DataResult:
     """Read a DATA section up to and including its ``.`` line; undo dot-stuffing.
 
     The end is a line holding only ``.``: ``\\r\\n.\\r\\n`` in the stream, or ``.\\r\\n``
@@ -163,7 +130,18 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None,
     end; it is read whole) or CR (one more byte decides), the rest is one bulk search.
     Nothing after the end line is consumed: Postfix may pipeline its next command.
     """
-    out = _Collector(size_limit, line_limit)
+    out = _Collector(size_limit)
+    try:
+        return await _read_into(reader, out)
+    except BaseException:
+        # The client went away or was cut off: drop what it sent now. The exception's
+        # traceback keeps this frame alive in a reference cycle with the connection,
+        # which only a full garbage collection would free, megabytes per client.
+        out.pieces = []
+        raise
+
+
+async def _read_into(reader: asyncio.StreamReader, out: _Collector) -> DataResult:
     state = _START
     while True:
         if state == _START:

@@ -28,6 +28,8 @@ _MAX_COMMAND = 512
 _HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 # Postfix's NEUTER_CHARACTERS: characters that could break headers or macro expansion.
 _NEUTER = re.compile(r"[<>()\\\";@:\[\]]")
+# What Postfix's smtpd neuters in a HELO argument (an address literal keeps its brackets).
+_NEUTER_HELO = re.compile(r"[ <>()\\\";@]")
 #: xtext characters that stand for themselves ("!" to "~" but "="), and printable ASCII.
 _XTEXT_PLAIN = re.compile(r"[!-<>-~]*")
 _ASCII_PRINTABLE = re.compile(r"[ -~]*")
@@ -88,9 +90,19 @@ def xtext_encode(text: str) -> str:
 
 
 def _printable(text: str) -> str:
+    """Printable ASCII and printable non-ASCII kept; every control character (C0, DEL, C1,
+    line separators, format characters, undecodable bytes) becomes ``?``."""
     if _ASCII_PRINTABLE.fullmatch(text):
         return text
-    return "".join(ch if " " <= ch <= "~" or ch >= "\xa0" else "?" for ch in text)
+    return "".join(ch if " " <= ch <= "~" or (ch >= "\xa0" and ch.isprintable()) else "?"
+                   for ch in text)
+
+
+def neuter(text: str) -> str:
+    """A client-supplied name as Postfix's smtpd keeps a HELO argument: non-printable
+    characters and those that could break a header or a macro expansion become ``?``,
+    and the name is at most 255 characters (it goes into our Received header)."""
+    return _NEUTER_HELO.sub("?", _printable(text[:_MAX_VALUE]))
 
 
 def _valid_hostname(name: str) -> bool:

@@ -211,3 +211,37 @@ async def test_clamd_down_defers_until_it_returns(postfix_factory: PostfixFactor
     await asyncio.to_thread(postfix.flush)
     [message] = await asyncio.to_thread(postfix.wait_messages, 1, 60)
     assert header_block(message.data)[1] == "X-Virus-Scanned: filterd at localdomain"
+
+
+async def test_recipient_refused_by_the_next_hop_gets_a_dsn_the_others_the_message(
+        postfix_factory: PostfixFactory, content_filter: Any) -> None:
+    """The reinjection smtpd refuses one of two recipients for good: the other one gets
+    the message, the sender a DSN from <> for the refused one, and Postfix hears 250, as
+    amavisd-new answers over SMTP (before, the whole message was deferred until expiry)."""
+    reinject = free_port()
+    _, filter_port = await content_filter(reinject)
+    master = amavis_master_cf(reinject).replace(
+        "-o smtpd_recipient_restrictions=permit_mynetworks,reject",
+        "-o smtpd_recipient_restrictions=$filterd_test_reinject_restrictions")
+    postfix = await asyncio.to_thread(postfix_factory, {
+        "content_filter": f"smtp-amavis:[127.0.0.1]:{filter_port}",
+        "filterd_test_reinject_restrictions":
+            "check_recipient_access inline:{ gone@example.com=REJECT }, permit_mynetworks, reject",
+    }, master)
+
+    reply = await postfix.send_async("sender@example.org", ["rcpt@example.com", "gone@example.com"],
+                                      clean_message())
+    assert reply.ok, reply
+    messages = await asyncio.to_thread(postfix.wait_messages, 2, 60)
+    [dsn] = [m for m in messages if m.mail_from == ""]
+    [passed] = [m for m in messages if m.mail_from == "sender@example.org"]
+    assert passed.rcpt_to == ("rcpt@example.com",)
+    assert dsn.rcpt_to == ("sender@example.org",)
+    text = dsn.data.decode("utf-8", "replace")
+    assert "Final-Recipient: rfc822; gone@example.com\nAction: failed\nStatus: 5.7.1" in text
+    assert "<gone@example.com>: Recipient address rejected: Access denied" in text
+    await wait_for(lambda: sum(f":{filter_port}," in line and "status=sent" in line
+                               for line in postfix.log_lines()) == 2,
+                   "Postfix's delivery to filterd: sent, for both recipients", postfix=postfix)
+    await wait_for(lambda: not postfix.queue_ids(), "queue empty", postfix=postfix)
+    assert len(postfix.sink.messages()) == 2  # no bounce from Postfix itself

@@ -28,6 +28,7 @@ class SinkHandler:
     messages: list[Any] = field(default_factory=list)
     xforward: list[str] = field(default_factory=list)
     refuse: set[str] = field(default_factory=set)
+    defer: set[str] = field(default_factory=set)
 
     async def handle_EHLO(self, server: SMTP, session: Any, envelope: Any, hostname: str,
                           responses: list[str]) -> list[str]:
@@ -38,6 +39,8 @@ class SinkHandler:
                           options: list[str]) -> str:
         if address in self.refuse:
             return "550 5.1.1 <%s>: Recipient address rejected" % address
+        if address in self.defer:
+            return "450 4.2.0 <%s>: Recipient address rejected: Greylisted" % address
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 Ok"
 
@@ -47,6 +50,8 @@ class SinkHandler:
 
 
 class SinkSMTP(SMTP):
+    line_length_limit = 1 << 22  # as Postfix's smtpd, the next hop takes long lines
+
     async def smtp_XFORWARD(self, arg: str) -> None:
         self.event_handler.xforward.append(arg)
         await self.push("250 2.0.0 Ok")
@@ -206,14 +211,53 @@ async def test_lmtp_replies_per_recipient(sink: Any, start_filter: Any) -> None:
     assert handler.messages[0].rcpt_tos == ["b@example.com", "c@example.com"]
 
 
-async def test_smtp_mode_partial_refusal_sends_nothing_and_defers(sink: Any, start_filter: Any) -> None:
+async def test_smtp_mode_permanent_refusal_of_one_recipient_delivers_the_others(
+        sink: Any, start_filter: Any) -> None:
+    """As amavisd-new: the accepted recipient gets the message, the sender gets a DSN
+    (from <>, sent before the message) for the refused one, Postfix gets 250."""
     handler, sink_port = sink
     handler.refuse.add("gone@example.com")
     _, port = await start_filter(sink_port)
     client, _ = await Client.connect(port)
     [reply] = await client.transaction(["b@example.com", "gone@example.com"])
     client.close()
-    assert reply.startswith("451 4.5.0 Error in processing, not forwarded")
+    assert reply == f"250 2.0.0 from MTA(smtp:[127.0.0.1]:{sink_port}): 250 2.0.0 Ok: queued as SINK2"
+    dsn, message = handler.messages
+    assert (dsn.mail_from, dsn.rcpt_tos) == ("<>", ["a@example.org"])
+    text = dsn.original_content.decode()
+    assert "report-type=delivery-status" in text and "Subject: Undelivered Mail Returned to Sender" in text
+    assert "Final-Recipient: rfc822; gone@example.com\r\nAction: failed\r\nStatus: 5.1.1\r\n" in text
+    assert "Message-ID: <m1@example.org>" in text  # the original headers come back
+    assert message.rcpt_tos == ["b@example.com"]
+
+
+async def test_smtp_mode_refusal_to_the_null_sender_sends_no_dsn(sink: Any, start_filter: Any) -> None:
+    handler, sink_port = sink
+    handler.refuse.add("gone@example.com")
+    _, port = await start_filter(sink_port)
+    client, _ = await Client.connect(port)
+    assert (await client.cmd("EHLO pf.example")).startswith("250")
+    assert (await client.cmd("MAIL FROM:<>")).startswith("250")
+    assert (await client.cmd("RCPT TO:<b@example.com>")).startswith("250")
+    assert (await client.cmd("RCPT TO:<gone@example.com>")).startswith("250")
+    [reply] = await client.send_data(MESSAGE)
+    client.close()
+    assert reply.startswith("250 2.0.0 from MTA(")
+    [message] = handler.messages
+    assert message.rcpt_tos == ["b@example.com"]
+
+
+async def test_smtp_mode_temporary_refusal_sends_nothing_and_defers(sink: Any, start_filter: Any) -> None:
+    """One reply for all: a recipient refused for now defers the whole message, and no
+    one gets it yet (on the retry nobody gets it twice)."""
+    handler, sink_port = sink
+    handler.defer.add("later@example.com")
+    handler.refuse.add("gone@example.com")
+    _, port = await start_filter(sink_port)
+    client, _ = await Client.connect(port)
+    [reply] = await client.transaction(["b@example.com", "later@example.com", "gone@example.com"])
+    client.close()
+    assert reply.startswith("450 4.2.0 from MTA(")
     assert handler.messages == []
 
 
@@ -370,10 +414,10 @@ async def test_quarantine_release_reinjects_and_check_reports(sink: Any, start_f
     assert f"{path}: reject (POSTFIX-CHECKS), score 0" in out.getvalue()
 
 
-async def test_over_long_line_500_and_the_session_goes_on(sink: Any, start_filter: Any) -> None:
-    """A line over the server's line limit refuses the message (Postfix keeps and retries
-    it); the end-of-data line is still found and the next command, pipelined right behind
-    it, is answered."""
+async def test_over_long_line_is_taken_and_the_session_goes_on(sink: Any, start_filter: Any) -> None:
+    """A DATA line far over the reader's limit is no reason to refuse a message (a 5xx
+    would make Postfix bounce what it had accepted): the message goes on whole, and the
+    next command, pipelined right behind the end-of-data line, is answered."""
     handler, sink_port = sink
     _, port = await start_filter(sink_port, "message_size_limit = 0")
     client, _ = await Client.connect(port)
@@ -381,11 +425,196 @@ async def test_over_long_line_500_and_the_session_goes_on(sink: Any, start_filte
     assert (await client.cmd("MAIL FROM:<a@example.org>")).startswith("250")
     assert (await client.cmd("RCPT TO:<b@example.com>")).startswith("250")
     assert (await client.cmd("DATA")).startswith("354")
-    client.writer.write(MESSAGE + b"x" * (LINE_LIMIT + 10) + b"\r\n.\r\nRSET\r\n")
-    assert await client.reply() == "500 Line too long (see RFC5321 4.5.3.1.6)"
+    long_line = b"x" * (LINE_LIMIT + 10)
+    client.writer.write(MESSAGE + long_line + b"\r\n.\r\nRSET\r\n")
+    assert (await client.reply()).startswith("250 2.0.0 from MTA")
     assert (await client.reply()).startswith("250")  # RSET
-    assert handler.messages == []
-    [reply] = await client.transaction(["b@example.com"])
+    [got] = handler.messages
+    assert got.original_content.endswith(b"\r\n\r\nHello.\r\nleading dot\r\n" + long_line + b"\r\n")
     client.close()
-    assert reply.startswith("250 2.0.0 from MTA")
-    assert len(handler.messages) == 1
+
+
+#: The attack of issue 11: an attachment name, RFC 2047-encoded, holding CR LF and fake
+#: replies. Banned (.exe), its name lands in the 554 reply text.
+INJECTED_NAME = "=?utf-8?q?x=0D=0A250_2.0.0_Ok=0D=0A250_2.0.0_Ok=0D=0A=00=1B=0B=0C=C2=85=E2=80=A8y.exe?="
+BANNED_MESSAGE = (
+    b"From: a@example.org\r\nTo: b@example.com\r\nSubject: banned\r\n"
+    b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=BB\r\n\r\n"
+    b"--BB\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+    b"--BB\r\nContent-Type: application/octet-stream\r\n"
+    b"Content-Disposition: attachment; filename=\"" + INJECTED_NAME.encode() + b"\"\r\n"
+    b"Content-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAAEAAAA//8AALgAAAAAAAAAQAAAAAAAAAAA\r\n--BB--\r\n")
+
+
+@pytest.mark.parametrize("protocol", ["smtp", "lmtp"])
+async def test_reply_injection_from_a_banned_name_stays_one_reply(sink: Any, start_filter: Any,
+                                                                   protocol: str) -> None:
+    """Each reply after DATA is one line of printable ASCII: the fake replies in the
+    attachment name stay inside it, and the next pipelined transaction gets its own."""
+    handler, sink_port = sink
+    _, port = await start_filter(sink_port, f"content_checks = banned\nfilter_protocol = {protocol}")
+    client, _ = await Client.connect(port)
+    helo = "LHLO" if protocol == "lmtp" else "EHLO"
+    await client.cmd(f"{helo} pf.example")
+    stuffed = BANNED_MESSAGE + b".\r\n"
+    rcpts = ["b@example.com", "c@example.com"]
+    client.writer.write(b"MAIL FROM:<a@example.org>\r\n"
+                        + b"".join(b"RCPT TO:<%s>\r\n" % r.encode() for r in rcpts)
+                        + b"DATA\r\n" + stuffed
+                        + b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+    replies = [await client.reply() for _ in range(4)]
+    assert [r[:3] for r in replies] == ["250", "250", "250", "354"]
+    after_data = [await client.reply() for _ in range(len(rcpts) if protocol == "lmtp" else 1)]
+    for reply in after_data:
+        assert reply.startswith("554 5.7.0 Reject, id=")
+        assert reply.isascii() and reply.isprintable() and len(reply) <= 510
+        assert "x??250 2.0.0 Ok??250 2.0.0 Ok" in reply
+    # the next transaction's replies are its own: MAIL, RCPT, DATA
+    assert [(await client.reply())[:3] for _ in range(3)] == ["250", "250", "354"]
+    client.writer.write(MESSAGE + b".\r\nQUIT\r\n")
+    assert (await client.reply()).startswith("250 2.0.0 from MTA(")
+    assert (await client.reply()).startswith("221")
+    client.close()
+    [passed] = handler.messages
+    assert passed.rcpt_tos == ["b@example.com"]
+
+
+async def test_client_stalled_inside_data_is_timed_out(sink: Any, start_filter: Any,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """filter_timeout limits every wait for the client, inside DATA too (Postfix's
+    smtpd_timeout): a stalled client is cut off, its connection slot and memory freed."""
+    caplog.set_level("INFO", "filterd.content")
+    handler, sink_port = sink
+    server, port = await start_filter(sink_port, "filter_timeout = 1s\nfilter_max_connections = 1")
+    client, _ = await Client.connect(port)
+    await client.cmd("EHLO pf.example")
+    await client.cmd("MAIL FROM:<a@example.org>")
+    await client.cmd("RCPT TO:<b@example.com>")
+    assert (await client.cmd("DATA")).startswith("354")
+    client.writer.write(MESSAGE + b"x" * 100_000)  # then nothing more, no end of data
+    await client.writer.drain()
+    assert await asyncio.wait_for(client.reader.read(), 30) == b""  # closed by the server
+    client.close()
+    assert any(r.getMessage().startswith("timeout after DATA from [127.0.0.1]:") for r in caplog.records)
+    while server.connections:  # the slot is free again: a new client is served
+        await asyncio.sleep(0.05)
+    again, greeting = await Client.connect(port)
+    assert greeting.startswith("220 ")
+    again.close()
+    assert handler.messages == []
+
+
+async def test_slow_processing_is_not_the_clients_idle_time(sink: Any, start_filter: Any) -> None:
+    """The time a message takes to be checked is not the client's: checks slower than
+    filter_timeout do not cut the session, and the reply still comes."""
+    release = asyncio.Event()
+    handler, sink_port = sink
+    server, port = await start_filter(sink_port, "filter_timeout = 1s")
+    scan = server.pipeline.scan
+
+    async def slow_scan(*args: Any) -> Any:
+        await release.wait()
+        return await scan(*args)
+
+    server.pipeline.scan = slow_scan  # a content check that takes long
+    client, _ = await Client.connect(port)
+    pending = asyncio.create_task(client.transaction(["b@example.com"]))
+    while not server.tasks:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(2.5)  # more than the timeout passes while the message is checked
+    release.set()
+    [reply] = await pending
+    assert reply.startswith("250 2.0.0 from MTA(")
+    assert (await client.cmd("NOOP")).startswith("250")
+    client.close()
+
+
+@pytest.mark.parametrize("command, reply", [
+    ("MAIL FROM:<j\u00fcrgen@example.org>", "553 5.6.7 Must declare SMTPUTF8 to send unicode address"),
+    ("MAIL FROM:<\"a\x01b\"@example.org>", "501 5.1.7 Bad sender address syntax"),
+    ("MAIL FROM:<\"a\x1bb\"@example.org> SMTPUTF8", "501 5.1.7 Bad sender address syntax"),
+    ("MAIL FROM:<a\u2028b@example.org> SMTPUTF8", "501 5.1.7 Bad sender address syntax"),
+    ("MAIL FROM:<j\u00fcrgen@example.org> SMTPUTF8", "250 2.1.0 Ok"),
+    ("RCPT TO:<j\u00fcrgen@example.com>", "553 5.6.7 Must declare SMTPUTF8 to send unicode address"),
+    ("RCPT TO:<\"b\x7fc\"@example.com>", "501 5.1.3 Bad recipient address syntax"),
+    ("RCPT TO:<\"b\x00c\"@example.com>", "501 5.1.3 Bad recipient address syntax"),
+    ("RCPT TO:<\"b c\"@example.com>", "250 2.1.5 Ok"),
+])
+async def test_unusable_addresses_refused_up_front(sink: Any, start_filter: Any, command: str,
+                                                   reply: str) -> None:
+    """An address that could not be passed on gets Postfix's 5xx at MAIL/RCPT, not 250
+    and then a 4xx after DATA that Postfix retries until the message expires."""
+    _, port = await start_filter(sink[1])
+    client, _ = await Client.connect(port)
+    await client.cmd("EHLO pf.example")
+    if command.startswith("RCPT"):
+        assert (await client.cmd("MAIL FROM:<a@example.org>")).startswith("250")
+    client.writer.write(command.encode("utf-8") + b"\r\n")
+    assert await client.reply() == reply
+    client.close()
+
+
+async def test_addresses_go_on_as_received(start_filter: Any) -> None:
+    """A quoted local part and a UTF-8 address with SMTPUTF8 reach the next hop as they
+    were received (MAIL and RCPT are written by the forwarder, not reparsed)."""
+    handler = SinkHandler()
+    loop = asyncio.get_running_loop()
+    utf8_sink = await loop.create_server(lambda: SinkSMTP(handler, loop=loop, enable_SMTPUTF8=True),
+                                         "127.0.0.1", 0)
+    _, port = await start_filter(utf8_sink.sockets[0].getsockname()[1])
+    client, _ = await Client.connect(port)
+    await client.cmd("EHLO pf.example")
+    assert (await client.cmd(r'MAIL FROM:<"a\\b c"@example.org> SMTPUTF8')).startswith("250")
+    client.writer.write("RCPT TO:<j\u00fcrgen@example.com>\r\n".encode())
+    assert (await client.reply()).startswith("250")
+    [reply] = await client.send_data(MESSAGE)
+    client.close()
+    assert reply.startswith("250 2.0.0 from MTA(")
+    [got] = handler.messages
+    assert (got.mail_from, got.rcpt_tos) == (r'"a\\b c"@example.org', ["j\u00fcrgen@example.com"])
+    utf8_sink.close()
+
+
+async def test_utf8_address_to_a_next_hop_without_smtputf8(sink: Any, start_filter: Any) -> None:
+    """As Postfix's smtp client: SMTPUTF8 is required but not offered; nothing is sent."""
+    handler, sink_port = sink
+    _, port = await start_filter(sink_port)
+    client, _ = await Client.connect(port)
+    await client.cmd("EHLO pf.example")
+    assert (await client.cmd("MAIL FROM:<a@example.org> SMTPUTF8")).startswith("250")
+    client.writer.write("RCPT TO:<j\u00fcrgen@example.com>\r\n".encode())
+    assert (await client.reply()).startswith("250")
+    [reply] = await client.send_data(MESSAGE)
+    client.close()
+    assert reply == f"554 5.6.7 SMTPUTF8 is required, but was not offered by host smtp:[127.0.0.1]:{sink_port}"
+    assert handler.messages == []
+
+
+async def test_helo_is_neutered_before_it_reaches_the_received_header(sink: Any, start_filter: Any) -> None:
+    handler, sink_port = sink
+    _, port = await start_filter(sink_port)
+    client, _ = await Client.connect(port)
+    [reply] = await client.transaction(["b@example.com"], helo="EHLO evil\rX-Injected: 1")
+    client.close()
+    assert reply.startswith("250 2.0.0 from MTA(")
+    [got] = handler.messages
+    assert b"Received: from evil?X-Injected:?1 ([127.0.0.1])" in got.original_content
+    assert b"\rX-Injected" not in got.original_content
+
+
+async def test_a_bug_in_a_command_is_a_temporary_error(sink: Any, start_filter: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never a 5xx for a reason that is not a verdict: aiosmtpd's own answer to an
+    exception is 500 with the exception's text."""
+    import filterd.content.server as server_module
+
+    def broken(arg: str | None, current: Any) -> Any:
+        raise RuntimeError("boom\r\n250 fake")
+
+    monkeypatch.setattr(server_module, "parse_xforward", broken)
+    _, port = await start_filter(sink[1])
+    client, _ = await Client.connect(port)
+    await client.cmd("EHLO pf.example")
+    assert await client.cmd("XFORWARD ADDR=192.0.2.1") == "451 4.3.0 Error: internal error"
+    assert (await client.cmd("NOOP")).startswith("250")
+    client.close()

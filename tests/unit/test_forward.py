@@ -67,3 +67,24 @@ async def test_pooled_connection_closed_by_next_hop_is_replaced():
     assert len(sink.messages) == 2 and sink.connections == 2
     await fwd.close()
     server.close()
+
+
+async def test_a_malformed_reply_from_the_next_hop_is_quoted_safely() -> None:
+    """A next hop that answers garbage: a temporary failure whose text (quoted in our
+    reply and our log) is one short printable line."""
+
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 ok\r\n")
+        await reader.readline()
+        writer.write(b"XYZ \x1b[2J" + b"y" * 5000 + b"\r\n")
+        await writer.drain()
+        await reader.read()
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    forwarder = Forwarder(parse_next_hop(f"smtp:[127.0.0.1]:{port}"), 10, "filter.example")
+    result = await forwarder.send("a@example.org", ["b@example.com"], MESSAGE)
+    server.close()
+    reply = result.replies["b@example.com"]
+    assert reply.temporary and reply.text.isascii() and reply.text.isprintable()
+    assert len(str(reply)) < 300 and "[2J" in reply.text

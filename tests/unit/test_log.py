@@ -101,3 +101,57 @@ async def test_flush_writes_buffered_lines_at_once(tmp_path: Path) -> None:
     flog.event("policy", "last request")
     flog.flush()
     assert path.read_text().endswith("last request\n")
+
+
+#: One character of every control class, and how the log writes it.
+CONTROLS = [
+    ("\r", "\\r"), ("\n", "\\n"), ("\t", "\\t"), ("\x00", "\\x00"), ("\x07", "\\x07"),
+    ("\x1b", "\\x1b"), ("\x0b", "\\x0b"), ("\x0c", "\\x0c"), ("\x1c", "\\x1c"), ("\x7f", "\\x7f"),
+    ("\x85", "\\x85"), ("\x9b", "\\x9b"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"),
+    ("\u202e", "\\u202e"), ("\u200b", "\\u200b"), ("\ufeff", "\\ufeff"), ("\udcff", "\\udcff"),
+    ("\U000e0041", "\\U000e0041"),
+]
+
+
+def _one_line(text: str) -> str:
+    """The file holds exactly one line, by any reader's idea of a line ending
+    (str.splitlines also breaks at VT, FF, FS, NEL, U+2028...)."""
+    assert text.endswith("\n") and text.count("\n") == 1
+    [line] = text.splitlines()
+    return line
+
+
+@pytest.mark.parametrize("char, escaped", CONTROLS)
+async def test_every_control_character_is_escaped_in_event_lines(tmp_path: Path, char: str,
+                                                                  escaped: str) -> None:
+    path = setup(tmp_path)
+    flog.event("content", f"Message-ID: <a{char}b@example.org>, é kept")
+    flog.flush()
+    line = _one_line(path.read_text(encoding="utf-8", errors="strict" if char != "\udcff" else "replace"))
+    assert line.endswith(f"Message-ID: <a{escaped}b@example.org>, é kept")
+
+
+@pytest.mark.parametrize("char, escaped", CONTROLS)
+def test_every_control_character_is_escaped_in_logger_lines(tmp_path: Path, char: str,
+                                                             escaped: str) -> None:
+    """The formatter escapes, so no caller of logging can forget it (the policy
+    service's, the content filter's and every other module's warnings)."""
+    path = setup(tmp_path)
+    logging.getLogger("filterd.policy").warning("policy client %s: bad", f"x{char}y")
+    line = _one_line(path.read_text(encoding="utf-8", errors="replace"))
+    assert line.endswith(f"warning: policy client x{escaped}y: bad")
+
+
+def test_a_traceback_stays_on_one_line(tmp_path: Path) -> None:
+    path = setup(tmp_path)
+    try:
+        raise ValueError("bad\x1b[2Jvalue\u2028forged")
+    except ValueError:
+        logging.getLogger("filterd.content").exception("internal error")
+    line = _one_line(path.read_text())
+    assert "ValueError: bad\\x1b[2Jvalue\\u2028forged" in line and line.count(" | ") >= 2
+
+
+def test_escape_leaves_printable_text_alone() -> None:
+    text = "from=<j\u00fcrgen@example.org> [192.0.2.1] \\n is two characters"
+    assert flog.escape(text) is text
