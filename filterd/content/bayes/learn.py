@@ -30,7 +30,7 @@ from filterd.config import Config
 from filterd.content.bayes.check import BayesClassifier
 from filterd.content.bayes.model import BayesModel, BayesModelError, LearnBatch, make_vectorizer
 from filterd.content.bayes.scale import (
-    SCALE_FILE, Scale, ScaleError, bayes_feature, fit_scale, report_lines, stratified_folds,
+    MIN_PER_CLASS, SCALE_FILE, Scale, ScaleError, bayes_feature, fit_scale, report_lines, stratified_folds,
 )
 from filterd.content.message import Message
 
@@ -170,6 +170,10 @@ def learn_scale(cfg: Config, raws: list[bytes], labels: list[bool]) -> Scale:
     """Fit the score scale on these messages (see ``scale.py``); CPU-bound, blocking."""
     from filterd.content.rules import rule_paths
 
+    nspam = sum(labels)
+    if min(nspam, len(labels) - nspam) < MIN_PER_CLASS:  # say so before loading any rules
+        raise ScaleError(f"a score scale needs at least {MIN_PER_CLASS} spam and {MIN_PER_CLASS} ham "
+                         f"(got {nspam} spam, {len(labels) - nspam} ham): static scores stay")
     folds = stratified_folds(labels)
     features = scale_features(cfg, raws, labels, folds)
     paths = rule_paths(cfg) if "rules" in cfg.get("content_checks") else []
