@@ -21,9 +21,11 @@ training mail, as SpamAssassin's perceptron does on its mass-check results:
   are free. The regularisation strength is picked by cross-validation over the same folds;
 - the decision threshold is chosen on out-of-fold decision values so that at most
   ``fp_target`` of ham (less one message of margin) would score above it, and the weights
-  are scaled so that this threshold lands exactly on ``spam_tag2_level``. With no constant
-  term left over, every point of a verdict's score belongs to a symbol, and
-  ``score >= spam_tag2_level`` is the fitted decision.
+  are scaled so that this threshold lands exactly on ``spam_tag2_level`` and a message
+  with no evidence (no rule, Bayes without opinion) scores 0. The constant term goes into
+  the Bayes bins' points (exactly one bin fires whenever Bayes speaks), so every point of a
+  verdict's score belongs to a symbol, and ``score >= spam_tag2_level`` is the fitted
+  decision.
 
 Symbols the scale does not know (rules that never fired in training, GTUBE, Postfix
 checks) keep the score their rule file gives them. The scale is stored beside the Bayes
@@ -64,6 +66,8 @@ BAYES_EDGES = (1e-6, 1e-4, 0.01, 0.05, 0.2, 0.4, 0.4999, 0.5001, 0.6, 0.8, 0.95,
                0.99999, 1.0)
 #: Feature names of the bins while fitting (never a rule name: rules are upper case).
 BAYES_BIN = "bayes-bin-"
+#: The level lies at least this far (in logits) above a message with no evidence.
+MIN_LEVEL_LOGITS = 1.0
 #: Fewest messages of each class the scale is fitted on (fewer: static scores stay).
 MIN_PER_CLASS = 50
 
@@ -299,12 +303,19 @@ def fit_scale(features: Sequence[dict[str, float]], labels: Sequence[bool], fold
     t = threshold_for(oof[~y], fp_target)
     names, bounds = _vocabulary(features, np.arange(len(y)))
     w, b = _fit(_design(features, names), y, bounds, c)
-    if not t - b > 0:
-        raise ScaleError("the fitted scale would call a message with no symbols spam: static scores stay")
-    k = level / (t - b)
-    points = {n: round(float(k * wi), 3) for n, wi in zip(names, w) if not n.startswith(BAYES_BIN)}
-    bins = dict(zip(names, w))
-    bayes_points = tuple(round(float(k * bins.get(f"{BAYES_BIN}{i}", 0.0)), 3) for i in range(len(BAYES_EDGES)))
+    # A neutral message (no rule fired; Bayes, if used, with no opinion: p = 0.5) scores 0
+    # points and one at the threshold scores `level`. Every message the Bayes model speaks
+    # on falls in exactly one bin, so the constant term goes into the bins' points.
+    weights = dict(zip(names, w))
+    bins = [weights.get(f"{BAYES_BIN}{i}", 0.0) for i in range(len(BAYES_EDGES))]
+    bayes_used = any(n.startswith(BAYES_BIN) for n in names)
+    neutral = b + (bins[bayes_bin(0.5)] if bayes_used else 0.0)
+    # Mail without evidence is never spam: when the training mail is so well separated
+    # that the threshold falls below the neutral message, it is raised above it.
+    t = max(t, neutral + MIN_LEVEL_LOGITS)
+    k = level / (t - neutral)
+    points = {n: round(float(k * wi), 3) for n, wi in weights.items() if not n.startswith(BAYES_BIN)}
+    bayes_points = tuple(round(float(k * (wb + b - neutral)), 3) if bayes_used else 0.0 for wb in bins)
     report = _report(oof, y, folds, fp_target, t)
     report.update({"c": c, "points_per_logit": k, "weights": float(len(names)), "fp_target": fp_target})
     return Scale(points, level, list(rule_paths), report, bayes_points)
