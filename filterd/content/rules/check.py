@@ -68,6 +68,7 @@ def report(stats: LoadStats, seconds: float, out: TextIO) -> None:
     if stats.native_eval:
         w("native eval tests: " + ", ".join(f"{f} ({n})" for f, n in sorted(stats.native_eval.items())) + "\n")
     w(f"disabled by score 0: {stats.disabled_zero_score}\n")
+    w(f"sub-rules no scored rule reads (not evaluated): {stats.unreferenced}\n")
     w(f"if/ifplugin blocks skipped: {stats.skipped_blocks}\n")
     w(f"engine: {stats.engine}; patterns in hyperscan: {stats.hyperscan_accelerated} "
       f"({stats.hyperscan_exact} exact, {stats.hyperscan_prefilter} prefilter), "
