@@ -271,8 +271,8 @@ def _oof(features: Sequence[dict[str, float]], y: np.ndarray, folds: np.ndarray,
     for f in np.unique(folds):
         train, test = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
         names, bounds = _vocabulary(features, train)
-        w, b = _fit(_design([features[i] for i in train], names), y[train], bounds, c)
-        out[test] = _design([features[i] for i in test], names) @ w + b
+        w, b = _fit(_design([features[i] for i in train.tolist()], names), y[train], bounds, c)
+        out[test] = _design([features[i] for i in test.tolist()], names) @ w + b
     return out
 
 
