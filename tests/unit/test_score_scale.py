@@ -197,3 +197,26 @@ def test_learn_report_without_a_scale(tmp_path: Path) -> None:
     cfg = Config.from_text(f"data_directory = {tmp_path}\n")
     assert learn_command(cfg, [], [], out=io.StringIO(), err=err, report=True) == 1
     assert "no score scale learned yet" in err.getvalue()
+
+
+def test_learn_reads_a_users_mbox_and_maildir_and_fits_the_scale(tmp_path: Path) -> None:
+    """Issue 11: a user's own mail, an mbox of spam and a Maildir of ham (cur/ and new/;
+    tmp/ holds deliveries in progress and is skipped), as sa-learn --mbox and sa-learn on
+    a directory read them."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "t.cf").write_text(RULES)
+    spam_mbox = tmp_path / "Junk.mbox"
+    spam_mbox.write_bytes(b"".join(
+        b"From spammer@example.com Mon Oct  7 10:00:00 2002\n" + make_message(True, i) + b"\n" for i in range(60)))
+    maildir = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    for i in range(60):
+        (maildir / ("cur" if i % 2 else "new") / f"{i}.host:2,S").write_bytes(make_message(False, i))
+    (maildir / "tmp" / "partial").write_bytes(make_message(True, 999))
+    out, err = io.StringIO(), io.StringIO()
+    assert learn_command(config(tmp_path, rules), [str(spam_mbox)], [str(maildir)], out=out, err=err) == 0, err.getvalue()
+    assert out.getvalue().startswith("Learned tokens from 120 message(s) (120 message(s) examined)")
+    scale = Scale.load(str(tmp_path / "data" / "bayes" / SCALE_FILE))
+    assert int(scale.report["spam"]) == 60 and int(scale.report["ham"]) == 60
