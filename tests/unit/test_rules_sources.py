@@ -83,8 +83,9 @@ HAM = (b"From: Alice <alice@example.org>\nTo: bob@example.com\nSubject: lunch\n"
 TRICKS = [
     ("FD_HTML_COMMENT_IN_WORD", b"From: a@example.org\nTo: b@example.com\nSubject: hi\nMIME-Version: 1.0\n"
      b"Content-Type: text/html\n\n<html><body>Vi<!-- x -->agra now</body></html>\n"),
-    ("FD_HTML_ENTITY_LETTERS", b"From: a@example.org\nTo: b@example.com\nSubject: hi\nMIME-Version: 1.0\n"
-     b"Content-Type: text/html\n\n<html><body>&#86;&#105;&#97;&#103;ra</body></html>\n"),
+    ("FD_HTML_BOGUS_TAG_IN_WORD", b"From: a@example.org\nTo: b@example.com\nSubject: hi\nMIME-Version: 1.0\n"
+     b"Content-Type: text/html\n\n<html><body>Vi<zq>agra now</body></html>\n"),
+    ("FD_TO_NO_BRACKETS_NAME", b"From: a@example.org\nTo: Bob Smith bob@example.com\nSubject: hi\n\nx\n"),
     ("FD_URI_DECIMAL_HOST", b"From: a@example.org\nTo: b@example.com\nSubject: hi\n\n"
      b"Go to http://3627734734/offer now\n"),
     ("FD_MIME_NO_VERSION", b"From: a@example.org\nTo: b@example.com\nSubject: hi\n"
