@@ -103,3 +103,16 @@ def test_own_rules_catch_their_trick_and_not_plain_mail(name: str, raw: bytes) -
     rs = RuleSet.load([shipped_rules_directory()], engine="regex")
     assert name in {s.name for s in rs.evaluate(Message(raw))}
     assert name not in {s.name for s in rs.evaluate(Message(HAM))}
+
+
+def test_sub_rules_no_scored_rule_reads_are_not_evaluated(tmp_path: Path) -> None:
+    rules = rules_dir(tmp_path / "r", "body __USED /alpha/\nbody __UNUSED /beta/\nmeta __CHAIN __USED\n"
+                      "meta SCORED __CHAIN\nscore SCORED 1.0\nbody OFF /gamma/\nscore OFF 0\n"
+                      "body __ONLY_FOR_OFF /delta/\nmeta OFF2 __ONLY_FOR_OFF\nscore OFF2 0\n")
+    from filterd.content.message import Message
+
+    rs = RuleSet.load([str(rules)], engine="regex")
+    assert rs.stats.unreferenced == 2  # __UNUSED, and __ONLY_FOR_OFF (read only by a rule scored 0)
+    assert rs.stats.loaded["body"] == 1 and rs.stats.loaded["meta"] == 2
+    fired = {s.name for s in rs.evaluate(Message(b"Subject: x\n\nalpha beta gamma delta\n"))}
+    assert fired == {"SCORED"}
