@@ -220,3 +220,14 @@ def test_learn_reads_a_users_mbox_and_maildir_and_fits_the_scale(tmp_path: Path)
     assert out.getvalue().startswith("Learned tokens from 120 message(s) (120 message(s) examined)")
     scale = Scale.load(str(tmp_path / "data" / "bayes" / SCALE_FILE))
     assert int(scale.report["spam"]) == 60 and int(scale.report["ham"]) == 60
+
+
+def test_the_messages_kept_for_the_scale_are_bounded() -> None:
+    from filterd.content.bayes.learn import _Reservoir
+
+    kept = _Reservoir(100)
+    for i in range(1000):
+        kept.offer(b"%d" % i, i % 5 == 0)
+    assert len(kept.raws) == len(kept.labels) == 100
+    assert all(lab == (int(raw) % 5 == 0) for raw, lab in zip(kept.raws, kept.labels))
+    assert max(int(r) for r in kept.raws) > 500  # later messages had their chance too

@@ -11,7 +11,7 @@ rules run on every message, a Bayes model learned on k-1 folds gives the other f
 probability (in bins finer than the BAYES_xx bands), and the points of every symbol are fitted so that ``spam_tag2_level`` is
 the cross-validated decision. ``--report`` prints the cross-validated figures (without
 PATHs: those of the scale learned last). The messages of one run are held in memory for
-this.
+this, at most :data:`SCALE_MAX_MESSAGES` of them (a random sample of a larger run).
 
 Also runnable as ``python -m filterd.content.bayes.learn [-c filterd.cf] --spam ... --ham ...``.
 """
@@ -19,6 +19,7 @@ Also runnable as ``python -m filterd.content.bayes.learn [-c filterd.cf] --spam 
 from __future__ import annotations
 
 import os
+import random
 import sys
 from collections.abc import Iterable, Iterator
 from itertools import islice
@@ -36,6 +37,8 @@ from filterd.content.message import Message
 
 #: Messages parsed and vectorized together (bounds memory on huge mbox files).
 CHUNK = 500
+#: Most messages one run keeps in memory to fit the score scale on (a random sample beyond).
+SCALE_MAX_MESSAGES = 20_000
 _SKIPPED_NAMES = frozenset(("cmds",))
 
 
@@ -118,8 +121,7 @@ def learn_command(cfg: Config, spam: list[str], ham: list[str],
         return 2
     classifier = BayesClassifier(cfg)
     learned = examined = 0
-    raws: list[bytes] = []
-    labels: list[bool] = []
+    kept = _Reservoir(SCALE_MAX_MESSAGES)
     try:
         for paths, is_spam in ((spam, True), (ham, False)):
             for path in paths:
@@ -127,8 +129,8 @@ def learn_command(cfg: Config, spam: list[str], ham: list[str],
                     n, m = classifier.learn((Message(raw) for raw in chunk), is_spam)
                     learned += n
                     examined += m
-                    raws += chunk
-                    labels += [is_spam] * len(chunk)
+                    for raw in chunk:
+                        kept.offer(raw, is_spam)
         classifier.save()
     except (BayesModelError, OSError) as exc:
         print(f"filterd learn: {exc}", file=err)
@@ -136,7 +138,7 @@ def learn_command(cfg: Config, spam: list[str], ham: list[str],
     print(f"Learned tokens from {learned} message(s) ({examined} message(s) examined)", file=out)
     print(classifier.describe(), file=out)
     try:
-        scale = learn_scale(cfg, raws, labels)
+        scale = learn_scale(cfg, kept.raws, kept.labels)
         scale.save(scale_path)
     except ScaleError as exc:
         print(f"filterd learn: no score scale learned: {exc}", file=out)
@@ -149,6 +151,29 @@ def learn_command(cfg: Config, spam: list[str], ham: list[str],
     for line in lines if report else lines[-1:]:
         print(line, file=out)
     return 0
+
+
+class _Reservoir:
+    """At most ``size`` of the messages offered, each equally likely to be kept (a fixed
+    seed, so a run is repeatable): the score scale is fitted on all of a run's messages
+    when they fit, on a fair sample of a huge mailbox otherwise, and memory stays bounded."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.raws: list[bytes] = []
+        self.labels: list[bool] = []
+        self._seen = 0
+        self._rng = random.Random(0)
+
+    def offer(self, raw: bytes, spam: bool) -> None:
+        self._seen += 1
+        if len(self.raws) < self.size:
+            self.raws.append(raw)
+            self.labels.append(spam)
+            return
+        j = self._rng.randrange(self._seen)
+        if j < self.size:
+            self.raws[j], self.labels[j] = raw, spam
 
 
 def _print_stored_report(path: str, out: IO[str], err: IO[str]) -> int:
