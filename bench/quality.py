@@ -12,19 +12,21 @@ hard_ham counted as ham:
   R@FP<=1%      the same at 1 % (thresholds swept over the scores; ties count as caught ham)
 
 Systems:
-  bayes         filterd's Bayes alone (threshold: probability 0.5, BAYES_50 and up)
-  pipeline      filterd's whole content pipeline through ``quality_scorer(cfg)`` (its real
-                ``scan()``): filterd's shipped rules plus SpamAssassin's shipped rules
-                (``rules_extra_directories = /usr/share/spamassassin``), filterd Bayes learned
-                with ``filterd learn`` on the training part, Postfix checks and banned files
-                with their defaults, ClamAV off. Threshold: the configuration's
-                spam_tag2_level (6.31, where filterd marks spam), or --pipeline-threshold
-  spamassassin  SpamAssassin 4 from Debian, network tests off, Bayes on: sa-learn into a
-                fresh database per fold, then spamd on 127.0.0.1 scored with 8 concurrent
-                ``spamc -x -c`` (threshold: required_score 5.0). Slow (about 20 msg/s here),
-                so only the first --sa-folds folds are run.
+  bayes          filterd's Bayes alone (threshold: probability 0.5, BAYES_50 and up)
+  defaults       what a user who installs filterd and keeps the defaults gets: filterd's
+                 whole content pipeline through ``quality_scorer(cfg)`` (its real ``scan()``)
+                 with the embedded defaults, ClamAV off: filterd's own rules plus
+                 SpamAssassin's rules where installed (``rules_extra_directories``'
+                 default), ``filterd learn`` on the training part (Bayes and the learned
+                 score scale, itself cross-validated inside the training part). Threshold:
+                 the configured spam_tag2_level (6.31), or --pipeline-threshold
+  defaults-nosa  the same with ``rules_extra_directories =`` (SpamAssassin's rules off)
+  spamassassin   SpamAssassin 4 from Debian, network tests off, Bayes on: sa-learn into a
+                 fresh database per fold, then spamd on 127.0.0.1 scored with 8 concurrent
+                 ``spamc -x -c`` (threshold: required_score 5.0). Slow (about 20 msg/s here),
+                 so only the first --sa-folds folds are run.
 
-Usage: python bench/quality.py [--systems bayes,pipeline,spamassassin] [--folds 5]
+Usage: python bench/quality.py [--systems bayes,defaults,defaults-nosa,spamassassin] [--folds 5]
        [--sa-folds 2] [--sample N] [--seed 1] [--pipeline-threshold S] [--scores FILE.tsv]
 The corpus is $FILTERD_CORPUS/spamassassin (default ../shared/corpus next to the repo).
 """
@@ -166,21 +168,21 @@ def bayes_system(corpus: Corpus) -> Scorer:
     return score
 
 
-#: The pipeline's configuration, as an administrator would write it: filterd's shipped
-#: rules (rules_directory, default) plus SpamAssassin's shipped rules, Postfix checks and
-#: banned files with their defaults, ClamAV off (clamd is not part of this measurement).
-PIPELINE_CF = """\
-rules_extra_directories = /usr/share/spamassassin
-clamav_socket =
-"""
+#: The configurations measured: the embedded defaults (SpamAssassin's rules loaded where
+#: installed) and the same without SpamAssassin's rules; ClamAV off in both (clamd is not
+#: part of this measurement).
+PIPELINE_CFS = {
+    "defaults": "clamav_socket =\n",
+    "defaults-nosa": "clamav_socket =\nrules_extra_directories =\n",
+}
 
 
-def pipeline_system(corpus: Corpus, run_dir: Path) -> Scorer | str:
-    """filterd's whole pipeline, or the reason it cannot be run.
+def pipeline_system(corpus: Corpus, run_dir: Path, extra_cf: str) -> Scorer | str:
+    """filterd's whole pipeline with ``extra_cf`` over the defaults, or why it cannot run.
 
     ``data_directory`` is ``run_dir``, kept for the whole run, so the compiled Hyperscan
     databases (``rules-cache``) are built once; each fold learns its own
-    ``bayes_directory``.
+    ``bayes_directory`` (Bayes and the score scale) with ``filterd learn``.
     """
     try:
         pipeline = importlib.import_module("filterd.content.pipeline")
@@ -194,7 +196,7 @@ def pipeline_system(corpus: Corpus, run_dir: Path) -> Scorer | str:
 
     def score(train: np.ndarray, test: np.ndarray) -> np.ndarray:
         with tempfile.TemporaryDirectory(prefix="filterd-quality-") as tmp:
-            cfg = Config.from_text(f"data_directory = {run_dir}\nbayes_directory = {tmp}/bayes\n" + PIPELINE_CF)
+            cfg = Config.from_text(f"data_directory = {run_dir}\nbayes_directory = {tmp}/bayes\n" + extra_cf)
             spam_dir, ham_dir = _link_files(corpus, train, Path(tmp) / "train")
             with open(os.devnull, "w") as devnull:
                 if learn_command(cfg, [str(spam_dir)], [str(ham_dir)], out=devnull) != 0:
@@ -342,16 +344,16 @@ def run_system(name: str, scorer: Scorer, corpus: Corpus, folds: list[tuple[np.n
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--systems", default="bayes,pipeline,spamassassin",
-                        help="comma-separated: bayes, pipeline, spamassassin")
+    parser.add_argument("--systems", default="bayes,defaults,defaults-nosa,spamassassin",
+                        help="comma-separated: bayes, defaults, defaults-nosa, spamassassin")
     parser.add_argument("--folds", type=int, default=5, help="k for k-fold cross-validation")
     parser.add_argument("--sa-folds", type=int, default=2, help="how many of the folds SpamAssassin runs")
     parser.add_argument("--sample", type=int, default=None,
                         help="score at most N messages of each test fold (all systems, same messages)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--pipeline-threshold", type=float, default=None,
-                        help="pipeline score counted as spam (default: the pipeline's spam_tag2_level, "
-                             "where filterd marks mail as spam)")
+                        help="filterd score counted as spam (default: the configuration's "
+                             "spam_tag2_level, where filterd marks mail as spam)")
     parser.add_argument("--scores", type=Path, default=None,
                         help="write every score to this TSV file (system, fold, folder, file, score)")
     parser.add_argument("--corpus", type=Path,
@@ -365,33 +367,39 @@ def main(argv: list[str] | None = None) -> int:
     counts = {c: int(np.sum(corpus.category == i)) for i, c in enumerate(CATEGORIES)}
     print(f"corpus {args.corpus / 'spamassassin'}: {counts}; {args.folds} stratified folds, seed {args.seed}"
           + (f", test parts sampled to {args.sample} messages" if args.sample else ""))
-    pipeline_cf = "; ".join(line for line in PIPELINE_CF.splitlines() if line)
-    if args.pipeline_threshold is None:
-        from filterd.config import Config
-        args.pipeline_threshold = float(Config.from_text(PIPELINE_CF).get("spam_tag2_level"))
-    makers = {
-        "bayes": (bayes_system, BAYES_THRESHOLD, len(folds), "filterd Bayes alone (spam if p >= 0.5)"),
-        "pipeline": (pipeline_system, args.pipeline_threshold, len(folds),
-                     f"filterd pipeline: filterd rules + SpamAssassin rules + filterd Bayes "
-                     f"({pipeline_cf}; spam if score >= {args.pipeline_threshold:g})"),
-        "spamassassin": (spamassassin_system, SA_REQUIRED_SCORE, min(args.sa_folds, len(folds)),
+    from filterd.config import Config
+
+    makers: dict[str, tuple[Callable[[], Scorer | str], float, int, str]] = {
+        "bayes": (lambda: bayes_system(corpus), BAYES_THRESHOLD, len(folds), "filterd Bayes alone (spam if p >= 0.5)"),
+        "spamassassin": (lambda: spamassassin_system(corpus), SA_REQUIRED_SCORE, min(args.sa_folds, len(folds)),
                          "SpamAssassin 4, -L, Bayes on, spamd + 8 x spamc (spam if score >= 5.0)"),
     }
+    run_dir = Path(tempfile.mkdtemp(prefix="filterd-quality-run-"))
+    for name, extra_cf in PIPELINE_CFS.items():
+        cfg = Config.from_text(extra_cf)
+        level = args.pipeline_threshold if args.pipeline_threshold is not None else float(cfg.get("spam_tag2_level"))
+        rules = ", ".join([cfg.get("rules_directory"), *cfg.get("rules_extra_directories")])
+        settings = "; ".join(line for line in extra_cf.splitlines() if line)
+        makers[name] = ((lambda cf=extra_cf: pipeline_system(corpus, run_dir, cf)), level, len(folds),
+                        f"filterd {name} ({settings}; rules from {rules}; filterd learn on the training "
+                        f"folds; spam if score >= {level:g})")
     names = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = [n for n in names if n not in makers]
     if unknown:
         print(f"unknown system {unknown[0]!r}; choose from {', '.join(makers)}", file=sys.stderr)
         return 2
     scores_out: list[str] | None = [] if args.scores else None
-    with tempfile.TemporaryDirectory(prefix="filterd-quality-run-") as run_dir:
+    try:
         for name in names:
-            maker, threshold, n_folds, title = makers[name]
-            scorer = maker(corpus, Path(run_dir)) if name == "pipeline" else maker(corpus)
+            make, threshold, n_folds, title = makers[name]
+            scorer = make()
             if isinstance(scorer, str):
                 print(f"\n{title}: skipped: {scorer}")
                 continue
             rows = run_system(name, scorer, corpus, folds[:n_folds], threshold, scores_out)
             print_table(f"{title}: folds 1-{n_folds} of {len(folds)}, trained on the other folds", rows)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
     if args.scores and scores_out is not None:
         args.scores.write_text("".join(line + "\n" for line in scores_out))
     return 0

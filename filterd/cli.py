@@ -105,7 +105,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 def cmd_learn(args: argparse.Namespace) -> int:
     from filterd.content.bayes.learn import learn_command
 
-    return learn_command(_load(args), args.spam, args.ham)
+    return learn_command(_load(args), args.spam, args.ham, report=args.report)
 
 
 def cmd_rules(args: argparse.Namespace) -> int:
@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="spam: files, directories, mbox files or Maildirs")
     p.add_argument("--ham", nargs="+", default=[], metavar="PATH",
                    help="ham: files, directories, mbox files or Maildirs")
+    p.add_argument("--report", action="store_true",
+                   help="print the score scale's cross-validated recall at 0.1 %% and 1 %% FP and the "
+                        "level it chose (alone: those of the scale learned last)")
     return parser
 
 

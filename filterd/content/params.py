@@ -9,7 +9,7 @@ from filterd.config.types import (
 )
 from filterd.content.bayes.bands import DEFAULT_SCORES_TEXT, as_bayes_scores
 from filterd.content.nexthop import parse_next_hop
-from filterd.content.rules.paths import shipped_rules_directory
+from filterd.content.rules.paths import default_extra_rules_directories, shipped_rules_directory
 
 
 PARAMS: list[Param] = []
@@ -163,9 +163,11 @@ PARAMS += [
     Param("rules_directory", shipped_rules_directory(), as_str,
           "directory of score rules in SpamAssassin's language; every *.cf in it is loaded "
           "in name order (default: the rules shipped with filterd)"),
-    Param("rules_extra_directories", "", as_list,
-          "more rule directories or files loaded after rules_directory, e.g. "
-          "/usr/share/spamassassin for SpamAssassin's own rules"),
+    Param("rules_extra_directories", default_extra_rules_directories(), as_list,
+          "more rule directories or files loaded after rules_directory (default: "
+          "SpamAssassin's rules where installed: the newest sa-update set in "
+          "/var/lib/spamassassin/<version>/updates_spamassassin_org, else "
+          "/usr/share/spamassassin); empty turns them off"),
     Param("rules_engine", "hyperscan", as_choice("hyperscan", "regex"),
           "how patterns are matched: hyperscan pre-filters all patterns of a kind in one "
           "scan (regex confirms every hit); regex runs each pattern alone. hyperscan falls "

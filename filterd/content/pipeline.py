@@ -229,6 +229,7 @@ class ContentPipeline:
             except Exception as exc:  # noqa: BLE001
                 log.exception("%s: Bayes classification failed", where)
                 symbols.append(Symbol("BAYES_FAILURE", 0.0, "Bayes classification failed", type(exc).__name__))
+            symbols = self.bayes.rescale(symbols)  # the learned points, if learned (bayes/scale.py)
             found.autolearn = self._autolearn(msg, earlier + symbols)
         return symbols
 

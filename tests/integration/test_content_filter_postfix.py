@@ -80,7 +80,7 @@ async def content_filter(tmp_path: Path, clamd_server: ClamdServer) -> AsyncIter
     async def start(forward_port: int, extra: str = "") -> tuple[ContentFilterServer, int]:
         cfg = Config.from_text(
             f"data_directory = {tmp_path / 'filterd'}\nmyhostname = filter.example\n"
-            f"content_checks = postfix_checks clamav rules bayes\n"
+            f"content_checks = postfix_checks clamav rules bayes\nrules_extra_directories =\n"
             f"clamav_socket = {clamd_server.spec_unix}\nclamav_timeout = 20s\n"
             f"spam_tag_level = -999\nfilter_forward = smtp:[127.0.0.1]:{forward_port}\n{extra}")
         server = ContentFilterServer.from_config(cfg)

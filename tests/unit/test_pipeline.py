@@ -101,7 +101,7 @@ async def test_clamav_failure_pass_adds_unchecked_header(tmp_path: Path) -> None
 
 
 async def test_clamav_disabled_by_empty_socket(tmp_path: Path) -> None:
-    cfg = Config.from_text(f"data_directory = {tmp_path}\nclamav_socket =\n")
+    cfg = Config.from_text(f"data_directory = {tmp_path}\nclamav_socket =\nrules_extra_directories =\n")
     pipeline = ContentPipeline.from_config(cfg)
     pipeline.close()
     assert "clamav" not in pipeline.stages

@@ -38,7 +38,8 @@ def regex_rules() -> RuleSet:
 def test_spamassassin_rules_load_completely(regex_rules: RuleSet) -> None:
     stats = regex_rules.stats
     assert stats.ok, (stats.parse_errors, stats.regex_errors, stats.meta_errors, stats.unsupported_types)
-    assert stats.loaded["body"] > 500 and stats.loaded["header"] > 500 and stats.loaded["meta"] > 700
+    assert stats.loaded["body"] > 450 and stats.loaded["header"] > 500 and stats.loaded["meta"] > 700
+    assert stats.unreferenced > 100  # sub-rules no scored rule reads are not evaluated
 
 
 @pytest.mark.skipif(not hyperscan_available(), reason="hyperscan module not installed")

@@ -7,6 +7,11 @@ most every ``bayes_reload_interval``. A model that does not exist yet, or has le
 fewer than ``bayes_min_spam_num`` spam / ``bayes_min_ham_num`` ham messages, makes the
 Bayes check silent rather than wrong, as in SpamAssassin.
 
+The learned score scale (``scale.npz``, written by ``filterd learn`` beside the model) is
+reloaded the same way; :meth:`BayesClassifier.rescale` gives the rules' and Bayes'
+symbols its points. A scale learned with other rule directories than the configured ones
+is not used (its weights would misjudge), and static scores apply.
+
 Writers serialise on an ``flock`` of ``model.lock``: whatever this process learned since
 it last saved is replayed onto the newest file under the lock, so learners in several
 processes never lose each other's updates. All methods block (file I/O, NumPy work): the
@@ -27,6 +32,7 @@ from typing import ClassVar
 from filterd.config import Config
 from filterd.content.bayes.bands import BANDS
 from filterd.content.bayes.model import BayesModel, BayesModelError, LearnBatch
+from filterd.content.bayes.scale import SCALE_FILE, Scale, ScaleError, same_rules
 from filterd.content.message import Message
 from filterd.content.symbols import Symbol
 
@@ -65,10 +71,18 @@ class BayesClassifier:
         self._pending: list[LearnBatch] = []
         self._last_save = time.monotonic()
         self.error: str | None = None  # why the model file could not be used
+        self.scale_path = os.path.join(self.directory, SCALE_FILE)
+        self._scale: Scale | None = None
+        self._scale_id: _FileId | None = None
+        self.scale_error: str | None = None  # why the scale file is not used
 
     def _configure(self, cfg: Config) -> None:
         """Take the settings from ``cfg`` (again, when the configuration was reloaded)."""
+        from filterd.content.rules import rule_paths
+
         self._cfg = cfg
+        self.rule_paths: list[str] = rule_paths(cfg) if "rules" in cfg.get("content_checks") else []
+        self._scale_id = None  # judge the scale again against the new rule paths
         self.enabled: bool = cfg.get("use_bayes")
         self.min_spam: int = cfg.get("bayes_min_spam_num")
         self.min_ham: int = cfg.get("bayes_min_ham_num")
@@ -105,7 +119,41 @@ class BayesClassifier:
             if now - self._checked >= self.reload_interval:
                 self._checked = now
                 self._reload_if_changed()
+                self._reload_scale_if_changed()
             return self._model
+
+    def _reload_scale_if_changed(self) -> None:
+        current = _file_id(self.scale_path)
+        if current == self._scale_id:
+            return
+        self._scale_id = current
+        self._scale, self.scale_error = None, None
+        if current is None:
+            return
+        try:
+            scale = Scale.load(self.scale_path)
+        except (ScaleError, OSError) as exc:
+            self.scale_error = str(exc)
+            log.error("score scale not loaded: %s", exc)
+            return
+        if not same_rules(scale.rule_paths, self.rule_paths):
+            self.scale_error = (f"{self.scale_path} was learned with rules from "
+                                f"{', '.join(scale.rule_paths) or 'nowhere'}, the rules configured are "
+                                f"{', '.join(self.rule_paths) or 'none'}: run filterd learn again")
+            log.warning("score scale not used: %s", self.scale_error)
+            return
+        self._scale = scale
+
+    def scale(self) -> Scale | None:
+        """The learned score scale in use, or None (static scores)."""
+        self.model()
+        return self._scale if self.enabled else None
+
+    def rescale(self, symbols: list[Symbol]) -> list[Symbol]:
+        """``symbols`` with the learned points of the symbols the scale knows (unchanged
+        without a usable scale)."""
+        scale = self.scale()
+        return symbols if scale is None else scale.apply(symbols)
 
     def _reload_if_changed(self) -> None:
         current = _file_id(self.path)
@@ -145,6 +193,10 @@ class BayesClassifier:
         text = f"Bayes model {self.path}: {model.nspam} spam, {model.nham} ham learned"
         if model.nspam < self.min_spam or model.nham < self.min_ham:
             text += f" (inactive until {self.min_spam} spam and {self.min_ham} ham)"
+        if self._scale is not None:
+            text += f"; learned score scale {self.scale_path} ({len(self._scale.points)} weights)"
+        else:
+            text += f"; static scores ({self.scale_error or 'no learned score scale'})"
         return text
 
     # -- classifying -------------------------------------------------------------------
@@ -157,10 +209,16 @@ class BayesClassifier:
         return model.probability(msg)
 
     def symbols(self, msg: Message) -> list[Symbol]:
-        """The BAYES_xx symbols for ``msg`` (BAYES_999 fires together with BAYES_99)."""
+        """The BAYES_xx symbols for ``msg``: with static scores BAYES_999 fires together with
+        BAYES_99; with a learned scale one symbol carries the points of the probability's bin."""
         p = self.probability(msg)
         if p is None:
             return []
+        scale = self.scale()
+        if scale is not None:  # one symbol, the narrowest band's name, the learned bin's points
+            band = [b for b in BANDS if b.matches(p)][-1]
+            points, bin_text = scale.bayes(p)
+            return [Symbol(band.name, points, band.description, f"probability={p:.4f}, learned bin {bin_text}")]
         return [
             Symbol(band.name, self.scores[band.name], band.description, f"probability={p:.4f}")
             for band in BANDS if band.matches(p)

@@ -124,10 +124,14 @@ class RuleSet:
         pattern_rules: dict[RuleKind, list[PatternRule]] = defaultdict(list)
         header_groups: dict[tuple[str, str | None], list[tuple[PatternRule, bool]]] = defaultdict(list)
         metas: dict[str, tuple[Evaluator, set[str], RuleDef]] = {}
+        needed = _needed_rules(cfg, score_set)
         for name, rule in cfg.rules.items():
             score = _score(name, cfg, score_set)
             if score == 0 and not name.startswith("__"):
                 stats.disabled_zero_score += 1
+                continue
+            if name not in needed:
+                stats.unreferenced += 1
                 continue
             self.scores[name] = score
             self.describes[name] = cfg.describes.get(name, "")
@@ -290,6 +294,28 @@ class RuleSet:
 
 def _evidence(data: bytes | None) -> str:
     return "" if not data else data.decode("utf-8", "replace").replace("\n", " ").strip()
+
+
+def _needed_rules(cfg: RuleConfig, score_set: int) -> set[str]:
+    """The rules whose result can reach a verdict: every scored rule, and whatever its
+    meta expressions read, transitively. A sub-rule (``__NAME``) read by no scored rule
+    only costs time: SpamAssassin's set has hundreds (parts of metas whose own score is
+    0 in this score set), some of them the slowest patterns in it."""
+    needed: set[str] = set()
+    todo = [n for n in cfg.rules if not n.startswith("__") and _score(n, cfg, score_set) != 0]
+    while todo:
+        name = todo.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        rule = cfg.rules.get(name)
+        if rule is not None and rule.kind is RuleKind.META and not rule.is_eval:
+            try:
+                _, deps = compile_expr(rule.meta or "")
+            except ExprError:
+                continue  # reported when the meta itself is compiled
+            todo.extend(d for d in deps if d not in needed)
+    return needed
 
 
 def _score(name: str, cfg: RuleConfig, score_set: int) -> float:

@@ -130,6 +130,7 @@ class LoadStats:
     unsupported_types: Counter[str] = field(default_factory=Counter)
     skipped_blocks: int = 0
     disabled_zero_score: int = 0
+    unreferenced: int = 0  # sub-rules no scored rule reads: not evaluated
     engine: str = "regex"
     hyperscan_exact: int = 0  # patterns Hyperscan compiled as written
     hyperscan_prefilter: int = 0  # patterns Hyperscan took only as an approximation
