@@ -137,7 +137,7 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     servers: list[PolicyServer | ContentFilterServer] = []
     if "policy" in listeners:
-        server = PolicyServer(PolicyService(build_engine(cfg, services)))
+        server = PolicyServer.from_config(cfg, PolicyService(build_engine(cfg, services)))
         await server.start(listeners["policy"])
         servers.append(server)
     if "filter" in listeners:
