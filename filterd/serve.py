@@ -6,6 +6,12 @@ loop with its own greylist connection and accepts from the shared sockets, so th
 spreads connections over the cores. SIGTERM (or SIGINT) in the master is passed to the
 workers, which stop accepting, answer what is in flight and exit; a worker that dies
 unexpectedly is replaced (on its slot's sockets, which the master holds). SIGHUP makes every worker re-read the greylist whitelists.
+
+The greylist store is opened by the master before any worker starts (verify_store): a
+damaged file is moved aside and made anew, one that cannot be opened stops the daemon
+with one message naming it, so that the port is never open with no worker able to
+answer. A worker whose store turns out damaged or deleted while it serves stops with
+STORE_DAMAGED, and the master repairs the store before starting its replacement.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import signal
 import socket
 import stat
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from filterd.config import Config
@@ -75,14 +82,43 @@ def bind_slots(endpoint: Endpoint, slots: int) -> list[socket.socket]:
     return [bind(endpoint, reuseport=True) for _ in range(slots)]
 
 
-async def _open_services(cfg: Config):
-    """Per-worker state: each worker opens its own greylist database connection."""
+#: A worker's exit status when its greylist store turned out damaged or deleted while it
+#: served: the master repairs the store (GreylistStore.verify) and starts a new worker.
+STORE_DAMAGED = 3
+
+
+async def _open_services(cfg: Config, damaged: Callable[[str], None] | None = None):
+    """Per-worker state: each worker opens its own greylist database connection;
+    ``damaged`` is called if the store finds itself damaged while serving."""
     from filterd.greylist import Greylister, open_store
     from filterd.restrict.services import Services
 
-    greylister = Greylister(cfg, open_store(cfg), cfg.get("myhostname"))
+    store = open_store(cfg)
+    store.on_damaged = damaged
+    greylister = Greylister(cfg, store, cfg.get("myhostname"))
     await greylister.start()
     return Services(cfg, greylister=greylister)
+
+
+def verify_store(cfg: Config) -> bool:
+    """Open the greylist store in the master, before any worker, and repair it if it is
+    damaged; False (with one fatal line naming the database) when it cannot be used.
+
+    Why: workers that cannot open it die at once and are replaced, while the master
+    keeps the port open -- Postfix then waits out its policy timeout on every message.
+    Refusing to start closes the port: Postfix answers 451 4.3.5 at once and retries.
+    """
+    from filterd.greylist import open_store
+    from filterd.greylist.store import StoreUnavailable
+
+    try:
+        note = open_store(cfg).verify()
+    except StoreUnavailable as exc:
+        log.error("fatal: %s", exc)
+        return False
+    if note:
+        log.error("%s", note)
+    return True
 
 
 def check_config(cfg: Config) -> None:
@@ -109,8 +145,15 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    status = 0
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    def store_damaged(what: str) -> None:
+        nonlocal status
+        log.error("greylist store unusable (%s); this worker stops so that it is repaired", what)
+        status = STORE_DAMAGED
+        stop.set()
     if master_pipe is not None:
         def master_gone() -> None:
             log.warning("master process has gone away; stopping")
@@ -118,7 +161,7 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
             stop.set()
 
         loop.add_reader(master_pipe, master_gone)
-    services = await _open_services(cfg)
+    services = await _open_services(cfg, store_damaged)
 
     def reload() -> None:
         """SIGHUP, as postgrey: re-read the greylist whitelist files (tables reload
@@ -152,7 +195,7 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
     grace = cfg.get("policy_shutdown_grace")
     await asyncio.gather(*(s.stop(grace) for s in servers))
     await services.close()
-    return 0
+    return status
 
 
 def _run_worker(cfg: Config, listeners: dict[str, socket.socket], master_pipe: int | None = None,
@@ -200,6 +243,8 @@ def serve(cfg: Config) -> int:
     if not slots[0]:
         log.error("nothing to serve: policy_listen and filter_listen are empty")
         return 1
+    if not verify_store(cfg):
+        return 1  # the sockets close with the process: nobody is left waiting on them
     # Everything loaded so far (configuration, tables, compiled rules, the Bayes model)
     # lives as long as the process. Frozen, it is no longer traversed by the cyclic
     # collector (measured: 17 µs less per policy request with the content rules loaded),
@@ -211,6 +256,10 @@ def serve(cfg: Config) -> int:
              _version(), cfg.source, workers, where)
     if workers == 1:
         status = _run_worker(cfg, slots[0], None, preloaded)
+        while status == STORE_DAMAGED:
+            if not verify_store(cfg):
+                return 1
+            status = _run_worker(cfg, slots[0], None, preloaded)
         log.info("terminating on signal")
         return status
     return _supervise(cfg, slots, preloaded)
@@ -219,6 +268,7 @@ def serve(cfg: Config) -> int:
 def _supervise(cfg: Config, slots: list[dict[str, socket.socket]], preloaded: object | None) -> int:
     """Fork a worker per slot, replace those that die, pass SIGTERM on, wait for all."""
     stopping = False
+    fatal = False  # stopping because the greylist store cannot be used
     children: dict[int, tuple[int, float]] = {}  # pid -> (slot, started)
     alive_r, alive_w = os.pipe()  # workers watch alive_r: EOF means the master died
     forwarded = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
@@ -263,9 +313,11 @@ def _supervise(cfg: Config, slots: list[dict[str, socket.socket]], preloaded: ob
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hup)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     for slot in range(len(slots)):
         spawn(slot)
+    # Only now: a SIGHUP that came while starting (held blocked since serve() began) is
+    # passed to workers that exist, instead of to none.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     status = 0
     while children:
         try:
@@ -281,11 +333,26 @@ def _supervise(cfg: Config, slots: list[dict[str, socket.socket]], preloaded: ob
         code = os.waitstatus_to_exitcode(wstatus)
         if stopping:
             continue
+        quick = time.monotonic() - started < 1.0
+        if code == STORE_DAMAGED or quick:
+            # Repair the store, or refuse to go on: a worker that cannot open it would
+            # die again and again while the port stays open and nobody answers.
+            if not verify_store(cfg):
+                fatal = True
+                on_signal(signal.SIGTERM, None)
+                continue
+        if code == STORE_DAMAGED:
+            log.warning("worker %d stopped for its greylist store; starting a new one", pid)
+            spawn(slot)
+            continue
         log.warning("worker %d exited with status %d; starting a new one", pid, code)
         status = 1
-        if time.monotonic() - started < 1.0:
+        if quick:
             time.sleep(1.0)  # a worker that dies at once must not make the master spin
         spawn(slot)
+    if fatal:
+        log.error("fatal: stopped, the greylist store cannot be used")
+        return 1
     log.info("terminating on signal")
     return 0 if stopping else status
 
