@@ -5,7 +5,14 @@ The master binds every configured listening socket once, then forks
 loop with its own greylist connection and accepts from the shared sockets, so the kernel
 spreads connections over the cores. SIGTERM (or SIGINT) in the master is passed to the
 workers, which stop accepting, answer what is in flight and exit; a worker that dies
-unexpectedly is replaced (on its slot's sockets, which the master holds). SIGHUP makes every worker re-read the greylist whitelists.
+unexpectedly is replaced (on its slot's sockets, which the master holds).
+
+SIGHUP reads filterd.cf again, as ``postfix reload`` reads main.cf: a file with errors is
+reported and changes nothing; a changed one replaces the workers (new ones start with
+it, the old ones finish what is in flight); an unchanged one makes every worker re-read
+the greylist whitelists (postgrey's SIGHUP). Listen addresses, the number of workers and
+where state and the log go are read at start only: a reload that changes them says that
+they need a restart.
 
 The greylist store is opened by the master before any worker starts (verify_store): a
 damaged file is moved aside and made anew, one that cannot be opened stops the daemon
@@ -27,7 +34,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from filterd.config import Config
+from filterd.config import EMBEDDED, Config, ConfigError
 from filterd.config.types import Endpoint
 from filterd.eventloop import WorkerLoop
 from filterd.log import flush as flush_log
@@ -85,6 +92,66 @@ def bind_slots(endpoint: Endpoint, slots: int) -> list[socket.socket]:
 #: A worker's exit status when its greylist store turned out damaged or deleted while it
 #: served: the master repairs the store (GreylistStore.verify) and starts a new worker.
 STORE_DAMAGED = 3
+#: worker_main's status when, with no master, it stopped to serve a configuration read
+#: again on SIGHUP.
+RELOAD = 4
+
+#: Parameters only the master reads, when the daemon starts (the sockets, the workers,
+#: where state and the log are): a reload keeps their values, and says that a change of
+#: them needs a restart -- as Postfix needs one for inet_interfaces.
+RESTART_ONLY = ("policy_listen", "filter_listen", "worker_processes", "data_directory",
+                "maillog_file", "syslog_name", "log_level", "greylist_store")
+
+
+def reread_config(cfg: Config) -> Config | None:
+    """filterd.cf read again for SIGHUP (with the same ``-o`` overrides) and checked as at
+    start; None when it has errors, which are logged: the daemon goes on serving with
+    the configuration it has, as ``postfix reload`` leaves a broken main.cf unused.
+
+    The parameters of RESTART_ONLY keep the values in use (a warning names each one the
+    file changed). When the file changed, a whitelist file listed that cannot be read is
+    an error: workers started with the new configuration would exempt nobody it lists.
+    """
+    if cfg.source == EMBEDDED:
+        return cfg  # nothing to read again
+    overrides = [f"{name}={s.value}" for name, s in cfg.settings.items()
+                 if s.file.startswith("-o option")]
+    try:
+        new = Config.load(cfg.source, overrides)
+        settings = dict(new.settings)
+        changed = []
+        for name in RESTART_ONLY:
+            if new.expand(name) != cfg.expand(name):
+                changed.append((name, cfg.expand(name), new.expand(name)))
+            if name in cfg.settings:
+                settings[name] = cfg.settings[name]
+            else:
+                settings.pop(name, None)
+        if changed:
+            new = Config(settings, new.source)
+            new.validate()
+        check_config(new)
+        for param in ("greylist_whitelist_clients", "greylist_whitelist_recipients"):
+            if same_settings(new, cfg):
+                break  # the workers stay, and keep lists whose files have gone
+            for path in new.get(param):
+                if not path.endswith(".local") and not os.access(path, os.R_OK):
+                    raise ConfigError(f"{param}: cannot read {path}")
+    except (ConfigError, OSError, ValueError) as exc:
+        log.error("reload: %s; still serving with the configuration read before", exc)
+        return None
+    for name, old, value in changed:
+        log.warning("reload: %s changed from %r to %r: this takes effect at the next restart; "
+                    "still using %r", name, old, value, old)
+    for warning in getattr(new, "warnings", []):
+        log.warning("%s", warning)
+    return new
+
+
+def same_settings(a: Config, b: Config) -> bool:
+    """The two configurations set the same values (where each was written aside)."""
+    return ({n: s.value for n, s in a.settings.items()}
+            == {n: s.value for n, s in b.settings.items()})
 
 
 async def _open_services(cfg: Config, damaged: Callable[[str], None] | None = None):
@@ -131,7 +198,7 @@ def check_config(cfg: Config) -> None:
 
 
 async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_pipe: int | None = None,
-                      preloaded: object | None = None) -> int:
+                      preloaded: object | None = None, reloaded: list[Config] | None = None) -> int:
     """One worker: open state, serve until SIGTERM, finish requests in flight, exit.
 
     ``master_pipe`` is the read end of a pipe whose write end only the master holds:
@@ -165,7 +232,21 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
 
     def reload() -> None:
         """SIGHUP, as postgrey: re-read the greylist whitelist files (tables reload
-        by themselves when their files change)."""
+        by themselves when their files change). With no master (one worker), read
+        filterd.cf again first: when it changed, stop, and ``serve`` starts this worker
+        again with it (in ``reloaded``)."""
+        nonlocal status
+        if master_pipe is None and reloaded is not None:
+            new = reread_config(cfg)
+            if new is None:
+                return
+            if not same_settings(new, cfg):
+                log.info("reload: configuration %s read again; restarting the service", new.source)
+                reloaded.append(new)
+                status = RELOAD
+                stop.set()
+                return
+
         async def run() -> None:
             try:
                 await asyncio.to_thread(services.greylister.reload_whitelists)
@@ -199,10 +280,10 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
 
 
 def _run_worker(cfg: Config, listeners: dict[str, socket.socket], master_pipe: int | None = None,
-                preloaded: object | None = None) -> int:
+                preloaded: object | None = None, reloaded: list[Config] | None = None) -> int:
     try:
         with asyncio.Runner(loop_factory=WorkerLoop) as runner:
-            return runner.run(worker_main(cfg, listeners, master_pipe, preloaded))
+            return runner.run(worker_main(cfg, listeners, master_pipe, preloaded, reloaded))
     except Exception:  # noqa: BLE001 - logged; the master restarts the worker
         log.exception("worker failed")
         return 1
@@ -220,13 +301,7 @@ def serve(cfg: Config) -> int:
     for warning in getattr(cfg, "warnings", []):
         log.warning("%s", warning)
     os.makedirs(cfg.get("data_directory"), exist_ok=True)
-    preloaded = None
-    if cfg.get("filter_listen") is not None:
-        from filterd.content.pipeline import Preloaded
-
-        started = time.monotonic()
-        preloaded = Preloaded.from_config(cfg)
-        log.info("content pipeline loaded in %.1fs (shared by all workers)", time.monotonic() - started)
+    preloaded = _preload(cfg, None)
     workers = cfg.get("worker_processes") or os.cpu_count() or 1
     slots: list[dict[str, socket.socket]] = [{} for _ in range(workers)]
     for name in ("policy", "filter"):
@@ -255,14 +330,50 @@ def serve(cfg: Config) -> int:
     log.info("daemon started -- version %s, configuration %s, %d worker(s), %s",
              _version(), cfg.source, workers, where)
     if workers == 1:
-        status = _run_worker(cfg, slots[0], None, preloaded)
-        while status == STORE_DAMAGED:
-            if not verify_store(cfg):
+        # Each run is given duplicates of the sockets: stopping closes what it was given,
+        # and the next run (after a reload or a repaired store) must find them open.
+        reloaded: list[Config] = []
+        status = _run_worker(cfg, _dups(slots[0]), None, preloaded, reloaded)
+        while status in (STORE_DAMAGED, RELOAD):
+            if status == RELOAD:
+                cfg = reloaded.pop()
+                preloaded = _preload(cfg, preloaded)
+            elif not verify_store(cfg):
                 return 1
-            status = _run_worker(cfg, slots[0], None, preloaded)
+            status = _run_worker(cfg, _dups(slots[0]), None, preloaded, reloaded)
         log.info("terminating on signal")
         return status
     return _supervise(cfg, slots, preloaded)
+
+
+def _dups(listeners: dict[str, socket.socket]) -> dict[str, socket.socket]:
+    """New descriptors of the same listening sockets (connections waiting stay queued)."""
+    dups = {}
+    for name, sock in listeners.items():
+        dup = sock.dup()
+        dup.setblocking(False)
+        dups[name] = dup
+    return dups
+
+
+def _preload(cfg: Config, previous: object | None) -> object | None:
+    """The content pipeline's compiled rules and model for ``cfg``, built in the master
+    so that the workers share them; on a reload that cannot build them, the previous."""
+    if cfg.get("filter_listen") is None:
+        return None
+    from filterd.content.pipeline import Preloaded
+
+    started = time.monotonic()
+    if previous is None:
+        preloaded = Preloaded.from_config(cfg)
+    else:
+        try:
+            preloaded = Preloaded.from_config(cfg)
+        except Exception:  # noqa: BLE001 - a reload must not stop the daemon
+            log.exception("reload: loading the content pipeline failed; keeping the one loaded before")
+            return previous
+    log.info("content pipeline loaded in %.1fs (shared by all workers)", time.monotonic() - started)
+    return preloaded
 
 
 def _supervise(cfg: Config, slots: list[dict[str, socket.socket]], preloaded: object | None) -> int:
@@ -270,6 +381,9 @@ def _supervise(cfg: Config, slots: list[dict[str, socket.socket]], preloaded: ob
     stopping = False
     fatal = False  # stopping because the greylist store cannot be used
     children: dict[int, tuple[int, float]] = {}  # pid -> (slot, started)
+    retiring: set[int] = set()  # workers told to stop after a reload, already replaced
+    reloading = False
+    reload_again = False
     alive_r, alive_w = os.pipe()  # workers watch alive_r: EOF means the master died
     forwarded = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
@@ -304,11 +418,44 @@ def _supervise(cfg: Config, slots: list[dict[str, socket.socket]], preloaded: ob
                 pass
 
     def on_hup(signum: int, frame: object) -> None:
-        for pid in list(children):
-            try:
-                os.kill(pid, signal.SIGHUP)
-            except ProcessLookupError:
-                pass
+        """Read filterd.cf again. Errors: logged, nothing changes. Unchanged: the
+        workers re-read their whitelist files (postgrey's SIGHUP). Changed: a new
+        worker per slot with the new configuration, and the old ones stop once their
+        requests in flight are answered (Postfix's smtpd reconnects on its next
+        request), as ``postfix reload`` does with its daemons."""
+        nonlocal cfg, preloaded, reloading, reload_again
+        if reloading:  # a SIGHUP while reloading: once more when this one is done
+            reload_again = True
+            return
+        reloading = True
+        try:
+            while True:
+                reload_again = False
+                new = reread_config(cfg)
+                if new is not None and not same_settings(new, cfg):
+                    preloaded = _preload(new, preloaded)
+                    cfg = new
+                    log.info("reload: configuration %s read again; replacing the workers", cfg.source)
+                    for pid, (slot, _) in list(children.items()):
+                        if pid in retiring:
+                            continue
+                        retiring.add(pid)
+                        try:
+                            os.kill(pid, signal.SIGTERM)
+                        except ProcessLookupError:
+                            pass
+                        spawn(slot)
+                elif new is not None:
+                    for pid in list(children):
+                        if pid not in retiring:
+                            try:
+                                os.kill(pid, signal.SIGHUP)
+                            except ProcessLookupError:
+                                pass
+                if not reload_again:
+                    break
+        finally:
+            reloading = False
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -328,6 +475,9 @@ def _supervise(cfg: Config, slots: list[dict[str, socket.socket]], preloaded: ob
             continue
         child = children.pop(pid, None)
         if child is None:
+            continue
+        if pid in retiring:  # replaced after a reload: its slot has a new worker
+            retiring.discard(pid)
             continue
         slot, started = child
         code = os.waitstatus_to_exitcode(wstatus)

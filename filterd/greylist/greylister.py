@@ -134,6 +134,7 @@ class Greylister:
         self._client = client
         self.client_whitelist = ClientWhitelist()
         self.recipient_whitelist = RecipientWhitelist()
+        self._whitelists_read = False
         self.reload_whitelists()
         self._instances: dict[str, None] = {}
         self._awl_until: dict[str, float] = {}  # client -> known auto-whitelisted until
@@ -155,10 +156,26 @@ class Greylister:
 
     # -- life cycle ---------------------------------------------------------------------
     def reload_whitelists(self) -> None:
-        """(Re)read the whitelist files, as postgrey does on SIGHUP. Blocking file I/O."""
-        self.client_whitelist = ClientWhitelist.load(self._cfg.get("greylist_whitelist_clients"))
-        self.recipient_whitelist = RecipientWhitelist.load(
-            self._cfg.get("greylist_whitelist_recipients"))
+        """(Re)read the whitelist files, as postgrey does on SIGHUP. Blocking file I/O.
+
+        A list whose file has disappeared since it was read keeps what it had, with an
+        error: a file deleted or moved by mistake must not silently greylist the mail of
+        every client it exempted. (At start, a missing file is a warning and the list is
+        read without it, as postgrey does.)
+        """
+        clients = ClientWhitelist.load(self._cfg.get("greylist_whitelist_clients"))
+        recipients = RecipientWhitelist.load(self._cfg.get("greylist_whitelist_recipients"))
+        if clients.missing and self._whitelists_read and not self.client_whitelist.missing:
+            log.error("greylist: client whitelist %s cannot be read any more; keeping the "
+                      "client whitelist read before", ", ".join(clients.missing))
+        else:
+            self.client_whitelist = clients
+        if recipients.missing and self._whitelists_read and not self.recipient_whitelist.missing:
+            log.error("greylist: recipient whitelist %s cannot be read any more; keeping the "
+                      "recipient whitelist read before", ", ".join(recipients.missing))
+        else:
+            self.recipient_whitelist = recipients
+        self._whitelists_read = True
 
     async def start(self) -> None:
         """Open the store and start the hourly cleanup of expired entries."""
