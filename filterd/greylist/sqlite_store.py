@@ -507,6 +507,10 @@ class SqliteGreylistStore(GreylistStore):
         try:
             self._verify_file()
         except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and sqlite_wal.is_busy(exc):
+                # Locked by another process for the whole busy timeout: not a fault of
+                # the file, and the workers wait for such a lock themselves.
+                return "; ".join([*notes, f"greylist store {self.path} not checked: {exc}"])
             if not is_damage(exc):
                 raise StoreUnavailable(f"greylist store {self.path} cannot be opened: "
                                        f"{exc}") from None

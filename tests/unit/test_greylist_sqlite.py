@@ -402,3 +402,15 @@ async def test_a_damaged_page_found_while_serving_is_reported_once(
     finally:
         store._fast = fast
     assert len(reported) == 1 and "malformed" in reported[0]
+
+
+def test_verify_does_not_refuse_a_database_another_process_has_locked(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    other = converting(path)  # holds the write lock of a new, rollback-journal file
+    try:
+        note = SqliteGreylistStore(str(path), busy_timeout=0.2).verify()
+        assert note is not None and "not checked" in note and "locked" in note
+        assert path.exists() and not list(tmp_path.glob("*.damaged-*"))
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
