@@ -140,6 +140,10 @@ def reread_config(cfg: Config) -> Config | None:
     except (ConfigError, OSError, ValueError) as exc:
         log.error("reload: %s; still serving with the configuration read before", exc)
         return None
+    except Exception:  # noqa: BLE001 - runs in the master's signal handler: never let it die
+        log.exception("reload: reading the configuration failed; still serving with the "
+                      "configuration read before")
+        return None
     for name, old, value in changed:
         log.warning("reload: %s changed from %r to %r: this takes effect at the next restart; "
                     "still using %r", name, old, value, old)
