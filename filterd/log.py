@@ -181,3 +181,82 @@ def setup_logging(cfg: Config) -> None:
         _event_log = EventLog(stream, cfg.get("myhostname"), cfg.get("syslog_name"))
     else:
         _event_log = None  # INFO is off: per-request lines are not written at all
+
+
+# Imported here, with the part of this module that uses it.
+import weakref  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+#: Seconds in which a repeated warning of one kind is written once (see RateLimitedLog).
+RATE_LIMIT_INTERVAL = 10.0
+
+
+class RateLimitedLog:
+    """Warnings a client can cause, at most one line per kind per ``interval``.
+
+    Why: a misbehaving client can make the same fault thousands of times a second (a
+    flood of malformed requests, connections over the limit), and a line for each filled
+    a disk with hundreds of megabytes in a minute, drowning the lines that matter. The
+    first occurrence of a kind is written at once; later ones in the same interval are
+    only counted, and when the interval ends one line says how many were left out (the
+    next occurrence after that is written again). ``kind`` must be a fixed string
+    chosen by the caller, never text from a client: one state is kept per kind.
+    """
+
+    _all: "weakref.WeakSet[RateLimitedLog]" = weakref.WeakSet()
+
+    def __init__(self, logger: logging.Logger, interval: float = RATE_LIMIT_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._clock = clock
+        #: kind -> [start of its interval, occurrences left out since]
+        self._kinds: dict[str, list[float]] = {}
+        RateLimitedLog._all.add(self)
+
+    @classmethod
+    def reset_all(cls) -> None:
+        """Forget what every limiter has seen (tests, where each expects its own lines)."""
+        for limiter in cls._all:
+            limiter._kinds.clear()
+
+    def warning(self, kind: str, msg: str, *args: object, exc_info: object = None) -> bool:
+        """Log ``msg % args`` at WARNING unless ``kind`` was logged within the interval;
+        True when the line was written."""
+        return self.log(logging.WARNING, kind, msg, *args, exc_info=exc_info)
+
+    def error(self, kind: str, msg: str, *args: object, exc_info: object = None) -> bool:
+        """As :meth:`warning`, at ERROR (``exc_info=True`` adds the traceback)."""
+        return self.log(logging.ERROR, kind, msg, *args, exc_info=exc_info)
+
+    def log(self, level: int, kind: str, msg: str, *args: object, exc_info: object = None) -> bool:
+        """As :meth:`warning`, at ``level``."""
+        now = self._clock()
+        state = self._kinds.get(kind)
+        if state is not None and now - state[0] < self.interval:
+            state[1] += 1
+            if state[1] == 1:
+                self._report_later(kind, level, state[0] + self.interval - now)
+            return False
+        if state is not None and state[1]:  # no loop ran the report: say it now
+            msg += f" ({int(state[1])} more like this in the last {now - state[0]:.0f}s not logged)"
+        self._kinds[kind] = [now, 0]
+        self.logger.log(level, msg, *args, exc_info=exc_info)  # type: ignore[arg-type]
+        return True
+
+    def _report_later(self, kind: str, level: int, delay: float) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop: the count goes out with the kind's next line
+            return
+        loop.call_later(max(delay, 0.0), self._report, kind, level)
+
+    def _report(self, kind: str, level: int) -> None:
+        """End of an interval with occurrences left out: say how many, and let the next
+        occurrence be written."""
+        state = self._kinds.get(kind)
+        if state is None or not state[1]:
+            return
+        elapsed = self._clock() - state[0]
+        del self._kinds[kind]
+        self.logger.log(level, "%d more %s in the last %.0fs not logged", int(state[1]), kind, elapsed)

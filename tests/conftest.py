@@ -2,7 +2,10 @@
 
 import asyncio
 
+import pytest
+
 from filterd.eventloop import WorkerLoop
+from filterd.log import RateLimitedLog
 
 pytest_plugins = [
     "tests.fixtures.postfix",
@@ -17,3 +20,10 @@ def pytest_asyncio_loop_factories(config, item):
     if item.get_closest_marker("worker_loop") is not None:
         return {"asyncio": asyncio.new_event_loop, "worker": WorkerLoop}
     return {"asyncio": asyncio.new_event_loop}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_rate_limits():
+    """Each test sees its own warnings: none is held back because another test just
+    logged one of the same kind (filterd.log.RateLimitedLog)."""
+    RateLimitedLog.reset_all()

@@ -22,8 +22,10 @@ from typing import Protocol
 from filterd.dnsbl.names import domain_query_name, ip_query_name, reverse_ip
 from filterd.dnsbl.resolver import DnsAnswer
 from filterd.dnsbl.sites import Site
+from filterd.log import RateLimitedLog
 
 log = logging.getLogger("filterd.dnsbl")
+_limited = RateLimitedLog(log)  # the names come from mail: they may come in floods
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,8 @@ class DnsblChecker:
         try:
             qname = ip_query_name(ip, site.zone)
         except ValueError as exc:
-            log.warning("DNSBL %s: not looking up %r: %s", site.zone, ip, exc)
+            _limited.warning("addresses not looked up", "DNSBL %s: not looking up %.60r: %s",
+                             site.zone, ip, exc)
             return None
         return await self._query(site, qname)
 
@@ -87,7 +90,8 @@ class DnsblChecker:
         try:
             qname = domain_query_name(domain, site.zone)
         except ValueError as exc:
-            log.warning("RHSBL %s: not looking up %r: %s", site.zone, domain, exc)
+            _limited.warning("domains not looked up", "RHSBL %s: not looking up %.60r: %s",
+                             site.zone, domain, exc)
             return None
         return await self._query(site, qname)
 
@@ -102,7 +106,7 @@ class DnsblChecker:
         try:
             reverse_ip(ip)
         except ValueError as exc:
-            log.warning("DNSBL score: not looking up %r: %s", ip, exc)
+            _limited.warning("addresses not looked up", "DNSBL score: not looking up %.60r: %s", ip, exc)
             return 0, []
         results = await asyncio.gather(*(self.query_ip(site, ip) for site in sites))
         hits = [hit for hit in results if hit is not None]

@@ -14,6 +14,10 @@ PARAMS: list[Param] = [
           "(postscreen_dnsbl_timeout)"),
     Param("dnsbl_cache_max_ttl", "3600s", as_time("s"),
           "longest time a DNSBL answer is cached, whatever its DNS TTL"),
+    Param("dnsbl_failure_ttl", "60s", as_time("s"),
+          "how long a failed DNSBL lookup (timeout, SERVFAIL, REFUSED) counts as not listed "
+          "without asking again, so that requests from one client do not each wait for "
+          "dnsbl_timeout while a list is down; 0 = ask every time"),
     Param("dnsbl_cache_size", "10000", as_positive_int,
           "most DNSBL answers kept in the cache; the least recently used are dropped first"),
     Param("dnsbl_sites", "", as_dnsbl_sites,

@@ -6,9 +6,16 @@ SERVFAIL, REFUSED, network error) is reported as "not listed" with a logged warn
 a ``temporary_failure`` flag for the rare caller that prefers to defer.  This is what
 Postfix does for ``reject_rbl_client`` and postscreen does for its DNSBL score.
 
+``dnsbl_timeout`` is the whole budget of a lookup, and each name server is given its
+share of it to answer in (all of it when there is one): the resolver library's own
+per-try default (2 s) made every answer slower than that be dropped and asked again,
+whatever ``dnsbl_timeout`` said.
+
 Answers, positive and negative (NXDOMAIN or no A record, cached for the SOA's negative
-TTL as RFC 2308 says), are kept for their TTL capped by ``dnsbl_cache_max_ttl``;
-failures are not cached.  Identical lookups that are in flight at the same time share
+TTL as RFC 2308 says), are kept for their TTL capped by ``dnsbl_cache_max_ttl``.
+Failures are cached too, for ``dnsbl_failure_ttl`` (RFC 2308 section 7 allows up to five
+minutes): otherwise, while a list is down, every request from the same client waits
+the whole timeout again.  Identical lookups that are in flight at the same time share
 one query, so a burst of connections from one host costs one packet per list.
 """
 
@@ -31,11 +38,13 @@ import dns.resolver
 from dns.rdatatype import RdataType
 
 from filterd.dnsbl.cache import TtlCache
+from filterd.log import RateLimitedLog
 
 if TYPE_CHECKING:  # a run-time import would be a cycle through the parameter registry
     from filterd.config import Config
 
 log = logging.getLogger("filterd.dnsbl")
+_limited = RateLimitedLog(log)  # a list that is down fails every lookup
 
 _QueryKey = tuple[str, RdataType]  # (name, record type): what is cached and shared
 
@@ -122,12 +131,17 @@ class DnsblResolver:
         timeout: float = 10.0,
         cache_max_ttl: float = 3600.0,
         cache_size: int = 10000,
+        failure_ttl: float = 60.0,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"DNSBL timeout must be > 0, got {timeout}")
         self.timeout = timeout
         self.cache_max_ttl = cache_max_ttl
+        self.failure_ttl = failure_ttl
         self._resolver = self.make_resolver(nameservers or [])
+        # The budget is the lifetime of a lookup; each server has its share to answer in.
+        self._resolver.lifetime = timeout
+        self._resolver.timeout = timeout / max(1, len(self._resolver.nameservers))
         self._cache: TtlCache[_QueryKey, DnsAnswer] = TtlCache(cache_size)
         self._inflight: dict[_QueryKey, asyncio.Task[DnsAnswer]] = {}
         self.lookups_sent = 0
@@ -141,6 +155,7 @@ class DnsblResolver:
             timeout=cfg.get("dnsbl_timeout"),
             cache_max_ttl=cfg.get("dnsbl_cache_max_ttl"),
             cache_size=cfg.get("dnsbl_cache_size"),
+            failure_ttl=cfg.get("dnsbl_failure_ttl"),
         )
 
     @staticmethod
@@ -193,11 +208,12 @@ class DnsblResolver:
         return answer
 
     def _failed(self, qname: str, rdtype: RdataType, why: str) -> tuple[DnsAnswer, float]:
-        log.warning(
-            "DNSBL lookup of %s %s failed: %s; treating it as not listed",
-            qname, dns.rdatatype.to_text(rdtype), why,
+        _limited.warning(
+            "failed DNSBL lookups",
+            "DNSBL lookup of %s %s failed: %s; treating it as not listed for %gs",
+            qname, dns.rdatatype.to_text(rdtype), why, self.failure_ttl,
         )
-        return DnsAnswer(qname, (), True), 0.0
+        return DnsAnswer(qname, (), True), self.failure_ttl
 
     async def _query(self, qname: str, rdtype: RdataType) -> tuple[DnsAnswer, float]:
         """One resolver call, mapped to (answer, seconds it may be cached)."""

@@ -32,7 +32,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from filterd.actions import split_dsn
 from filterd.config import Config
@@ -42,6 +42,7 @@ from filterd.greylist.store import (
     ClientState,
     GreylistStore,
     Sighting,
+    StoreBusy,
     Timing,
     TripletState,
 )
@@ -56,11 +57,15 @@ except importlib.metadata.PackageNotFoundError:  # running from a checkout never
     VERSION = "unknown"
 
 CLEANUP_INTERVAL = 3600  # postgrey attempts maintenance hourly too
+CLEANUP_RETRY = 60  # seconds before a cleanup that found the store locked is tried again
 AWL_REFRESH = 3600  # postgrey counts and refreshes a client at most once an hour
 PASSED_MEMORY = 3600  # how long a process answers a passed triplet without the store
 _INSTANCES = 4096  # messages remembered per process for "one X-Greylist header each"
 _CACHE = 65536  # bound of the per-process client caches
+AWL_RETRY_MAX = 1.0  # longest pause before trying a locked auto-whitelist write again
+_AWL_PENDING = 65536  # auto-whitelist updates kept while the store stays locked
 _STARTS_WITH_DIGIT = re.compile(r"[0-9]")
+_V = TypeVar("_V")
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
            "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -129,6 +134,7 @@ class Greylister:
         self._client = client
         self.client_whitelist = ClientWhitelist()
         self.recipient_whitelist = RecipientWhitelist()
+        self._whitelists_read = False
         self.reload_whitelists()
         self._instances: dict[str, None] = {}
         self._awl_until: dict[str, float] = {}  # client -> known auto-whitelisted until
@@ -141,16 +147,35 @@ class Greylister:
         self._to_count: dict[int, dict[str, str]] = {}
         self._to_touch: dict[int, dict[str, None]] = {}
         self._awl_task: asyncio.Task[None] | None = None
+        #: Another process holds the store's lock: the auto-whitelist writes wait for it,
+        #: decisions do not wait for them.
+        self._awl_stalled = False
         self._cleanup_task: asyncio.Task[None] | None = None
         self._batcher: Batcher[Sighting, tuple[int, TripletState | None]] = Batcher(
             self._see, key=lambda s: s.key)
 
     # -- life cycle ---------------------------------------------------------------------
     def reload_whitelists(self) -> None:
-        """(Re)read the whitelist files, as postgrey does on SIGHUP. Blocking file I/O."""
-        self.client_whitelist = ClientWhitelist.load(self._cfg.get("greylist_whitelist_clients"))
-        self.recipient_whitelist = RecipientWhitelist.load(
-            self._cfg.get("greylist_whitelist_recipients"))
+        """(Re)read the whitelist files, as postgrey does on SIGHUP. Blocking file I/O.
+
+        A list whose file has disappeared since it was read keeps what it had, with an
+        error: a file deleted or moved by mistake must not silently greylist the mail of
+        every client it exempted. (At start, a missing file is a warning and the list is
+        read without it, as postgrey does.)
+        """
+        clients = ClientWhitelist.load(self._cfg.get("greylist_whitelist_clients"))
+        recipients = RecipientWhitelist.load(self._cfg.get("greylist_whitelist_recipients"))
+        if clients.missing and self._whitelists_read and not self.client_whitelist.missing:
+            log.error("greylist: client whitelist %s cannot be read any more; keeping the "
+                      "client whitelist read before", ", ".join(clients.missing))
+        else:
+            self.client_whitelist = clients
+        if recipients.missing and self._whitelists_read and not self.recipient_whitelist.missing:
+            log.error("greylist: recipient whitelist %s cannot be read any more; keeping the "
+                      "recipient whitelist read before", ", ".join(recipients.missing))
+        else:
+            self.recipient_whitelist = recipients
+        self._whitelists_read = True
 
     async def start(self) -> None:
         """Open the store and start the hourly cleanup of expired entries."""
@@ -166,26 +191,48 @@ class Greylister:
         await self.flush()
         await self._store.close()
 
-    async def flush(self) -> None:
-        """Wait until every request so far is decided and its bookkeeping written."""
+    async def flush(self, patience: float = 30.0) -> None:
+        """Wait until every request so far is decided and its bookkeeping written; while
+        another process holds the store's lock, for at most ``patience`` seconds (the
+        writes then given up are logged). For shutting down and tests, never a request."""
         await self._batcher.drain()
-        await self._awl_written()
+        task = self._awl_task
+        if task is not None and not task.done():
+            done, _ = await asyncio.wait({task}, timeout=patience)
+            if not done:
+                task.cancel()
+                lost = sum(map(len, self._to_count.values())) + sum(map(len, self._to_touch.values()))
+                log.error("greylist: the store stayed locked for %.0fs; %d auto-whitelist "
+                          "updates not written", patience, lost)
+                self._to_count.clear()
+                self._to_touch.clear()
+                await asyncio.gather(task, return_exceptions=True)
         await self._store.sync()
 
     async def _awl_written(self) -> None:
-        """Wait until the auto-whitelist writes queued so far are in the store."""
-        while self._awl_task is not None and not self._awl_task.done():
-            await asyncio.gather(self._awl_task, return_exceptions=True)
+        """Wait until the auto-whitelist writes queued so far are in the store -- unless
+        another process holds its lock: then decisions go on without them (a client may
+        be whitelisted one pass later), because no request waits for a lock."""
+        while self._awl_task is not None and not self._awl_task.done() and not self._awl_stalled:
+            await asyncio.wait({self._awl_task}, timeout=AWL_RETRY_MAX)
 
     async def _cleanup_loop(self) -> None:
         while True:
-            await self.cleanup()
+            try:
+                await self.cleanup()
+            except StoreBusy as exc:
+                log.warning("greylist: cleanup of expired entries postponed: %s", exc)
+                await asyncio.sleep(CLEANUP_RETRY)
+                continue
             await asyncio.sleep(CLEANUP_INTERVAL)
 
     async def cleanup(self) -> CleanupStats | None:
-        """Delete expired state now, unless another worker did so within the hour."""
+        """Delete expired state now, unless another worker did so within the hour.
+        Raises StoreBusy when another process holds the store's lock."""
         try:
             stats = await self._store.cleanup(int(self._clock()), self.timing, CLEANUP_INTERVAL)
+        except StoreBusy:
+            raise
         except Exception:
             log.exception("greylist: cleanup of expired entries failed")
             return None
@@ -235,7 +282,8 @@ class Greylister:
         states = None
         # Directly only when nothing is in flight: a sighting of the same key, or an
         # auto-whitelist count this decision must see, would otherwise be overtaken.
-        if self._batcher.idle and (self._awl_task is None or self._awl_task.done()):
+        if self._batcher.idle and (self._awl_task is None or self._awl_task.done()
+                                   or self._awl_stalled):
             now = int(self._clock())
             states = self._store.see_now((sighting,), now, self.timing)
         if states is not None:
@@ -309,25 +357,53 @@ class Greylister:
             self._awl_task = asyncio.get_running_loop().create_task(self._write_awl())
 
     async def _write_awl(self) -> None:
+        """Write the queued counts and refreshes, oldest first. When another process
+        holds the store's lock, what is not written yet goes back to the front of the
+        queue and is tried again after a pause (growing to AWL_RETRY_MAX)."""
+        pause = 0.05
         while self._to_count or self._to_touch:
             counts, self._to_count = self._to_count, {}
             touches, self._to_touch = self._to_touch, {}
             try:
-                for now, names in counts.items():
+                while counts:
+                    now, names = next(iter(counts.items()))
                     states = await self._store.count_passes(list(names), now, self.timing)
+                    del counts[now]
                     for (client, name), state in zip(names.items(), states):
                         if state is not None:
                             self._remember_awl(client, state)
                             if state.count == self.timing.awl_clients:
                                 log.info("greylist: whitelisted: %s", name)
-                for now, clients in touches.items():
+                while touches:
+                    now, clients = next(iter(touches.items()))
                     states = await self._store.touch_clients(list(clients), now)
+                    del touches[now]
                     for client, state in zip(clients, states):
                         if state is not None:
                             self._remember_awl(client, state)
+            except StoreBusy:
+                self._to_count = _older_first(counts, self._to_count)
+                self._to_touch = _older_first(touches, self._to_touch)
+                self._bound_awl()
+                self._awl_stalled = True
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, AWL_RETRY_MAX)
+                continue
             except Exception:
                 # A lost count only delays a client's auto-whitelisting by one pass.
                 log.exception("greylist: updating the client auto-whitelist failed")
+            self._awl_stalled = False
+        self._awl_stalled = False
+
+    def _bound_awl(self) -> None:
+        """While the store stays locked: keep at most _AWL_PENDING updates, the newest."""
+        for queue in (self._to_count, self._to_touch):
+            pending = sum(map(len, queue.values()))
+            while pending > _AWL_PENDING and queue:
+                oldest = next(iter(queue))
+                pending -= len(queue.pop(oldest))
+                log.error("greylist: the store has been locked by another process for long; "
+                          "dropped the auto-whitelist updates of %d", oldest)
 
     def _remember_awl(self, client: str, state: ClientState) -> None:
         if state.count >= self.timing.awl_clients:
@@ -342,3 +418,11 @@ class Greylister:
             if len(cache) >= _CACHE:
                 cache.clear()
         cache[key] = until
+
+
+def _older_first(older: dict[int, dict[str, _V]], newer: dict[int, dict[str, _V]]) -> dict[int, dict[str, _V]]:
+    """Put updates not written yet back in front of those queued since (same second: merged)."""
+    merged = {now: dict(items) for now, items in older.items()}
+    for now, items in newer.items():
+        merged.setdefault(now, {}).update(items)
+    return merged

@@ -27,8 +27,21 @@ reads. The reads and writes run on a second, non-waiting connection
 in the event-loop thread (a hop to aiosqlite's thread and back costs more than the
 statement). That connection never waits (busy timeout 0) and never checkpoints
 (``wal_autocheckpoint = 0``), so it cannot block the loop on another process's lock or
-on an fsync: when the database is busy, the same work goes through aiosqlite, whose
-thread may wait; checkpoints run there too, every few seconds.
+on an fsync; checkpoints run in aiosqlite's thread, every few seconds.
+
+Nothing waits for another process's lock for long (another process holding the write
+lock used to stall a worker for 54 s and lose the sightings made meanwhile). A write
+that finds the database locked is not waited for: sightings stay queued (at most
+MAX_QUEUED, the oldest dropped beyond that, with an error) and are tried again after
+a growing pause of up to RETRY_MAX; auto-whitelist writes raise StoreBusy and their
+caller keeps them for later the same way. A read that finds the database busy (rare in
+WAL mode) goes through aiosqlite, whose thread waits at most LOCK_WAIT.
+
+A damaged database (not a database, malformed pages) or one deleted or replaced while
+in use is reported through ``on_damaged``: the worker stops and the master repairs it
+(:meth:`SqliteGreylistStore.verify`: the damaged file is moved aside, next to it, and
+a new one is made -- greylisting state is only a cache of whom to trust, so mail is
+delayed once more, never lost) before starting a new worker.
 """
 
 from __future__ import annotations
@@ -37,6 +50,7 @@ import asyncio
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -48,10 +62,13 @@ from filterd.greylist.store import (
     ClientState,
     GreylistStore,
     Sighting,
+    StoreBusy,
+    StoreUnavailable,
     Timing,
     TripletState,
     advance,
 )
+from filterd.log import RateLimitedLog
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS triplet (
@@ -124,8 +141,12 @@ RETURNING value
 """
 
 log = logging.getLogger("filterd.greylist")
+_limited = RateLimitedLog(log)
 
 CHECKPOINT_INTERVAL = 5.0  # seconds between WAL checkpoints from aiosqlite's thread
+LOCK_WAIT = 0.25  # longest wait for another process's lock (aiosqlite's busy timeout)
+RETRY_MAX = 1.0  # longest pause before trying a locked write again
+MAX_QUEUED = 100_000  # sightings kept while the database stays locked (some 20 MB)
 WRITE_DELAY = 0.1  # seconds a sighting may wait to be written with others
 WRITE_AT = 500  # sightings queued that are written at once (about 1 ms of work for the loop)
 READ_SPAN = 0.01  # seconds of reads that share one read transaction
@@ -155,15 +176,15 @@ class SqliteGreylistStore(GreylistStore):
         self._dirty = False
         #: Sightings not written yet, as _REPLAY's parameters, in the order they were seen.
         self._queued: list[tuple[int, int, int, int, str]] = []
-        #: Triplet key -> (first, last) after this worker's newest sighting not written yet;
-        #: ``_writing`` holds the same for sightings in aiosqlite's thread right now.
+        #: Triplet key -> (first, last) after this worker's newest sighting not written yet.
         self._latest: dict[str, tuple[int, int]] = {}
-        self._writing: dict[str, tuple[int, int]] = {}
         self._timer: asyncio.TimerHandle | None = None
-        self._writer: asyncio.Task[None] | None = None
+        self._retry_delay = WRITE_DELAY  # grows while the database stays locked
         self._reading = False  # a read transaction is open on the fast connection
-        #: How often the non-waiting path found the database busy (the work then went
-        #: through aiosqlite): a figure for operators and tests.
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the open file
+        self._damage: str | None = None  # reported once through on_damaged
+        #: How often the non-waiting path found the database busy (a read then went
+        #: through aiosqlite, a write was tried again later): a figure for operators and tests.
         self.busy_fallbacks = 0
 
     async def start(self) -> None:
@@ -174,6 +195,9 @@ class SqliteGreylistStore(GreylistStore):
         # separate COMMIT call).
         self._db = await sqlite_wal.connect(self.path, _SCHEMA, synchronous="NORMAL",
                                             timeout=self._busy_timeout, cached_statements=512)
+        # The start may wait for another worker creating the file; serving never waits long.
+        await self._db.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT * 1000)}")
+        self._identity = _identity(self.path)
         fast = sqlite3.connect(self.path, isolation_level=None, timeout=0, cached_statements=512)
         fast.execute("PRAGMA synchronous=NORMAL")
         fast.execute("PRAGMA wal_autocheckpoint=0")
@@ -182,24 +206,48 @@ class SqliteGreylistStore(GreylistStore):
         self._checkpointer = self._loop.create_task(self._checkpoint_loop())
 
     async def _checkpoint_loop(self) -> None:
+        """Checkpoint the WAL every few seconds, and notice a database file that was
+        deleted or replaced under the running workers (one stat(2) each time)."""
         while True:
             await asyncio.sleep(CHECKPOINT_INTERVAL)
+            try:
+                identity = _identity(self.path)
+            except OSError as exc:
+                self._damaged(f"{self.path} has gone while in use ({exc.strerror or exc})")
+                continue
+            if identity != self._identity:
+                self._damaged(f"{self.path} was replaced by another file while in use")
+                continue
             if self._dirty and self._db is not None:
                 self._dirty = False
                 try:
                     await self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 except sqlite3.Error as exc:
+                    self._check(exc)
                     log.warning("greylist: WAL checkpoint of %s failed: %s", self.path, exc)
 
+    def _check(self, exc: BaseException) -> None:
+        """Report ``exc`` through on_damaged if it says the file is damaged."""
+        if isinstance(exc, sqlite3.DatabaseError) and is_damage(exc):
+            self._damaged(f"{self.path} is damaged ({exc})")
+
+    def _damaged(self, what: str) -> None:
+        if self._damage is None:
+            self._damage = what
+            log.error("greylist: %s", what)
+            if self.on_damaged is not None:
+                self.on_damaged(what)
+
     async def _execute(self, sql: str, params: Sequence[object]) -> list[tuple]:
-        """A write that needs its result: non-waiting connection first, aiosqlite when
-        busy. Both auto-whitelist writes go this way, so one process's writes stay in
-        order (the next decision reads the count the previous pass wrote)."""
-        db = self._conn()
+        """A write that needs its result, on the non-waiting connection; StoreBusy when
+        another process holds the lock (the caller keeps the work for later). Both
+        auto-whitelist writes go this way, so one process's writes stay in order (the
+        next decision reads the count the previous pass wrote)."""
+        self._conn()
         self._end_read()
         rows = self._run_fast(sql, params)
         if rows is None:
-            rows = await _fetch_all(db, sql, params)
+            raise StoreBusy(f"{self.path} is locked by another process")
         return rows
 
     def _run_fast(self, sql: str, params: Sequence[object]) -> list[tuple] | None:
@@ -210,16 +258,32 @@ class SqliteGreylistStore(GreylistStore):
             rows = fast.execute(sql, params).fetchall()
         except sqlite3.OperationalError as exc:
             if not sqlite_wal.is_busy(exc):
+                self._check(exc)
                 raise
             self.busy_fallbacks += 1
             return None
+        except sqlite3.DatabaseError as exc:
+            self._check(exc)
+            raise
         return rows
 
-    async def sync(self) -> None:
+    async def sync(self, patience: float | None = None) -> None:
+        """Write every queued sighting now. While another process holds the lock this
+        tries again for up to ``patience`` seconds (default: the busy timeout), then
+        gives them up with an error: it is for shutting down and tests, never for a
+        request."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self._busy_timeout if patience is None else patience)
         self._write_queued()
-        while self._writer is not None:
-            await asyncio.gather(self._writer, return_exceptions=True)
+        while self._queued and self._fast is not None and loop.time() < deadline:
+            await asyncio.sleep(0.05)
             self._write_queued()
+        if self._queued:
+            self._lost(len(self._queued), f"{self.path} is still locked by another process")
+            self._queued, self._latest = [], {}
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
     async def close(self) -> None:
         if self._checkpointer is not None:
@@ -294,8 +358,12 @@ class SqliteGreylistStore(GreylistStore):
         states = self.see_now(sightings, now, timing)
         if states is not None:
             return states
-        rows = [(await _fetch_all(db, _READ, _read_params(s, now, timing)))[0]
-                for s in sightings]
+        try:
+            rows = [(await _fetch_all(db, _READ, _read_params(s, now, timing)))[0]
+                    for s in sightings]
+        except sqlite3.DatabaseError as exc:
+            self._check(exc)
+            raise
         return self._decide(sightings, rows, now, timing)
 
     def _decide(self, sightings: Sequence[Sighting], rows: list[tuple], now: int,
@@ -306,15 +374,15 @@ class SqliteGreylistStore(GreylistStore):
             if whitelisted:
                 states.append(None)  # the triplet is left alone: nothing is queued
                 continue
-            before = self._latest.get(s.key) or self._writing.get(s.key)
+            before = self._latest.get(s.key)
             if before is None and first is not None:
                 before = (first, last)
             state = advance(before, now, timing)
             states.append(state)
             self._latest[s.key] = (state.first, now)
             self._queued.append((now, timing.delay, timing.retry_window, timing.max_age, s.key))
-        if len(self._queued) >= WRITE_AT:
-            self._write_queued()
+        if len(self._queued) >= WRITE_AT and self._retry_delay == WRITE_DELAY:
+            self._write_queued()  # (not while the database is locked: the timer retries)
         elif self._queued and self._timer is None:
             assert self._loop is not None
             self._timer = self._loop.call_later(WRITE_DELAY, self._write_queued)
@@ -322,58 +390,55 @@ class SqliteGreylistStore(GreylistStore):
 
     # -- writing sightings behind the decisions -----------------------------------------
     def _write_queued(self) -> None:
-        """Replay every queued sighting in one transaction, or hand them to the thread."""
+        """Replay every queued sighting in one transaction. When another process holds
+        the write lock, nothing waits: the sightings stay queued and the write is tried
+        again after a pause that grows to RETRY_MAX."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._queued or self._fast is None:
-            return
-        if self._writer is not None:  # one write at a time keeps the order
-            assert self._loop is not None
-            self._timer = self._loop.call_later(WRITE_DELAY, self._write_queued)
-            return
-        batch, self._queued = self._queued, []
-        latest, self._latest = self._latest, {}
         fast = self._fast
+        if not self._queued or fast is None:
+            return
         self._end_read()
+        batch = self._queued
         try:
             fast.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if not sqlite_wal.is_busy(exc):
-                self._lost(len(batch), exc)
-                return
-            self.busy_fallbacks += 1
-            self._writing = latest
-            assert self._loop is not None
-            self._writer = self._loop.create_task(self._write_in_thread(batch))
-            return
-        try:
             fast.executemany(_REPLAY, batch)
             fast.execute("COMMIT")
-            self._dirty = True
         except sqlite3.Error as exc:
-            self._lost(len(batch), exc)
             if fast.in_transaction:
                 fast.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) and sqlite_wal.is_busy(exc):
+                self.busy_fallbacks += 1
+                self._retry_later()
+                return
+            self._check(exc)
+            self._lost(len(batch), exc)
+        else:
+            self._dirty = True
+        self._queued, self._latest = [], {}
+        self._retry_delay = WRITE_DELAY
 
-    def _lost(self, count: int, exc: Exception) -> None:
+    def _retry_later(self) -> None:
+        """The database is locked: keep the queue (bounded) and try again later."""
+        excess = len(self._queued) - MAX_QUEUED
+        if excess > 0:
+            del self._queued[:excess]
+            kept = {params[4] for params in self._queued}
+            self._latest = {k: v for k, v in self._latest.items() if k in kept}
+            _limited.error("sightings dropped", "greylist: %s has been locked by another "
+                           "process for long; dropped the %d oldest of the sightings waiting "
+                           "to be written (those triplets will be greylisted again)",
+                           self.path, excess)
+        self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+        assert self._loop is not None
+        self._timer = self._loop.call_later(self._retry_delay, self._write_queued)
+
+    def _lost(self, count: int, exc: Exception | str) -> None:
         # The replies are out; losing these sightings only means those triplets are
         # greylisted once more when they retry.
-        log.error("greylist: writing %d sightings to %s failed: %s; those triplets will be "
-                  "greylisted again", count, self.path, exc)
-
-    async def _write_in_thread(self, batch: list[tuple[int, int, int, int, str]]) -> None:
-        """The database is busy: replay in aiosqlite's thread, which may wait. Each
-        sighting commits alone there, so no other work of this store's ever runs inside
-        a transaction of these."""
-        try:
-            await self._conn().executemany(_REPLAY, batch)
-            self._dirty = True
-        except Exception as exc:  # noqa: BLE001 - logged, and the service goes on
-            self._lost(len(batch), exc)
-        finally:
-            self._writing = {}
-            self._writer = None
+        _limited.error("failed sighting writes", "greylist: writing %d sightings to %s failed: %s; "
+                       "those triplets will be greylisted again", count, self.path, exc)
 
     async def count_passes(self, clients: Sequence[str], now: int,
                            timing: Timing) -> list[ClientState | None]:
@@ -393,6 +458,14 @@ class SqliteGreylistStore(GreylistStore):
         return [states.get(c) for c in clients]
 
     async def cleanup(self, now: int, timing: Timing, interval: int) -> CleanupStats | None:
+        try:
+            return await self._cleanup(now, timing, interval)
+        except sqlite3.OperationalError as exc:
+            if sqlite_wal.is_busy(exc):
+                raise StoreBusy(f"{self.path} is locked by another process") from None
+            raise
+
+    async def _cleanup(self, now: int, timing: Timing, interval: int) -> CleanupStats | None:
         db = self._conn()
         if not await db.execute_fetchall(_CLAIM_CLEANUP, (now, interval)):
             return None
@@ -415,6 +488,89 @@ class SqliteGreylistStore(GreylistStore):
                 return deleted
             deleted += len(await _fetch_all(db, delete, (after, upto, *args)))
             after = upto
+
+
+    # -- before the workers start ---------------------------------------------------------
+    def verify(self) -> str | None:
+        """Open the database as a worker will and check every page (``PRAGMA
+        quick_check``: a third of a second for a million triplets). A damaged file --
+        not a database, malformed, or a WAL left behind by a deleted database -- is
+        moved aside and a new one made; anything else (permissions, a directory in the
+        way, a failing disk) is refused with a message naming the file."""
+        notes = []
+        if not os.path.exists(self.path):
+            leftovers = [p for p in (self.path + "-wal", self.path + "-shm") if os.path.exists(p)]
+            if leftovers:
+                moved = _move_aside(leftovers)
+                notes.append(f"greylist store {self.path} had been deleted, leaving "
+                             f"{', '.join(leftovers)}; moved them to {', '.join(moved)}")
+        try:
+            self._verify_file()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and sqlite_wal.is_busy(exc):
+                # Locked by another process for the whole busy timeout: not a fault of
+                # the file, and the workers wait for such a lock themselves.
+                return "; ".join([*notes, f"greylist store {self.path} not checked: {exc}"])
+            if not is_damage(exc):
+                raise StoreUnavailable(f"greylist store {self.path} cannot be opened: "
+                                       f"{exc}") from None
+            present = [p for p in (self.path, self.path + "-wal", self.path + "-shm")
+                       if os.path.exists(p)]
+            moved = _move_aside(present)
+            notes.append(f"greylist store {self.path} is damaged ({exc}); moved it to "
+                         f"{moved[0]} and started a new one: greylisting starts over (each "
+                         f"triplet is deferred once more, auto-whitelisted clients are "
+                         f"counted again); no mail is lost")
+            try:
+                self._verify_file()
+            except sqlite3.Error as again:
+                raise StoreUnavailable(f"greylist store {self.path} cannot be made anew: "
+                                       f"{again}") from None
+        except OSError as exc:
+            raise StoreUnavailable(f"greylist store {self.path} cannot be opened: "
+                                   f"{exc.strerror or exc}") from None
+        return "; ".join(notes) or None
+
+    def _verify_file(self) -> None:
+        directory = os.path.dirname(self.path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=self._busy_timeout)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError("database disk image is malformed: "
+                                            + "; ".join(problems))
+        finally:
+            conn.close()
+
+
+def is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """SQLite says the file is not a database, or is malformed, or cannot be read."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT", "SQLITE_IOERR")):
+        return True
+    text = str(exc)
+    return "malformed" in text or "not a database" in text
+
+
+def _identity(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _move_aside(paths: list[str]) -> list[str]:
+    """Rename each file to ``NAME.damaged-YYYYmmddTHHMMSS`` beside it (kept for a look,
+    never reused); returns the new names."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    moved = []
+    for path in paths:
+        target = f"{path}.damaged-{stamp}"
+        os.replace(path, target)
+        moved.append(target)
+    return moved
 
 
 def _read_params(s: Sighting, now: int, timing: Timing) -> tuple[object, ...]:

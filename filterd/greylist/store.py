@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -96,8 +96,29 @@ class CleanupStats:
     clients: int
 
 
+class StoreBusy(Exception):
+    """Another process holds the store's lock right now: nothing was written, try later.
+
+    Raised instead of waiting, so that no request ever waits for another process."""
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be opened or used; the message names it and says why."""
+
+
 class GreylistStore(ABC):
     """Greylisting state shared by every worker; all methods are atomic per key."""
+
+    #: Called (with what is wrong) when the store finds itself damaged or gone while
+    #: serving: the worker then stops, and the master repairs the store (:meth:`verify`)
+    #: before starting a new one.
+    on_damaged: Callable[[str], None] | None = None
+
+    def verify(self) -> str | None:
+        """Blocking, in the master before any worker starts: open the store as a worker
+        will and repair what can be repaired. Returns a message for the log when it
+        repaired something; raises :class:`StoreUnavailable` when it cannot be used."""
+        return None
 
     @abstractmethod
     async def start(self) -> None:
@@ -142,14 +163,15 @@ class GreylistStore(ABC):
 
         A client whose entry is older than max_age starts again from one. Returns each
         client's entry after counting, or None when it was not counted (counted within
-        the last hour).
+        the last hour). Raises :class:`StoreBusy` (nothing counted) rather than wait.
         """
 
     @abstractmethod
     async def touch_clients(self, clients: Sequence[str], now: int) -> list[ClientState | None]:
         """Refresh auto-whitelisted clients seen again (at most once per hour, as postgrey).
 
-        Returns each client's entry after the update (None if it has gone).
+        Returns each client's entry after the update (None if it has gone). Raises
+        :class:`StoreBusy` (nothing refreshed) rather than wait.
         """
 
     @abstractmethod
@@ -157,7 +179,8 @@ class GreylistStore(ABC):
         """Delete expired triplets and clients, unless another worker did so within interval.
 
         Expired: not seen for max_age; a triplet that never passed and was not retried
-        within retry_window. Returns None when the run was left to another worker.
+        within retry_window. Returns None when the run was left to another worker;
+        raises :class:`StoreBusy` when another process holds the lock.
         """
 
 

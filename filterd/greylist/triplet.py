@@ -20,9 +20,11 @@ import re
 import socket
 from typing import NamedTuple
 
+from filterd.log import RateLimitedLog
 from filterd.netaddr import canonical_ipv4
 
 log = logging.getLogger("filterd.greylist")
+_limited = RateLimitedLog(log)  # the address comes from the client: it may come in floods
 
 _BATV_TAG = re.compile(r"[0-9a-z]{10}")  # case-sensitive, as postgrey's /^[0-9a-z]{10}/
 _PLUS_EXTENSION = re.compile(r"\+.*")
@@ -88,8 +90,9 @@ def parse_client(address: str, by_subnet: bool, v4_bits: int, v6_bits: int) -> C
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
-            log.warning("greylist: client address %r is not an IP address; "
-                        "using it as its own network", address)
+            _limited.warning("client addresses that are not IP addresses",
+                             "greylist: client address %.60r is not an IP address; "
+                             "using it as its own network", address)
             text = address.lower()
             return Client(text, text, None)
         version, value = ip.version, int(ip)

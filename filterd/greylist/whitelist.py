@@ -51,11 +51,12 @@ class Entry:
         return f"{self.file}, line {self.line}: {self.text}"
 
 
-def _lines(path: str) -> Iterator[tuple[int, str]]:
+def _lines(path: str, missing: list[str]) -> Iterator[tuple[int, str]]:
     """(line number, entry text) of a whitelist file, comments and blank lines removed.
 
-    A missing file is a warning, except a ``*.local`` file: like postgrey, filterd lets
-    an administrator list a local file that does not exist yet.
+    A missing file is a warning (and is added to ``missing``), except a ``*.local``
+    file: like postgrey, filterd lets an administrator list a local file that does not
+    exist yet.
     """
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
@@ -63,6 +64,7 @@ def _lines(path: str) -> Iterator[tuple[int, str]]:
     except OSError as exc:
         if not path.endswith(".local"):
             log.warning("greylist: cannot open whitelist %s: %s", path, exc.strerror or exc)
+            missing.append(path)
         return
     for number, raw in enumerate(text.splitlines(), 1):
         entry = raw.split("#", 1)[0].strip()
@@ -135,17 +137,22 @@ class _Whitelist:
     """What both whitelist kinds share: reading files line by line, regexes sealed last."""
 
     warnings: list[str]
+    #: Files listed that could not be read (``*.local`` ones aside): a reload that finds
+    #: one gone keeps the lists it had, rather than silently whitelisting nobody.
+    missing: list[str]
     _regexes: _Regexes
 
     @classmethod
     def load(cls, files: Iterable[str]) -> Self:
         wl = cls()
         loader = _Loader()
+        missing: list[str] = []
         for path in files:
-            for number, text in _lines(path):
+            for number, text in _lines(path, missing):
                 wl._add(loader, path, number, text)
         wl._regexes.seal()
         wl.warnings = loader.warnings
+        wl.missing = missing
         return wl
 
     def _add(self, loader: _Loader, file: str, line: int, text: str) -> None:
@@ -157,6 +164,7 @@ class ClientWhitelist(_Whitelist):
 
     def __init__(self) -> None:
         self.warnings: list[str] = []
+        self.missing: list[str] = []
         self._names: dict[str, Entry] = {}
         self._regexes = _Regexes()
         # prefix length -> {address >> (bits - prefix length): entry}
@@ -226,6 +234,7 @@ class RecipientWhitelist(_Whitelist):
 
     def __init__(self) -> None:
         self.warnings: list[str] = []
+        self.missing: list[str] = []
         self._addresses: dict[tuple[str, str], Entry] = {}
         self._users: dict[str, Entry] = {}
         self._domains: dict[str, Entry] = {}

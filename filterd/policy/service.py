@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from filterd.log import event
+from filterd.log import RateLimitedLog, event
 from filterd.netaddr import is_ip
 from filterd.policy.protocol import PolicyRequest, to_transaction
 from filterd.restrict.decision import DEFER, DUNNO, PERMIT, REJECT, Decision
@@ -18,6 +18,8 @@ from filterd.restrict.engine import RestrictionEngine
 from filterd.restrict.transaction import Stage, Transaction
 
 log = logging.getLogger("filterd.policy")
+#: Faults in requests are the client's: a flood of them is logged once per kind and interval.
+limited = RateLimitedLog(log)
 
 #: Which parameter holds the restrictions for each protocol state.
 STAGE_PARAM = {
@@ -53,22 +55,26 @@ class PolicyService:
         """The action for one request. Never raises: faults become a safe answer."""
         self.requests += 1
         if req.faults:
-            log.warning("policy client %s: %s", peer, "; ".join(req.faults))
+            limited.warning("malformed policy requests", "policy client %s: %s", peer, "; ".join(req.faults))
         rtype = req.request_type
         if rtype != "smtpd_access_policy":
             what = "no request= attribute" if rtype is None else f"unknown request type {rtype!r}"
-            log.warning("policy client %s: %s; answering %s", peer, what, MALFORMED)
+            limited.warning("requests of an unknown type", "policy client %s: %s; answering %s",
+                            peer, what, MALFORMED)
             return f"{MALFORMED}: {what}"
         txn, faults = to_transaction(req.attrs)
         if faults:
-            log.warning("policy client %s: %s", peer, "; ".join(faults))
+            limited.warning("bad attribute values", "policy client %s: %s", peer, "; ".join(faults))
         if txn.client_address and not is_ip(txn.client_address):
-            log.warning("policy client %s: client_address=%.60r is not an IP address", peer, txn.client_address)
+            limited.warning("client addresses that are not IP addresses",
+                            "policy client %s: client_address=%.60r is not an IP address",
+                            peer, txn.client_address)
         param = STAGE_PARAM[txn.stage]
         try:
             decision = await self.engine.evaluate(param, txn)
         except Exception:  # noqa: BLE001 - one bad request must not stop the service
-            log.exception("policy client %s: error evaluating %s for %s", peer, param, txn.client_label)
+            limited.error("errors evaluating a request", "policy client %s: error evaluating %s for %s",
+                          peer, param, txn.client_label, exc_info=True)
             return FAILURE
         if log.isEnabledFor(logging.INFO):
             event("policy", format_log_line(txn, decision))

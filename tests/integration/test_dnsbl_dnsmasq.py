@@ -6,6 +6,8 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
+import dns.message
+import dns.rrset
 import pytest
 
 from filterd.dnsbl.check import DnsblChecker, DnsblHit
@@ -29,6 +31,77 @@ def resolver(dnsmasq_server: DnsmasqServer) -> DnsblResolver:
 @pytest.fixture
 def checker(resolver: DnsblResolver) -> DnsblChecker:
     return DnsblChecker(resolver)
+
+
+class _SlowServer(asyncio.DatagramProtocol):
+    """Answers every A query with 127.0.0.2 (TTL 300), ``delay`` seconds after it came."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.queries = 0
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.queries += 1
+        query = dns.message.from_wire(data)
+        response = dns.message.make_response(query)
+        response.answer.append(dns.rrset.from_text(query.question[0].name, 300, "IN", "A", "127.0.0.2"))
+        asyncio.get_running_loop().call_later(self.delay, self._send, response.to_wire(), addr)
+
+    def _send(self, wire: bytes, addr: tuple[str, int]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(wire, addr)
+
+
+@pytest.fixture
+async def slow_dns() -> AsyncIterator[tuple[int, _SlowServer]]:
+    """A DNS server on 127.0.0.1 that lists everything, answering 2.5 s after each query
+    (slower than the resolver library's own 2 s per try)."""
+    transport, server = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: _SlowServer(2.5), local_addr=("127.0.0.1", 0),
+    )
+    try:
+        yield transport.get_extra_info("sockname")[1], server
+    finally:
+        transport.close()
+
+
+async def test_an_answer_slower_than_two_seconds_counts_within_dnsbl_timeout(
+    slow_dns: tuple[int, _SlowServer],
+) -> None:
+    """Before: each try gave up after the library's 2 s and asked again, so a list that
+    answers in 2.5 s was never heard, whatever dnsbl_timeout said."""
+    port, server = slow_dns
+    resolver = DnsblResolver([("127.0.0.1", port)], timeout=8.0)
+    answer = await asyncio.wait_for(resolver.lookup_a("2.0.0.127.zen.test"), HANG_GUARD)
+    assert answer.listed and not answer.temporary_failure
+    assert server.queries == 1
+
+
+async def test_a_failed_lookup_is_remembered_for_dnsbl_failure_ttl(
+    silent_udp_port: int, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every request from a client must not wait for the timeout again while a list is
+    down; the failure is remembered as one (temporary_failure), briefly."""
+    resolver = DnsblResolver([("127.0.0.1", silent_udp_port)], timeout=0.5, failure_ttl=60)
+    checker = DnsblChecker(resolver)
+    site = parse_site("zen.test")
+    with caplog.at_level(logging.WARNING, logger="filterd.dnsbl"):
+        for _ in range(5):
+            assert await asyncio.wait_for(checker.query_ip(site, LISTED_V4), HANG_GUARD) is None
+    assert resolver.lookups_sent == 1 and resolver.cache_hits == 4
+    assert (await resolver.lookup_a("2.0.0.127.zen.test")).temporary_failure
+    assert sum("failed" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_dnsbl_failure_ttl_zero_asks_every_time(silent_udp_port: int) -> None:
+    resolver = DnsblResolver([("127.0.0.1", silent_udp_port)], timeout=0.3, failure_ttl=0)
+    for _ in range(2):
+        assert (await asyncio.wait_for(resolver.lookup_a("2.0.0.127.zen.test"), HANG_GUARD)).temporary_failure
+    assert resolver.lookups_sent == 2
 
 
 @pytest.fixture
@@ -160,8 +233,9 @@ async def test_refused_is_not_listed_with_a_warning_and_a_temporary_failure_flag
         answer = await asyncio.wait_for(resolver.lookup_a(qname), HANG_GUARD)
     assert not answer.listed and answer.temporary_failure
     assert qname in caplog.text and "REFUSED" in caplog.text
-    await resolver.lookup_a(qname)
-    assert resolver.lookups_sent == 2  # failures are not cached
+    again = await resolver.lookup_a(qname)
+    assert again.temporary_failure  # from the cache: a failure is remembered for a while
+    assert resolver.lookups_sent == 1
     site = parse_site(dnsmasq_server.refused_zone)
     assert await DnsblChecker(resolver).score_ip([site], LISTED_V4) == (0, [])
 

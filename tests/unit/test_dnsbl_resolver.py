@@ -64,6 +64,7 @@ def test_parameter_defaults() -> None:
     assert cfg.get("dnsbl_timeout") == 10.0
     assert cfg.get("dnsbl_cache_max_ttl") == 3600.0
     assert cfg.get("dnsbl_cache_size") == 10000
+    assert cfg.get("dnsbl_failure_ttl") == 60.0
     assert cfg.get("dnsbl_threshold") == 1
     assert cfg.get("dnsbl_whitelist_threshold") == 0
 
@@ -75,6 +76,14 @@ def test_resolver_from_config() -> None:
     resolver = DnsblResolver.from_config(cfg)
     assert resolver.timeout == 2.0
     assert resolver.cache_max_ttl == 60.0
+
+
+def test_dnsbl_timeout_is_the_budget_of_a_lookup_shared_by_the_servers() -> None:
+    """Not the library's 2 s per try: each server has its share of dnsbl_timeout."""
+    one = DnsblResolver([("127.0.0.1", 5353)], timeout=10.0)
+    assert one._resolver.lifetime == 10.0 and one._resolver.timeout == 10.0
+    two = DnsblResolver([("127.0.0.1", 5353), ("127.0.0.2", 5353)], timeout=10.0)
+    assert two._resolver.lifetime == 10.0 and two._resolver.timeout == 5.0
 
 
 def test_system_resolver_when_no_nameservers_given() -> None:

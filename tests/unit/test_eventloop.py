@@ -99,6 +99,9 @@ class FakeTransport:
     def close(self) -> None:
         self.closed = True
 
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        """Flow control (pause_writing) is not what these tests look at."""
+
 
 class EchoService:
     """Answers each request with its ``n`` attribute, at once."""

@@ -249,3 +249,168 @@ def test_the_replay_statement_applies_the_same_rules_as_advance(tmp_path: Path) 
             stored = conn.execute("SELECT first, last FROM triplet WHERE key = ?", (key,))
             assert stored.fetchone() == row, (case, now)
     conn.close()
+
+
+async def test_sightings_wait_queued_while_another_process_holds_the_lock_and_are_not_lost(
+        tmp_path: Path) -> None:
+    """Before: the write waited in aiosqlite's thread for the busy timeout, then the
+    sightings were dropped; now nothing waits and they are written once the lock is free."""
+    path = tmp_path / "g.db"
+    store = SqliteGreylistStore(str(path), busy_timeout=0.3)
+    await store.start()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        for n in range(5):
+            assert store.see_now([sighting(n)], NOW, TIMING) == [TripletState(NOW, False)]
+        await asyncio.sleep(1.0)  # longer than the busy timeout: the old code gave up here
+        assert store.busy_fallbacks >= 2  # tried, and tried again
+        # Reads see this worker's own sightings although they are not written yet.
+        assert store.see_now([sighting(0)], NOW + 60, TIMING) == [TripletState(NOW, False)]
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await store.sync()
+    assert [k for k, *_ in other_worker_sees(path)] == sorted(sighting(n).key for n in range(5))
+    assert other_worker_sees(path)[0][2] == NOW + 60
+    await store.close()
+
+
+async def test_the_sightings_kept_while_locked_are_bounded(
+        store: SqliteGreylistStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(sqlite_store, "MAX_QUEUED", 10)
+    other = sqlite3.connect(tmp_path / "g.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with caplog.at_level(logging.ERROR, logger="filterd.greylist"):
+            for n in range(25):
+                store.see_now([sighting(n)], NOW, TIMING)
+            await asyncio.sleep(sqlite_store.WRITE_DELAY * 3)
+        assert len(store._queued) == 10 and len(store._latest) == 10
+        assert "dropped the 15 oldest" in caplog.text
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await store.sync()
+    assert len(other_worker_sees(tmp_path / "g.db")) == 10
+
+
+async def test_an_auto_whitelist_write_never_waits_for_the_lock(
+        store: SqliteGreylistStore, tmp_path: Path) -> None:
+    from filterd.greylist.store import StoreBusy
+
+    other = sqlite3.connect(tmp_path / "g.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreBusy):
+            await asyncio.wait_for(store.count_passes(["192.0.2.10"], NOW, TIMING), 10)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert await store.count_passes(["192.0.2.10"], NOW, TIMING) == [ClientState(1, NOW)]
+
+
+# -- a damaged, deleted or unopenable database ------------------------------------------
+
+def test_verify_makes_a_new_database_and_keeps_nothing_damaged(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    path.write_bytes(b"this is not an SQLite database" * 100)
+    store = SqliteGreylistStore(str(path))
+    note = store.verify()
+    assert note is not None and str(path) in note and "damaged" in note
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("g.db.damaged-")]
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not")
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT count(*) FROM triplet").fetchone() == (0,)
+    assert store.verify() is None  # sound now: nothing to say
+
+
+def test_verify_finds_damage_inside_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    with closing(sqlite3.connect(path)) as conn:
+        conn.executescript(sqlite_store._SCHEMA)
+        conn.executemany("INSERT INTO triplet VALUES (?, 1, 1, 0)",
+                         [(f"key{n:05d}" + "x" * 200,) for n in range(2000)])
+        conn.commit()
+    data = bytearray(path.read_bytes())
+    data[8192:8192 + 4096] = b"\xff" * 4096  # a page in the middle of the table
+    path.write_bytes(bytes(data))
+    note = SqliteGreylistStore(str(path)).verify()
+    assert note is not None and "damaged" in note
+
+
+def test_verify_moves_aside_what_a_deleted_database_left(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    (tmp_path / "g.db-wal").write_bytes(b"x" * 100)
+    (tmp_path / "g.db-shm").write_bytes(b"y" * 100)
+    note = SqliteGreylistStore(str(path)).verify()
+    assert note is not None and "deleted" in note
+    assert sorted(p.name.split(".damaged-")[0] for p in tmp_path.glob("*.damaged-*")) == [
+        "g.db-shm", "g.db-wal"]
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT count(*) FROM triplet").fetchone() == (0,)
+
+
+def test_verify_refuses_a_store_that_cannot_be_opened_naming_it(tmp_path: Path) -> None:
+    from filterd.greylist.store import StoreUnavailable
+
+    path = tmp_path / "g.db"
+    path.mkdir()  # a directory where the database should be
+    with pytest.raises(StoreUnavailable, match=str(path)):
+        SqliteGreylistStore(str(path)).verify()
+    assert path.is_dir()  # not moved: it is not a damaged database
+
+
+async def test_a_database_deleted_while_in_use_is_reported(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_INTERVAL", 0.05)
+    store = await open_store(tmp_path / "g.db")
+    reported: list[str] = []
+    store.on_damaged = reported.append
+    try:
+        (tmp_path / "g.db").unlink()
+        for _ in range(200):  # a guard: the check runs every 0.05 s here
+            if reported:
+                break
+            await asyncio.sleep(0.05)
+        assert reported and "gone" in reported[0]
+    finally:
+        await store.close()
+
+
+class MalformedReads(BusyReads):
+    """The non-waiting connection on a file whose pages were overwritten."""
+
+    def execute(self, sql: str, params: object = ()) -> sqlite3.Cursor:
+        if sql.lstrip().startswith("SELECT"):
+            raise sqlite3.DatabaseError("database disk image is malformed")
+        return self.conn.execute(sql, params)  # type: ignore[arg-type]
+
+
+async def test_a_damaged_page_found_while_serving_is_reported_once(
+        store: SqliteGreylistStore) -> None:
+    reported: list[str] = []
+    store.on_damaged = reported.append
+    fast = store._fast
+    assert fast is not None
+    store._fast = MalformedReads(fast)  # type: ignore[assignment]
+    try:
+        for _ in range(3):
+            with pytest.raises(sqlite3.DatabaseError):  # the request gets the safe answer
+                store.see_now([sighting(1)], NOW, TIMING)
+    finally:
+        store._fast = fast
+    assert len(reported) == 1 and "malformed" in reported[0]
+
+
+def test_verify_does_not_refuse_a_database_another_process_has_locked(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    other = converting(path)  # holds the write lock of a new, rollback-journal file
+    try:
+        note = SqliteGreylistStore(str(path), busy_timeout=0.2).verify()
+        assert note is not None and "not checked" in note and "locked" in note
+        assert path.exists() and not list(tmp_path.glob("*.damaged-*"))
+    finally:
+        other.execute("ROLLBACK")
+        other.close()

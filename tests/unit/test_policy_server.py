@@ -254,3 +254,145 @@ async def test_a_fault_answering_one_request_gets_the_safe_answer_and_the_connec
     finally:
         await close(writer)
         await srv.stop(1.0)
+
+
+# -- limits: a client that does not read, pipelines too much, idles, or one too many ----
+
+async def _until(condition, what: str, guard: float = 30.0) -> None:
+    """Wait until ``condition()`` holds (the guard only stops a test that would hang)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + guard
+    while not condition():
+        if loop.time() > deadline:
+            pytest.fail(f"still waiting for {what} after {guard:g}s")
+        await asyncio.sleep(0.01)
+
+
+async def test_a_client_that_reads_no_answers_is_no_longer_read_from(server):
+    """Answers pile up for a client that sends flat out and never reads: the connection
+    stops reading its requests, so neither the worker's memory nor its log grows."""
+    srv, port = server
+    client = socket.create_connection(("127.0.0.1", port))
+    client.setblocking(False)
+    burst = request() * 200
+    loop = asyncio.get_running_loop()
+    try:
+        await _until(lambda: len(srv.connections) == 1, "the connection")
+        conn = next(iter(srv.connections))
+        sent = 0
+        while not conn._write_paused:  # noqa: SLF001 - the state under test
+            assert sent < 200_000, "the server kept reading although no answer was read"
+            try:
+                sent += client.send(burst) // len(request())
+            except BlockingIOError:
+                await asyncio.sleep(0.01)
+            else:
+                await asyncio.sleep(0)
+        assert not conn.transport.is_reading()
+        answered = srv.service.requests
+        # The client goes on sending: nothing more is read or decided, whatever it sends.
+        for _ in range(20):
+            try:
+                client.send(burst)
+            except BlockingIOError:
+                pass
+            await asyncio.sleep(0.01)
+        assert srv.service.requests - answered < 2 * len(burst) // len(request())
+        # Once the client reads its answers, the connection reads and answers again.
+        got = bytearray()
+        client_reader = asyncio.Event()
+        loop.add_reader(client, client_reader.set)
+        while srv.service.requests < answered + 1000:
+            await asyncio.wait_for(client_reader.wait(), 5)
+            client_reader.clear()
+            try:
+                got += client.recv(1 << 20)
+            except BlockingIOError:
+                pass
+        loop.remove_reader(client)
+        assert got.startswith(b"action=DUNNO\n\n")
+    finally:
+        client.close()
+
+
+class _Waiting(PolicyService):
+    """Every request waits until ``release`` is set (a DNS lookup, a busy store)."""
+
+    def __init__(self, engine) -> None:
+        super().__init__(engine)
+        self.release = asyncio.Event()
+
+    async def handle(self, req, peer):
+        await self.release.wait()
+        return await super().handle(req, peer)
+
+
+async def test_requests_pipelined_behind_a_waiting_one_are_bounded_then_all_answered():
+    from filterd.policy import server as server_module
+
+    cfg = Config.from_text(f"policy_restrictions = {RESTRICTIONS}\n")
+    service = _Waiting(build_engine(cfg, Services(cfg)))
+    srv, port = await serve(service)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        count = 3000
+        writer.write(b"".join(request(sender=f"s{i}@example.org") for i in range(count)))
+        await _until(lambda: srv.connections and next(iter(srv.connections))._queue_paused,
+                     "the connection to stop reading")
+        conn = next(iter(srv.connections))
+        per_read = server_module.RECV_BUFFER // len(request()) + 1
+        assert len(conn.queue) < server_module.MAX_PENDING + per_read
+        assert not conn.transport.is_reading()
+        service.release.set()
+        answers = [await asyncio.wait_for(reader.readuntil(b"\n\n"), 10) for _ in range(count)]
+        assert answers == [b"action=DUNNO\n\n"] * count
+    finally:
+        await close(writer)
+        await srv.stop(1.0)
+
+
+async def test_an_idle_connection_is_closed_after_the_idle_timeout():
+    cfg = Config.from_text(f"policy_restrictions = {RESTRICTIONS}\n")
+    srv = PolicyServer(PolicyService(build_engine(cfg, Services(cfg))), idle_timeout=0.3)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    sock.setblocking(False)
+    await srv.start(sock)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+    try:
+        assert await ask(reader, writer, request()) == "action=DUNNO\n\n"
+        assert await asyncio.wait_for(reader.read(), 30) == b""  # closed by the server
+        assert not srv.connections
+    finally:
+        await close(writer)
+        await srv.stop(1.0)
+
+
+async def test_a_connection_over_the_limit_is_closed_at_once_and_the_others_served(caplog):
+    cfg = Config.from_text(f"policy_restrictions = {RESTRICTIONS}\n")
+    srv = PolicyServer(PolicyService(build_engine(cfg, Services(cfg))), connection_limit=2)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    sock.setblocking(False)
+    await srv.start(sock)
+    port = sock.getsockname()[1]
+    first = await asyncio.open_connection("127.0.0.1", port)
+    second = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        assert await ask(*first, request()) == "action=DUNNO\n\n"
+        assert await ask(*second, request()) == "action=DUNNO\n\n"
+        third = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(third[0].read(), 10) == b""
+        await close(third[1])
+        assert any("policy_connection_limit" in r.getMessage() for r in caplog.records)
+        assert await ask(*first, request()) == "action=DUNNO\n\n"
+        await close(second[1])
+        await _until(lambda: len(srv.connections) == 1, "the second connection to go")
+        fourth = await asyncio.open_connection("127.0.0.1", port)  # room again
+        assert await ask(*fourth, request()) == "action=DUNNO\n\n"
+        await close(fourth[1])
+    finally:
+        await close(first[1])
+        await srv.stop(1.0)
