@@ -11,6 +11,8 @@ import logging
 import os
 import sys
 import time
+import weakref
+from collections.abc import Callable
 from typing import TextIO
 
 from filterd.config import Config
@@ -184,8 +186,6 @@ def setup_logging(cfg: Config) -> None:
 
 
 # Imported here, with the part of this module that uses it.
-import weakref  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 
 #: Seconds in which a repeated warning of one kind is written once (see RateLimitedLog).
 RATE_LIMIT_INTERVAL = 10.0
