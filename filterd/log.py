@@ -185,8 +185,6 @@ def setup_logging(cfg: Config) -> None:
         _event_log = None  # INFO is off: per-request lines are not written at all
 
 
-# Imported here, with the part of this module that uses it.
-
 #: Seconds in which a repeated warning of one kind is written once (see RateLimitedLog).
 RATE_LIMIT_INTERVAL = 10.0
 
