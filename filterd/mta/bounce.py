@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from filterd.mta.delivery import RecipientResult
+from filterd.mta.maillog import printable
 
 MAILER_DAEMON = "MAILER-DAEMON"
-_UNSAFE = re.compile(r"[^\x20-\x7e]")
 _LONE_LF = re.compile(rb"(?<!\r)\n")
 FOLD_WIDTH = 78
 
@@ -54,11 +54,6 @@ class Notice:
     """``bounce``, ``delay``, ``postmaster-bounce``, ``postmaster-delay``, ``2bounce``."""
     recipient: str
     content: bytes
-
-
-def printable(text: str) -> str:
-    """Postfix's printable(): anything outside printable ASCII becomes '?'."""
-    return _UNSAFE.sub("?", text)
 
 
 def fold(name: str, value: str) -> str:
