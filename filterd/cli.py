@@ -95,7 +95,8 @@ def cmd_rules(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Command] = {"rules": cmd_rules, "serve": cmd_serve, "config": cmd_config, "map": cmd_map,
                                 "check": cmd_check, "quarantine": cmd_quarantine,
-                                "learn": cmd_learn}
+                                "learn": cmd_learn,
+                                "queue": lambda args: __import__("filterd.mta.tools", fromlist=["cmd_queue"]).cmd_queue(args)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="spam: files, directories, mbox files or Maildirs")
     p.add_argument("--ham", nargs="+", default=[], metavar="PATH",
                    help="ham: files, directories, mbox files or Maildirs")
+    from filterd.mta.tools import add_parser as add_queue_parser
+    add_queue_parser(sub, common)
     return parser
 
 
