@@ -46,6 +46,9 @@ TEMP_PREFIX = ".tmp-"
 QUEUE_ID = re.compile(r"[0-9A-F]{6,24}")
 """Queue ids: five hex digits of the creation microsecond then the inode in hex, as
 Postfix's short ids; the check keeps a tool argument from naming any other path."""
+FLUSHED_MTIME = 0.0
+"""The mtime a flushed file gets in ``incoming`` (a time no new file has): the queue
+manager then ignores defer_transports for it, as Postfix does after postqueue -f."""
 MAX_REASON = 1000
 """Longest delay reason kept per recipient in a defer log."""
 
@@ -212,9 +215,8 @@ class Queue:
             raise QueueError(f"{qid}: not in the {queue} queue") from None
         self.remove_defer_log(qid)
 
-    def to_corrupt(self, queue: str, qid: str, reason: str) -> None:
-        """Move an unreadable file to ``corrupt`` and say why, as Postfix does."""
-        log.warning("%s: %s: moved to the corrupt queue: %s", qid, queue, reason)
+    def to_corrupt(self, queue: str, qid: str) -> None:
+        """Move an unreadable file to ``corrupt`` (the caller logs why)."""
         try:
             self.move(qid, queue, CORRUPT)
         except QueueError:

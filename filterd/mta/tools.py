@@ -29,7 +29,7 @@ import time
 from typing import IO, Iterable, Iterator, TextIO
 
 from filterd.mta import maillog
-from filterd.mta.queue import ACTIVE, DEFERRED, HOLD, INCOMING, QUEUE_NAMES, Queue, QueueEntry, QueueError
+from filterd.mta.queue import ACTIVE, DEFERRED, FLUSHED_MTIME, HOLD, INCOMING, QUEUE_NAMES, Queue, QueueEntry, QueueError
 from filterd.mta.queuefile import Envelope, QueueFileError, iter_content, read_envelope
 
 LISTED = (INCOMING, ACTIVE, DEFERRED, HOLD)
@@ -112,10 +112,9 @@ def list_json(queue: Queue, out: TextIO, warn: TextIO = sys.stderr) -> int:
     return 0
 
 
-def flush(queue: Queue, site: str | None = None, warn: TextIO = sys.stderr) -> int:
+def flush(queue: Queue, site: str | None = None) -> int:
     """postqueue -f / -s: deferred mail (for ``site`` only, when given) becomes due now
-    and moves to ``incoming``. Returns how many messages moved."""
-    now = time.time()
+    and moves to ``incoming``, marked as flushed. Returns how many messages moved."""
     moved = 0
     site = site.lower().rstrip(".") if site else None
     for entry in queue.scan(DEFERRED):
@@ -127,7 +126,7 @@ def flush(queue: Queue, site: str | None = None, warn: TextIO = sys.stderr) -> i
             if not any(r.address.rpartition("@")[2].lower().rstrip(".") == site for r in env.pending):
                 continue
         try:
-            queue.move(entry.qid, DEFERRED, INCOMING, retry_at=now)
+            queue.move(entry.qid, DEFERRED, INCOMING, retry_at=FLUSHED_MTIME)
         except QueueError:
             continue
         moved += 1

@@ -89,7 +89,7 @@ def test_corrupt_file_goes_to_corrupt(queue: q.Queue) -> None:
     os.truncate(path, os.path.getsize(path) - 1)
     with pytest.raises(QueueFileError):
         queue.read_envelope(q.INCOMING, qid)
-    queue.to_corrupt(q.INCOMING, qid, "no end record")
+    queue.to_corrupt(q.INCOMING, qid)
     assert queue.find(qid) == q.CORRUPT
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from filterd.mta import tools
-from filterd.mta.queue import ACTIVE, DEFERRED, HOLD, INCOMING, Queue, QueueError
+from filterd.mta.queue import ACTIVE, DEFERRED, FLUSHED_MTIME, HOLD, INCOMING, Queue, QueueError
 from filterd.mta.queuefile import Recipient, mark_done
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,7 +102,7 @@ def test_flush_and_flush_site(queue: Queue) -> None:
     assert tools.flush(queue, "one.example") == 2
     assert {queue.find(q) for q in (one, two)} == {INCOMING} and queue.find(three) == DEFERRED
     [entry] = [e for e in queue.scan(INCOMING) if e.qid == one]
-    assert entry.mtime <= time.time()
+    assert entry.mtime == FLUSHED_MTIME
     assert tools.flush(queue) == 1 and queue.find(three) == INCOMING
 
 

@@ -1,0 +1,258 @@
+"""The queue manager's loop over real queue files, with recording delivery agents."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import os
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pytest
+
+from filterd.mta import qmgr as qmgr_module
+from filterd.mta import tools
+from filterd.mta.bounce import NoticeSettings
+from filterd.mta.delivery import BOUNCED, DEFERRED, SENT, DeliveryReport, OutgoingMessage, RecipientResult, Route
+from filterd.mta.qmgr import QueueManager
+from filterd.mta.queue import ACTIVE, CORRUPT, DEFERRED as DEFERRED_Q, INCOMING, Queue
+from filterd.mta.queuefile import Recipient
+from filterd.mta.scheduler import Scheduler, Settings
+
+GUARD = 30.0
+"""Not a timing assertion: only stops a test that would otherwise hang."""
+BODY = b"From: a@example.com\r\nSubject: test\r\nMessage-ID: <t1@example.com>\r\n\r\nbody\r\n"
+
+Behaviour = Callable[[OutgoingMessage, Recipient], RecipientResult]
+
+
+def sent(_: OutgoingMessage, r: Recipient) -> RecipientResult:
+    return RecipientResult(r, SENT, "2.0.0", "250 2.0.0 Ok", "mx.example.net[192.0.2.25]:25")
+
+
+class Agent:
+    """Records every delivery and answers per recipient as ``behaviour`` says."""
+
+    def __init__(self, behaviour: Behaviour = sent, site_failure: bool = False):
+        self.behaviour = behaviour
+        self.site_failure = site_failure
+        self.calls: list[tuple[str, str, str, list[str], bytes]] = []
+        self.peak_active = 0
+        self.scheduler: Scheduler | None = None
+
+    async def deliver(self, message: OutgoingMessage, nexthop: str,
+                      recipients: Sequence[Recipient]) -> DeliveryReport:
+        content = await asyncio.to_thread(lambda: b"".join(message.content()))
+        self.calls.append((message.qid, message.sender, nexthop, [r.address for r in recipients], content))
+        if self.scheduler is not None:
+            self.peak_active = max(self.peak_active, len(self.scheduler.messages))
+        return DeliveryReport([self.behaviour(message, r) for r in recipients], self.site_failure)
+
+
+@pytest.fixture
+def logged(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    lines: list[str] = []
+    monkeypatch.setattr(qmgr_module, "event", lambda part, text: lines.append(f"{part}: {text}"))
+    return lines
+
+
+@pytest.fixture
+def queue(tmp_path: Path) -> Queue:
+    q = Queue(str(tmp_path / "queue"))
+    q.setup()
+    return q
+
+
+def enqueue(queue: Queue, sender: str, rcpts: list[str], arrival: float | None = None) -> str:
+    with queue.create() as msg:
+        msg.writer.envelope(arrival if arrival is not None else time.time(), sender,
+                            [Recipient(r) for r in rcpts])
+        msg.writer.content(BODY)
+        msg.commit()
+    return msg.qid
+
+
+def manager(queue: Queue, agent: Agent, router: Callable[[str], Route] | None = None,
+            **settings: object) -> QueueManager:
+    scheduler = Scheduler(Settings(**settings))  # type: ignore[arg-type]
+    agent.scheduler = scheduler
+    return QueueManager(queue, scheduler, {"smtp": agent},
+                        router or (lambda a: Route("smtp", a.rpartition("@")[2])),
+                        NoticeSettings("gw.example.test", frozenset({"resource", "software"})))
+
+
+async def run_until(qm: QueueManager, done: Callable[[], bool]) -> None:
+    task = asyncio.create_task(qm.run(grace=5))
+    try:
+        deadline = time.monotonic() + GUARD
+        while not done():
+            assert not task.done(), task.exception()
+            assert time.monotonic() < deadline, "the queue manager never got there"
+            await asyncio.sleep(0.02)
+    finally:
+        qm.stop()
+        await task
+
+
+def files(queue: Queue, name: str) -> list[str]:
+    return [e.qid for e in queue.scan(name)]
+
+
+def empty(queue: Queue) -> bool:
+    return not any(files(queue, n) for n in (INCOMING, ACTIVE, DEFERRED_Q))
+
+
+async def test_delivers_and_removes(queue: Queue, logged: list[str]) -> None:
+    agent = Agent()
+    q1 = enqueue(queue, "alice@example.com", ["bob@example.net", "carol@example.org"])
+    q2 = enqueue(queue, "alice@example.com", ["dave@example.net"])
+    await run_until(manager(queue, agent), lambda: empty(queue))
+    assert sorted((c[0], c[2], tuple(c[3])) for c in agent.calls) == sorted([
+        (q1, "example.net", ("bob@example.net",)), (q1, "example.org", ("carol@example.org",)),
+        (q2, "example.net", ("dave@example.net",))])
+    assert all(c[4] == BODY for c in agent.calls)
+    assert f"qmgr: {q1}: from=<alice@example.com>, size={len(BODY)}, nrcpt=2 (queue active)" in logged
+    assert any(line.startswith(f"smtp: {q1}: to=<bob@example.net>, relay=mx.example.net[192.0.2.25]:25, delay=")
+               and line.endswith("dsn=2.0.0, status=sent (250 2.0.0 Ok)") for line in logged)
+    assert f"qmgr: {q1}: removed" in logged and f"qmgr: {q2}: removed" in logged
+
+
+async def test_bounce_quotes_the_remote_reply(queue: Queue, logged: list[str]) -> None:
+    reply = "550 5.1.1 <bob@example.net>: Recipient address rejected: User unknown"
+
+    def behaviour(m: OutgoingMessage, r: Recipient) -> RecipientResult:
+        if r.address == "bob@example.net":
+            return RecipientResult(r, BOUNCED, "5.1.1", f"host mx.example.net[192.0.2.25] said: {reply} "
+                                   "(in reply to RCPT TO command)", "mx.example.net[192.0.2.25]:25",
+                                   "mx.example.net", reply)
+        return sent(m, r)
+
+    agent = Agent(behaviour)
+    qid = enqueue(queue, "alice@example.com", ["bob@example.net"])
+    await run_until(manager(queue, agent), lambda: len(agent.calls) == 2 and empty(queue))
+    dsn_call = agent.calls[1]
+    assert dsn_call[1] == "" and dsn_call[3] == ["alice@example.com"]
+    dsn = email.message_from_bytes(dsn_call[4])
+    assert dsn.get_content_type() == "multipart/report"
+    per_rcpt = dsn.get_payload()[1].get_payload()[1]
+    assert " ".join(per_rcpt["Diagnostic-Code"].split()) == f"smtp; {reply}"
+    notice = [line for line in logged if "sender non-delivery notification" in line]
+    assert notice and notice[0].startswith(f"bounce: {qid}: sender non-delivery notification: ")
+    new_qid = notice[0].rsplit(" ", 1)[1]
+    assert any(line.startswith(f"cleanup: {new_qid}: message-id=<") for line in logged)
+    assert f"qmgr: {new_qid}: from=<>, size={len(dsn_call[4])}, nrcpt=1 (queue active)" in logged
+
+
+async def test_a_failed_bounce_is_not_bounced(queue: Queue, logged: list[str]) -> None:
+    agent = Agent(lambda m, r: RecipientResult(r, BOUNCED, "5.1.1", "550 unknown"))
+    qid = enqueue(queue, "", ["bob@example.net"])
+    await run_until(manager(queue, agent), lambda: empty(queue))
+    assert len(agent.calls) == 1
+    assert not any("notification" in line for line in logged)
+    assert f"qmgr: {qid}: removed" in logged
+
+
+async def test_deferred_then_flushed(queue: Queue, logged: list[str]) -> None:
+    attempts: list[str] = []
+
+    def behaviour(m: OutgoingMessage, r: Recipient) -> RecipientResult:
+        attempts.append(r.address)
+        if len(attempts) == 1:
+            return RecipientResult(r, DEFERRED, "4.4.1",
+                                   "connect to mx.example.net[192.0.2.25]:25: Connection refused")
+        return sent(m, r)
+
+    agent = Agent(behaviour)
+    qid = enqueue(queue, "alice@example.com", ["bob@example.net"])
+    qm = manager(queue, agent)
+    await run_until(qm, lambda: files(queue, DEFERRED_Q) == [qid])
+    [entry] = list(queue.scan(DEFERRED_Q))
+    assert entry.mtime > time.time() + 200  # the retry time is the mtime, minimal backoff 300 s +-20%
+    assert queue.read_defer_log(qid) == {
+        "bob@example.net": "connect to mx.example.net[192.0.2.25]:25: Connection refused"}
+    assert any("status=deferred (connect to mx.example.net" in line for line in logged)
+    assert tools.flush(queue) == 1
+    await run_until(manager(queue, agent), lambda: empty(queue))
+    assert attempts == ["bob@example.net", "bob@example.net"]
+
+
+async def test_delivered_recipients_are_not_tried_again(queue: Queue, logged: list[str]) -> None:
+    tried: list[str] = []
+
+    def behaviour(m: OutgoingMessage, r: Recipient) -> RecipientResult:
+        tried.append(r.address)
+        if r.address == "two@example.net":
+            return RecipientResult(r, DEFERRED, "4.2.0", "450 4.2.0 try later")
+        return sent(m, r)
+
+    agent = Agent(behaviour)
+    qid = enqueue(queue, "alice@example.com", ["one@example.net", "two@example.net"])
+    await run_until(manager(queue, agent), lambda: files(queue, DEFERRED_Q) == [qid])
+    env = queue.read_envelope(DEFERRED_Q, qid)
+    assert [(r.address, r.done) for r in env.recipients] == [("one@example.net", True), ("two@example.net", False)]
+    tools.flush(queue)
+    agent.behaviour = sent
+    await run_until(manager(queue, agent), lambda: empty(queue))
+    assert tried == ["one@example.net", "two@example.net"]
+    assert agent.calls[-1][3] == ["two@example.net"]
+
+
+async def test_recovery_and_corrupt_files(queue: Queue, logged: list[str], caplog: pytest.LogCaptureFixture) -> None:
+    interrupted = enqueue(queue, "alice@example.com", ["bob@example.net"])
+    queue.move(interrupted, INCOMING, ACTIVE)  # the daemon died while delivering it
+    broken = enqueue(queue, "alice@example.com", ["carol@example.net"])
+    os.truncate(queue.path(INCOMING, broken), 40)
+    agent = Agent()
+    await run_until(manager(queue, agent), lambda: empty(queue))
+    assert [c[0] for c in agent.calls] == [interrupted]
+    assert files(queue, CORRUPT) == [broken]
+    assert any(f"{broken}: moved to the corrupt queue" in r.getMessage() for r in caplog.records)
+
+
+async def test_active_limit_bounds_memory(queue: Queue, logged: list[str]) -> None:
+    agent = Agent()
+    for i in range(30):
+        enqueue(queue, "alice@example.com", [f"r{i}@example.net"])
+    await run_until(manager(queue, agent, message_active_limit=3), lambda: empty(queue) and len(agent.calls) == 30)
+    assert 1 <= agent.peak_active <= 3
+
+
+async def test_error_and_discard_transports(queue: Queue, logged: list[str]) -> None:
+    routes = {"gone.example": Route("error", "5.1.2 domain gone.example is gone"),
+              "null.example": Route("discard", "")}
+    agent = Agent()
+    gone = enqueue(queue, "alice@example.com", ["x@gone.example"])
+    null = enqueue(queue, "alice@example.com", ["y@null.example"])
+    router = lambda a: routes.get(a.rpartition("@")[2], Route("smtp", a.rpartition("@")[2]))  # noqa: E731
+    await run_until(manager(queue, agent, router), lambda: empty(queue) and len(agent.calls) == 1)
+    assert any(line.startswith(f"error: {gone}: to=<x@gone.example>, relay=none") and
+               line.endswith("dsn=5.1.2, status=bounced (domain gone.example is gone)") for line in logged)
+    assert any(line.startswith(f"discard: {null}: to=<y@null.example>") and line.endswith("status=sent (discarded)")
+               for line in logged)
+    assert agent.calls[0][3] == ["alice@example.com"]  # the bounce for gone.example
+
+
+async def test_expired_mail_is_returned(queue: Queue, logged: list[str]) -> None:
+    agent = Agent(lambda m, r: sent(m, r) if m.sender == "" else
+                  RecipientResult(r, DEFERRED, "4.4.1", "connect to x[192.0.2.1]:25: Connection timed out"))
+    qid = enqueue(queue, "alice@example.com", ["bob@example.net"], arrival=time.time() - 6 * 86400)
+    await run_until(manager(queue, agent), lambda: empty(queue) and len(agent.calls) == 2)
+    assert f"qmgr: {qid}: from=<alice@example.com>, status=expired, returned to sender" in logged
+    dsn = email.message_from_bytes(agent.calls[1][4])
+    per_rcpt = dsn.get_payload()[1].get_payload()[1]
+    assert per_rcpt["Action"] == "failed" and per_rcpt["Status"] == "4.4.1"
+
+
+async def test_one_queue_manager_per_queue(queue: Queue, logged: list[str]) -> None:
+    first = manager(queue, Agent())
+    task = asyncio.create_task(first.run())
+    try:
+        while first._lock_fd < 0:
+            assert not task.done()
+            await asyncio.sleep(0.01)
+        with pytest.raises(RuntimeError, match="another queue manager"):
+            await manager(queue, Agent()).run()
+    finally:
+        first.stop()
+        await task
