@@ -110,11 +110,14 @@ class NewMessage:
         return self.queue.path(INCOMING, self.qid)
 
     def commit(self) -> int:
-        """End record, fsync, mode 0700 (complete), fsync, fsync the directory.
+        """End record, mode 0700 (complete), fsync, fsync the directory.
 
         Only after this returns may the sender be told 250. Returns the content size.
+        One fsync covers the data and the mode, as in Postfix's cleanup: a crash before
+        it completes may leave a mode-0700 file without its end record, which the
+        reader refuses (corrupt/) -- and no 250 was sent for it.
         """
-        size = self.writer.finish()
+        size = self.writer.finish(sync=False)
         os.fchmod(self.fd, MODE_COMPLETE)
         os.fsync(self.fd)
         os.close(self.fd)

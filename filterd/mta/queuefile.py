@@ -190,8 +190,9 @@ class QueueFileWriter:
             del self._content[:CONTENT_CHUNK]
             self._flush()
 
-    def finish(self) -> int:
-        """Write the rest and the end record, fsync the file; returns the content size."""
+    def finish(self, sync: bool = True) -> int:
+        """Write the rest and the end record, fsync the file (unless the caller will,
+        after changing its mode); returns the content size."""
         if self._content_offset < 0:
             raise RuntimeError("write the envelope before finishing")
         if self._content:
@@ -199,7 +200,8 @@ class QueueFileWriter:
             self._content.clear()
         self._buf += _record(REC_END, END.pack(self._content_offset, self._content_size))
         self._flush()
-        os.fsync(self.fd)
+        if sync:
+            os.fsync(self.fd)
         return self._content_size
 
     def _flush(self) -> None:
