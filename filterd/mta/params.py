@@ -69,6 +69,23 @@ PARAMS: list[Param] = [
           "who gets undeliverable bounces (notify_classes 2bounce)"),
     Param("delay_notice_recipient", "postmaster", as_str,
           "who gets the postmaster copy of a delay warning (notify_classes delay)"),
+    Param("canonical_maps", "", as_list, "address mapping for senders and recipients, envelope and headers"),
+    Param("sender_canonical_maps", "", as_list, "address mapping for senders, before canonical_maps"),
+    Param("recipient_canonical_maps", "", as_list, "address mapping for recipients, before canonical_maps"),
+    Param("canonical_classes", "envelope_sender, envelope_recipient, header_sender, header_recipient",
+          as_list, "which addresses canonical mapping applies to"),
+    Param("virtual_alias_maps", "", as_list, "aliases expanded recursively for every recipient"),
+    Param("virtual_alias_recursion_limit", "1000", as_positive_int, "deepest virtual alias nesting"),
+    Param("virtual_alias_expansion_limit", "1000", as_positive_int,
+          "most addresses one recipient may expand to"),
+    Param("relocated_maps", "", as_list, "recipients who moved: refused with 5.1.6 and their new contact"),
+    Param("masquerade_domains", "", as_list,
+          "domains that replace their subdomains in sender/header addresses (!domain: do not)"),
+    Param("masquerade_exceptions", "", as_list, "local parts never masqueraded (e.g. root)"),
+    Param("masquerade_classes", "envelope_sender, header_sender, header_recipient", as_list,
+          "which addresses masquerading applies to"),
+    Param("always_add_missing_headers", "no", as_bool,
+          "add Message-Id, Date, From, To to mail from remote clients too, not only local ones"),
 ]
 for _t in TRANSPORTS:
     PARAMS += [
