@@ -55,6 +55,8 @@ log = logging.getLogger("filterd.qmgr")
 INCOMING_POLL = 1.0
 """How often the incoming directory's mtime is checked for mail added by another
 process (receiving workers, the queue tools); an in-process trigger() is immediate."""
+MTIME_SLACK = 1.0
+"""Seconds within which a directory change and a scan may share one mtime value."""
 TAKE_BATCH = 100
 """Messages activated per thread hop."""
 
@@ -95,9 +97,12 @@ class QueueManager:
         self._lock_fd = -1
         self._incoming_scan: Iterator[QueueEntry] | None = None
         self._incoming_mtime = -1.0
+        self._incoming_scanned_at = 0.0
         self._deferred_scan: Iterator[QueueEntry] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._activated: dict[str, float] = {}
+        self._logged: dict[str, set[int]] = {}
+        """Per active message, the recipients whose attempt a delivery line was logged for."""
 
     @classmethod
     def from_config(cls, cfg: "Config", agents: Mapping[str, DeliveryAgent]) -> "QueueManager":
@@ -205,9 +210,12 @@ class QueueManager:
                 mtime = os.stat(self.queue.dir(INCOMING)).st_mtime
             except FileNotFoundError:
                 return None
-            if mtime == self._incoming_mtime:
+            # An unchanged mtime proves nothing when the last scan began within the
+            # file system's time stamp granularity of the last change: scan again.
+            if mtime == self._incoming_mtime and self._incoming_scanned_at - mtime > MTIME_SLACK:
                 return None
             self._incoming_mtime = mtime
+            self._incoming_scanned_at = time.time()
             self._incoming_scan = self.queue.scan(INCOMING)
         for entry in self._incoming_scan:
             if entry.complete:
@@ -274,6 +282,7 @@ class QueueManager:
             event(delivery.route.transport, maillog.delivery(
                 message.qid, r.recipient.address, r.status, r.reason, relay=r.relay,
                 delay=now - message.arrival, delays=delays, dsn=r.dsn, orig_to=r.recipient.orcpt))
+        self._logged.setdefault(message.qid, set()).update(id(r.recipient) for r in report.results)
         sent = [r.recipient for r in report.results if r.status == "sent"]
         if sent:
             _emit(await asyncio.to_thread(self._mark_done, message.qid, sent))
@@ -303,9 +312,18 @@ class QueueManager:
 
     # -- the end of a message's pass ------------------------------------------------------------
     async def _finish(self, outcome: Outcome) -> None:
-        lines = await asyncio.to_thread(self._finish_files, outcome, self.clock())
+        message = outcome.message
+        now = self.clock()
+        activated = self._activated.pop(message.qid, now)
+        logged = self._logged.pop(message.qid, set())
+        for r in outcome.results:  # deferred by the queue manager itself, without an attempt
+            if id(r.recipient) not in logged:
+                event("qmgr", maillog.delivery(
+                    message.qid, r.recipient.address, r.status, r.reason, relay=r.relay,
+                    delay=now - message.arrival, delays=(activated - message.arrival, now - activated, 0, 0),
+                    dsn=r.dsn, orig_to=r.recipient.orcpt))
+        lines = await asyncio.to_thread(self._finish_files, outcome, now)
         _emit(lines)
-        self._activated.pop(outcome.message.qid, None)
         if any(part == "cleanup" for part, _ in lines):
             self.trigger()  # a notification was queued
 

@@ -256,3 +256,58 @@ async def test_one_queue_manager_per_queue(queue: Queue, logged: list[str]) -> N
     finally:
         first.stop()
         await task
+
+
+async def test_delay_warning_is_sent_once(queue: Queue, logged: list[str]) -> None:
+    agent = Agent(lambda m, r: sent(m, r) if m.sender == "" else
+                  RecipientResult(r, DEFERRED, "4.2.0", "450 4.2.0 mailbox busy"))
+    qid = enqueue(queue, "alice@example.com", ["bob@example.net"], arrival=time.time() - 7200)
+    await run_until(manager(queue, agent, delay_warning_time=3600.0),
+                    lambda: files(queue, DEFERRED_Q) == [qid] and len(agent.calls) == 2)
+    warning = email.message_from_bytes(agent.calls[1][4])
+    assert warning["Subject"] == "Delayed Mail (still being retried)"
+    assert queue.read_envelope(DEFERRED_Q, qid).warned
+    tools.flush(queue)
+    await run_until(manager(queue, agent, delay_warning_time=3600.0),
+                    lambda: files(queue, DEFERRED_Q) == [qid] and len(agent.calls) == 3)
+    assert [c[1] for c in agent.calls] == ["alice@example.com", "", "alice@example.com"]  # no second warning
+    assert sum("sender delay notification" in line for line in logged) == 1
+
+
+async def test_a_dead_destination_defers_the_rest_without_trying(queue: Queue, logged: list[str]) -> None:
+    refused = "connect to mx.example.net[192.0.2.25]:25: Connection refused"
+    agent = Agent(lambda m, r: RecipientResult(r, DEFERRED, "4.4.1", refused), site_failure=True)
+    for i in range(12):
+        enqueue(queue, "alice@example.com", [f"r{i}@example.net"])
+    await run_until(manager(queue, agent), lambda: len(files(queue, DEFERRED_Q)) == 12)
+    assert len(agent.calls) == 5  # one failed cohort at the initial concurrency
+    suspended = [line for line in logged if "status=deferred (delivery temporarily suspended: " + refused in line]
+    assert len(suspended) == 7
+
+
+async def test_defer_transports_wait_for_a_flush(queue: Queue, logged: list[str]) -> None:
+    agent = Agent()
+    qid = enqueue(queue, "alice@example.com", ["bob@example.net"])
+    await run_until(manager(queue, agent, defer_transports=frozenset({"smtp"})),
+                    lambda: files(queue, DEFERRED_Q) == [qid])
+    assert agent.calls == []
+    assert any(line.endswith("status=deferred (deferred transport)") for line in logged)
+    tools.flush(queue)
+    await run_until(manager(queue, agent, defer_transports=frozenset({"smtp"})), lambda: empty(queue))
+    assert [c[0] for c in agent.calls] == [qid]
+
+
+async def test_new_mail_is_picked_up_while_running(queue: Queue, logged: list[str]) -> None:
+    agent = Agent()
+    qm = manager(queue, agent)
+    task = asyncio.create_task(qm.run(grace=5))
+    try:
+        deadline = time.monotonic() + GUARD
+        for i in range(5):
+            qid = enqueue(queue, "alice@example.com", [f"r{i}@example.net"])  # another process's write
+            while qid not in [c[0] for c in agent.calls]:
+                assert time.monotonic() < deadline, "new mail was not noticed"
+                await asyncio.sleep(0.02)
+    finally:
+        qm.stop()
+        await task
