@@ -32,9 +32,6 @@ class Route:
     transport: str
     nexthop: str
 
-    def __str__(self) -> str:
-        return f"{self.transport}:{self.nexthop}"
-
 
 @dataclass(frozen=True)
 class RecipientResult:

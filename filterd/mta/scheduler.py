@@ -195,10 +195,6 @@ class Destination:
         self.dead_until: float | None = None
         self.last_failure = ""
 
-    @property
-    def waiting(self) -> int:
-        return sum(len(e.recipients) for e in self.entries)
-
     def can_start(self) -> bool:
         return self.dead_until is None and bool(self.entries) and self.busy < math.floor(self.window)
 
