@@ -187,7 +187,7 @@ class QueueManager:
         budget = min(TAKE_BATCH, s.settings.message_active_limit - len(s.messages))
         if budget <= 0 or not s.room():
             return False
-        taken, lines = await asyncio.to_thread(self._take_files, now, budget)
+        taken, lines = await asyncio.to_thread(self._take_files, now, budget, frozenset(s.messages))
         _emit(lines)
         for qid, env, flushed in taken:
             self._activated[qid] = now
@@ -223,8 +223,10 @@ class QueueManager:
         self._incoming_scan = None
         return None
 
-    def _take_files(self, now: float, budget: int) -> tuple[list[tuple[str, Envelope, bool]], Lines]:
-        """Move up to ``budget`` messages to ``active`` and read their envelopes (thread)."""
+    def _take_files(self, now: float, budget: int,
+                    busy: frozenset[str]) -> tuple[list[tuple[str, Envelope, bool]], Lines]:
+        """Move up to ``budget`` messages to ``active`` and read their envelopes (thread).
+        A message still in its pass (``busy``: requeued by a tool meanwhile) waits."""
         taken: list[tuple[str, Envelope, bool]] = []
         lines: Lines = []
         while len(taken) < budget:
@@ -232,6 +234,9 @@ class QueueManager:
             if found is None:
                 break
             source, entry = found
+            if entry.qid in busy:
+                self._incoming_mtime = -1.0  # look again once its pass is over
+                continue
             try:
                 self.queue.move(entry.qid, source, ACTIVE)
                 env = self.queue.read_envelope(ACTIVE, entry.qid)
@@ -299,11 +304,24 @@ class QueueManager:
                 os.close(fd)
         return read
 
+    def _open_current(self, qid: str) -> tuple[str, int] | None:
+        """The message's file wherever it is now: a tool may have put an active message
+        on hold or requeued it meanwhile, and its progress must still be recorded."""
+        for _ in range(3):  # it may move again between the lookup and the open
+            where = ACTIVE if os.path.exists(self.queue.path(ACTIVE, qid)) else self.queue.find(qid)
+            if where is None:
+                return None
+            try:
+                return where, self.queue.open(where, qid, writable=True)
+            except QueueError:
+                continue
+        return None
+
     def _mark_done(self, qid: str, recipients: list[Recipient]) -> Lines:
-        try:
-            fd = self.queue.open(ACTIVE, qid, writable=True)
-        except QueueError:
-            return [(WARNING, f"{qid}: no longer in the active queue; delivery status not recorded")]
+        found = self._open_current(qid)
+        if found is None:
+            return [(WARNING, f"{qid}: removed meanwhile; delivery status not recorded")]
+        fd = found[1]
         try:
             mark_done(fd, recipients)
         finally:
@@ -332,10 +350,10 @@ class QueueManager:
         message = outcome.message
         qid = message.qid
         lines: Lines = []
-        try:
-            fd = self.queue.open(ACTIVE, qid, writable=True)
-        except QueueError:
-            return [(WARNING, f"{qid}: no longer in the active queue (deleted or held meanwhile)")]
+        found = self._open_current(qid)
+        if found is None:
+            return [(WARNING, f"{qid}: removed meanwhile")]
+        where, fd = found
         try:
             env = read_envelope(fd)
             bounced = outcome.bounced
@@ -354,10 +372,14 @@ class QueueManager:
             if outcome.warn:
                 mark_warned(fd, env)
         except QueueFileError as exc:
-            self.queue.to_corrupt(ACTIVE, qid)
+            self.queue.to_corrupt(where, qid)
             return lines + [(WARNING, f"{qid}: moved to the corrupt queue: {exc}")]
         finally:
             os.close(fd)
+        if where != ACTIVE:  # the administrator's move wins; the progress is recorded in it
+            if where == INCOMING:
+                self._incoming_mtime = -1.0  # requeued: take it again once this pass is over
+            return lines + [(WARNING, f"{qid}: moved to the {where} queue during delivery; left there")]
         try:
             if outcome.retry_at is not None:
                 self.queue.write_defer_log(qid, {r.recipient.address: r.reason for r in outcome.deferred})

@@ -34,9 +34,11 @@ def sent(_: OutgoingMessage, r: Recipient) -> RecipientResult:
 class Agent:
     """Records every delivery and answers per recipient as ``behaviour`` says."""
 
-    def __init__(self, behaviour: Behaviour = sent, site_failure: bool = False):
+    def __init__(self, behaviour: Behaviour = sent, site_failure: bool = False, pause: float = 0.0):
         self.behaviour = behaviour
         self.site_failure = site_failure
+        self.pause = pause
+        """Seconds to wait after answering, letting the queue manager's loop run meanwhile."""
         self.calls: list[tuple[str, str, str, list[str], bytes]] = []
         self.peak_active = 0
         self.scheduler: Scheduler | None = None
@@ -47,7 +49,9 @@ class Agent:
         self.calls.append((message.qid, message.sender, nexthop, [r.address for r in recipients], content))
         if self.scheduler is not None:
             self.peak_active = max(self.peak_active, len(self.scheduler.messages))
-        return DeliveryReport([self.behaviour(message, r) for r in recipients], self.site_failure)
+        results = [self.behaviour(message, r) for r in recipients]
+        await asyncio.sleep(self.pause)
+        return DeliveryReport(results, self.site_failure)
 
 
 @pytest.fixture
@@ -311,3 +315,33 @@ async def test_new_mail_is_picked_up_while_running(queue: Queue, logged: list[st
     finally:
         qm.stop()
         await task
+
+
+@pytest.mark.parametrize("tool, lands_in", [(tools.hold, "hold"), (tools.requeue, "incoming")])
+async def test_a_message_moved_during_delivery_keeps_its_progress(
+        queue: Queue, logged: list[str], caplog: pytest.LogCaptureFixture,
+        tool: Callable[[Queue, list[str]], int], lands_in: str) -> None:
+    def behaviour(m: OutgoingMessage, r: Recipient) -> RecipientResult:
+        if r.address == "one@example.net":
+            tool(queue, [m.qid])  # the administrator acts while the message is being delivered
+            return sent(m, r)
+        return RecipientResult(r, DEFERRED, "4.2.0", "450 later")
+
+    # The pause outlasts the incoming poll: the loop sees the requeued file mid-delivery.
+    agent = Agent(behaviour, pause=2 * qmgr_module.INCOMING_POLL)
+    qid = enqueue(queue, "alice@example.com", ["one@example.net", "two@example.net"])
+    qm = manager(queue, agent)
+    if lands_in == "hold":
+        await run_until(qm, lambda: any("left there" in r.getMessage() for r in caplog.records))
+        assert queue.find(qid) == "hold"
+        assert [r.done for r in queue.read_envelope("hold", qid).recipients] == [True, False]
+        tools.release(queue, [qid])
+        tools.flush(queue)
+        agent.behaviour = sent
+        await run_until(manager(queue, agent), lambda: empty(queue))
+    else:
+        # requeued: taken again once the first pass is over, for the recipient still pending
+        await run_until(qm, lambda: len(agent.calls) == 2 and files(queue, DEFERRED_Q) == [qid])
+    # one@ was delivered once; only two@ was tried again
+    assert [c[3] for c in agent.calls][0] == ["one@example.net", "two@example.net"]
+    assert all(c[3] == ["two@example.net"] for c in agent.calls[1:])
