@@ -10,7 +10,8 @@ What it measures, each in a fresh temporary queue under --dir:
 - scan: ``filterd queue list`` over --queue-length deferred messages (directory scan,
   every envelope read and checked), and the queue manager's deferred scan (stat only),
   in files per second; the peak RSS of a process doing the list, against a process
-  that only started up (the difference is what the queue length costs).
+  that only started up (the difference is what the queue length costs); and a queue
+  manager running 5 s over that queue (none due yet): its peak RSS and CPU.
 - active set: memory per message held by the scheduler (qmgr_message_active_limit).
 """
 
@@ -84,6 +85,38 @@ print(elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
+QMGR_CHILD = """
+import asyncio, resource, sys, time
+sys.path.insert(0, {root!r})
+from filterd.mta.bounce import NoticeSettings
+from filterd.mta.delivery import Route
+from filterd.mta.qmgr import QueueManager
+from filterd.mta.queue import Queue
+from filterd.mta.scheduler import Scheduler, Settings
+
+async def main():
+    qm = QueueManager(Queue({path!r}), Scheduler(Settings()), {{}}, lambda a: Route("discard", ""),
+                      NoticeSettings("bench.test", frozenset()))
+    task = asyncio.create_task(qm.run())
+    t0 = time.perf_counter()
+    await asyncio.sleep({seconds})
+    qm.stop()
+    await task
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    print(cpu.ru_maxrss, cpu.ru_utime + cpu.ru_stime)
+
+asyncio.run(main())
+"""
+
+
+def qmgr_child(path: str, seconds: float) -> tuple[int, float]:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", QMGR_CHILD.format(root=root, path=path, seconds=seconds)],
+                         capture_output=True, text=True, check=True).stdout
+    rss, cpu = out.split()
+    return int(rss), float(cpu)
+
+
 def child(path: str, do_list: bool) -> tuple[float, int]:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = LIST_CHILD.format(root=root, path=path, do_list=do_list)
@@ -108,8 +141,11 @@ def long_queue(base: str, length: int) -> dict[str, float]:
         stat_scan = time.perf_counter() - t0
         list_s, list_rss = child(queue.directory, True)
         _, idle_rss = child(queue.directory, False)
+        qmgr_rss, qmgr_cpu = qmgr_child(queue.directory, 5.0)
+        left = sum(1 for _ in queue.scan(DEFERRED))
     return {"length": length, "fill_s": fill, "deferred_scan_per_s": length / stat_scan, "due": due,
-            "list_per_s": length / list_s, "list_peak_rss_kb": list_rss, "idle_rss_kb": idle_rss}
+            "list_per_s": length / list_s, "list_peak_rss_kb": list_rss, "idle_rss_kb": idle_rss,
+            "qmgr_rss_kb": qmgr_rss, "qmgr_cpu_s_in_5s": qmgr_cpu, "still_deferred": left}
 
 
 def active_set(count: int) -> dict[str, float]:
@@ -148,6 +184,8 @@ def main() -> int:
     print(f"{q['length']} deferred files (4 KB, 2 recipients): filled in {q['fill_s']:.1f} s; "
           f"qmgr deferred scan {q['deferred_scan_per_s']:.0f} files/s; queue list {q['list_per_s']:.0f} msgs/s; "
           f"peak RSS listing {q['list_peak_rss_kb'] / 1024:.1f} MB vs {q['idle_rss_kb'] / 1024:.1f} MB idle")
+    print(f"queue manager over them for 5 s (none due): peak RSS {q['qmgr_rss_kb'] / 1024:.1f} MB, "
+          f"CPU {q['qmgr_cpu_s_in_5s']:.2f} s including start-up, {q['still_deferred']} still deferred")
     a = result["active_set"]
     print(f"active set: {a['messages']} messages held by the scheduler: +{a['rss_growth_kb'] / 1024:.1f} MB, "
           f"{a['bytes_per_message']:.0f} bytes/message")
