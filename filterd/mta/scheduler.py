@@ -245,6 +245,7 @@ class Scheduler:
         self.messages[message.qid] = state
         self.recipients_held += len(message.recipients)
         immediate: list[RecipientResult] = []
+        entries: dict[Route, _Entry] = {}  # this message's batch at each destination
         for recipient, route in message.recipients:
             if route.transport in self.settings.defer_transports and not message.flush:
                 immediate.append(RecipientResult(recipient, DEFERRED, "4.3.2", "deferred transport"))
@@ -253,10 +254,11 @@ class Scheduler:
             if dest.dead_until is not None:
                 immediate.append(self._suspended(recipient, dest))
                 continue
-            if dest.entries and dest.entries[-1].message is message:
-                dest.entries[-1].recipients.append(recipient)
-            else:
-                dest.entries.append(_Entry(message, deque([recipient])))
+            entry = entries.get(route)
+            if entry is None:
+                entry = entries[route] = _Entry(message, deque())
+                dest.entries.append(entry)
+            entry.recipients.append(recipient)
         return self._record(state, immediate, now)
 
     def _destination(self, route: Route, now: float) -> Destination:

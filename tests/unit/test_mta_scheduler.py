@@ -33,6 +33,15 @@ def test_recipients_go_in_batches_of_the_recipient_limit() -> None:
     assert sizes == [50, 50, 20]
 
 
+def test_a_message_has_one_batch_per_destination() -> None:
+    s = Scheduler(Settings())
+    a, b = Route("smtp", "a.example"), Route("smtp", "b.example")
+    rcpts = [(Recipient(f"r{i}@x"), a if i % 2 else b) for i in range(6)]
+    s.add(ActiveMessage("A9", NOW, "s@x", rcpts), NOW)
+    assert sorted((d.route.nexthop, len(d.recipients)) for d in s.deliveries(NOW)) == [
+        ("a.example", 3), ("b.example", 3)]
+
+
 def test_per_transport_limits_from_config() -> None:
     cfg = Config.from_text("smtp_destination_recipient_limit = 2\nlmtp_destination_concurrency_limit = 3\n")
     settings = Settings.from_config(cfg)
