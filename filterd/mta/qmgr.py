@@ -36,7 +36,7 @@ from filterd.log import event
 from filterd.mta import maillog
 from filterd.mta.bounce import NoticeSettings, Original, notices
 from filterd.mta.delivery import (
-    DEFERRED, DeliveryAgent, DeliveryReport, DiscardAgent, ErrorAgent, OutgoingMessage,
+    DEFERRED, SENT, DeliveryAgent, DeliveryReport, DiscardAgent, ErrorAgent, OutgoingMessage,
     RecipientResult, RetryAgent, Route,
 )
 from filterd.mta.queue import (
@@ -145,7 +145,7 @@ class QueueManager:
                 for delivery in self.scheduler.deliveries(self.clock()):
                     task = asyncio.create_task(self._deliver(delivery))
                     self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    task.add_done_callback(self._delivery_ended)
                 timeout = 0.0 if more else max(
                     0.0, min(self.scheduler.wakeup(self.clock()) - self.clock(), INCOMING_POLL))
                 self._wake.clear()
@@ -159,6 +159,12 @@ class QueueManager:
             for task in list(self._tasks):
                 task.cancel()
             self._release_lock()
+
+    def _delivery_ended(self, task: "asyncio.Task[None]") -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The message stays in active; the next start takes it again.
+            log.error("delivery task failed: %r", task.exception())
 
     def _start(self) -> None:
         self.queue.setup()
@@ -288,7 +294,7 @@ class QueueManager:
                 message.qid, r.recipient.address, r.status, r.reason, relay=r.relay,
                 delay=now - message.arrival, delays=delays, dsn=r.dsn, orig_to=r.recipient.orcpt))
         self._logged.setdefault(message.qid, set()).update(id(r.recipient) for r in report.results)
-        sent = [r.recipient for r in report.results if r.status == "sent"]
+        sent = [r.recipient for r in report.results if r.status == SENT]
         if sent:
             _emit(await asyncio.to_thread(self._mark_done, message.qid, sent))
         for outcome in self.scheduler.done(delivery.id, report, now):
@@ -357,19 +363,27 @@ class QueueManager:
         try:
             env = read_envelope(fd)
             bounced = outcome.bounced
-            delayed = outcome.deferred if outcome.warn else []
-            if bounced or delayed:
+            warn = outcome.warn
+            retry_at = outcome.retry_at
+            if bounced or warn:
                 original = Original(qid, message.sender, message.arrival, self._original(fd, env),
                                     env.content_size)
                 lifetime = self.scheduler.settings.maximal_queue_lifetime
-                for notice in notices(self.notice_settings, original, bounced, delayed, now,
-                                      message.arrival + lifetime):
-                    new_qid = self._enqueue_notice(notice.recipient, notice.content, now, lines)
-                    lines.append(("bounce", maillog.notification(qid, notice.kind, new_qid)))
-            if outcome.expired:
+                try:
+                    for notice in notices(self.notice_settings, original, bounced,
+                                          outcome.deferred if warn else [], now, message.arrival + lifetime):
+                        new_qid = self._enqueue_notice(notice.recipient, notice.content, now, lines)
+                        lines.append(("bounce", maillog.notification(qid, notice.kind, new_qid)))
+                except (OSError, ValueError) as exc:
+                    # No notice, so nothing is marked: the failed recipients are tried (and
+                    # bounced) again after the minimal backoff.
+                    lines.append((WARNING, f"{qid}: cannot queue a notification ({exc}); trying again later"))
+                    bounced, warn = [], False
+                    retry_at = now + self.scheduler.settings.minimal_backoff
+            if outcome.expired and bounced:
                 lines.append(("qmgr", maillog.expired(qid, message.sender)))
             mark_done(fd, [r.recipient for r in bounced])
-            if outcome.warn:
+            if warn:
                 mark_warned(fd, env)
         except QueueFileError as exc:
             self.queue.to_corrupt(where, qid)
@@ -381,9 +395,10 @@ class QueueManager:
                 self._incoming_mtime = -1.0  # requeued: take it again once this pass is over
             return lines + [(WARNING, f"{qid}: moved to the {where} queue during delivery; left there")]
         try:
-            if outcome.retry_at is not None:
-                self.queue.write_defer_log(qid, {r.recipient.address: r.reason for r in outcome.deferred})
-                self.queue.move(qid, ACTIVE, DEFERRED_QUEUE, retry_at=outcome.retry_at)
+            if retry_at is not None:
+                self.queue.write_defer_log(qid, {r.recipient.address: r.reason for r in outcome.results
+                                                 if r.status != SENT})
+                self.queue.move(qid, ACTIVE, DEFERRED_QUEUE, retry_at=retry_at)
             else:
                 self.queue.remove(ACTIVE, qid)
                 lines.append(("qmgr", maillog.removed(qid)))

@@ -345,3 +345,21 @@ async def test_a_message_moved_during_delivery_keeps_its_progress(
     # one@ was delivered once; only two@ was tried again
     assert [c[3] for c in agent.calls][0] == ["one@example.net", "two@example.net"]
     assert all(c[3] == ["two@example.net"] for c in agent.calls[1:])
+
+
+async def test_a_bounce_that_cannot_be_queued_is_tried_again(
+        queue: Queue, logged: list[str], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = Agent(lambda m, r: sent(m, r) if m.sender == "" else RecipientResult(r, BOUNCED, "5.1.1", "550 unknown"))
+    qid = enqueue(queue, "alice@example.com", ["bob@example.net"])
+    qm = manager(queue, agent)
+
+    def disk_full(*args: object) -> str:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(qm, "_enqueue_notice", disk_full)
+    await run_until(qm, lambda: files(queue, DEFERRED_Q) == [qid])
+    assert [r.done for r in queue.read_envelope(DEFERRED_Q, qid).recipients] == [False]  # not lost
+    assert any("cannot queue a notification" in r.getMessage() for r in caplog.records)
+    tools.flush(queue)
+    await run_until(manager(queue, agent), lambda: empty(queue) and len(agent.calls) == 3)
+    assert agent.calls[2][1] == "" and agent.calls[2][3] == ["alice@example.com"]
