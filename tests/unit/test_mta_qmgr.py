@@ -363,3 +363,19 @@ async def test_a_bounce_that_cannot_be_queued_is_tried_again(
     tools.flush(queue)
     await run_until(manager(queue, agent), lambda: empty(queue) and len(agent.calls) == 3)
     assert agent.calls[2][1] == "" and agent.calls[2][3] == ["alice@example.com"]
+
+
+async def test_from_config(queue: Queue, logged: list[str]) -> None:
+    from filterd.config import Config
+
+    cfg = Config.from_text(f"queue_directory = {queue.directory}\nmyhostname = gw.example.test\n"
+                           "transport_maps = inline:{ example.net=discard:, { example.org = error:5.7.1 not here } }\n"
+                           "notify_classes = bounce\n")
+    qm = QueueManager.from_config(cfg, {})
+    assert qm.notice_settings.notify_classes == frozenset({"bounce"})
+    a = enqueue(queue, "", ["x@example.net"])
+    b = enqueue(queue, "", ["y@example.org"])
+    await run_until(qm, lambda: f"qmgr: {a}: removed" in logged and f"qmgr: {b}: removed" in logged)
+    assert any(line.startswith(f"discard: {a}: to=<x@example.net>") for line in logged)
+    assert any(line.startswith(f"error: {b}: to=<y@example.org>") and line.endswith("status=bounced (not here)")
+               for line in logged)
