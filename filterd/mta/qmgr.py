@@ -138,7 +138,8 @@ class QueueManager:
         try:
             while not self._stopping:
                 now = self.clock()
-                if self.scheduler.deferred_scan_due(now):
+                # A scan still under way (no room yet) is continued, not restarted.
+                if self._deferred_scan is None and self.scheduler.deferred_scan_due(now):
                     self._deferred_scan = self.queue.scan(DEFERRED_QUEUE)
                     self._incoming_mtime = -1.0
                 more = await self._take(now)
