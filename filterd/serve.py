@@ -27,6 +27,7 @@ from filterd.log import flush as flush_log
 
 if TYPE_CHECKING:  # imported where used: a worker without a content filter never loads it
     from filterd.content.server import ContentFilterServer
+    from filterd.milter.server import MilterServer
 
 log = logging.getLogger("filterd.master")
 
@@ -91,7 +92,12 @@ def check_config(cfg: Config) -> None:
     from filterd.restrict.registry import build_engine
     from filterd.restrict.services import Services
 
-    PolicyService(build_engine(cfg, Services(cfg))).check_config()
+    engine = build_engine(cfg, Services(cfg))
+    PolicyService(engine).check_config()
+    if cfg.get("milter_listen") is not None:
+        from filterd.milter.service import MilterService
+
+        MilterService(engine, None, None).check_config()
 
 
 async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_pipe: int | None = None,
@@ -135,7 +141,7 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
     # A SIGHUP sent while this worker started waited, blocked (so that it neither
     # killed the worker nor was lost): delivered now, it reloads what was just read.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-    servers: list[PolicyServer | ContentFilterServer] = []
+    servers: list[PolicyServer | ContentFilterServer | MilterServer] = []
     if "policy" in listeners:
         server = PolicyServer(PolicyService(build_engine(cfg, services)))
         await server.start(listeners["policy"])
@@ -148,6 +154,13 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
         content_filter = ContentFilterServer.from_config(cfg, pipeline)
         await content_filter.start(listeners["filter"])
         servers.append(content_filter)
+    if "milter" in listeners:
+        from filterd.milter.server import MilterServer
+        from filterd.milter.service import MilterService
+
+        milter = MilterServer.from_config(cfg, MilterService.from_config(cfg, build_engine(cfg, services), preloaded))
+        await milter.start(listeners["milter"])
+        servers.append(milter)
     await stop.wait()
     grace = cfg.get("policy_shutdown_grace")
     await asyncio.gather(*(s.stop(grace) for s in servers))
@@ -178,7 +191,8 @@ def serve(cfg: Config) -> int:
         log.warning("%s", warning)
     os.makedirs(cfg.get("data_directory"), exist_ok=True)
     preloaded = None
-    if cfg.get("filter_listen") is not None:
+    if cfg.get("filter_listen") is not None or (cfg.get("milter_listen") is not None
+                                                 and cfg.get("milter_content_filter")):
         from filterd.content.pipeline import Preloaded
 
         started = time.monotonic()
@@ -186,7 +200,7 @@ def serve(cfg: Config) -> int:
         log.info("content pipeline loaded in %.1fs (shared by all workers)", time.monotonic() - started)
     workers = cfg.get("worker_processes") or os.cpu_count() or 1
     slots: list[dict[str, socket.socket]] = [{} for _ in range(workers)]
-    for name in ("policy", "filter"):
+    for name in ("policy", "filter", "milter"):
         endpoint = cfg.get(f"{name}_listen")
         if endpoint is None:
             continue
@@ -198,7 +212,7 @@ def serve(cfg: Config) -> int:
         for slot, sock in zip(slots, socks):
             slot[name] = sock
     if not slots[0]:
-        log.error("nothing to serve: policy_listen and filter_listen are empty")
+        log.error("nothing to serve: policy_listen, filter_listen and milter_listen are empty")
         return 1
     # Everything loaded so far (configuration, tables, compiled rules, the Bayes model)
     # lives as long as the process. Frozen, it is no longer traversed by the cyclic

@@ -14,6 +14,7 @@ from filterd.dnsbl import params as _dnsbl
 from filterd.greylist import params as _greylist
 from filterd.policy import params as _policy
 from filterd.content import params as _content
+from filterd.milter import params as _milter
 
 
 def _collect(*modules) -> dict[str, Param]:
@@ -26,4 +27,4 @@ def _collect(*modules) -> dict[str, Param]:
     return table
 
 
-PARAMS: dict[str, Param] = _collect(_core, _maps, _restrict, _dnsbl, _greylist, _policy, _content)
+PARAMS: dict[str, Param] = _collect(_core, _maps, _restrict, _dnsbl, _greylist, _policy, _content, _milter)

@@ -323,17 +323,18 @@ class FrameDecoder:
         """Bytes of an unfinished packet held (non-zero when the MTA hangs up mid-packet)."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[Command]:
-        """Commands completed by ``data``; raises ProtocolError at the first bad packet.
+    def feed(self, data: bytes) -> list[Command | ProtocolError]:
+        """Commands completed by ``data``; a bad packet ends the list with its error.
 
-        Commands decoded before the bad packet are lost with the connection, as they
-        would be by any milter: the MTA treats the broken connection as a whole.
+        The commands before the bad packet are returned with it: the caller answers
+        them in order, then ends the connection at the error, as it would had they come
+        in separate reads.
         """
         if self._failed:
-            raise ProtocolError("input after a protocol error")
+            return [ProtocolError("input after a protocol error")]
         buf = self._buf
         buf += data
-        out: list[Command] = []
+        out: list[Command | ProtocolError] = []
         pos = 0
         end = len(buf)
         try:
@@ -348,10 +349,11 @@ class FrameDecoder:
                 start = pos + 4
                 out.append(parse_command(bytes(buf[start:start + 1]), bytes(buf[start + 1:start + length])))
                 pos = start + length
-        except ProtocolError:
+        except ProtocolError as exc:
             self._failed = True
             buf.clear()
-            raise
+            out.append(exc)
+            return out
         if pos:
             del buf[:pos]
         return out

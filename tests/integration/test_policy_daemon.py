@@ -117,7 +117,7 @@ def test_embedded_default_answers_on_10023(tmp_path):
     """`filterd serve` with no configuration at all, as on a fresh machine."""
     if os.path.exists("/etc/filterd/filterd.cf"):
         pytest.skip("/etc/filterd/filterd.cf exists: the embedded default would not be used")
-    for port in (10023, 10024):
+    for port in (10023, 10024, 10026):
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 pytest.skip(f"something already listens on 127.0.0.1:{port}")

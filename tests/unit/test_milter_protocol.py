@@ -35,32 +35,38 @@ def test_pending_counts_an_unfinished_packet() -> None:
 
 def test_length_over_the_limit_fails_before_the_data_arrives() -> None:
     dec = p.FrameDecoder(limit=1000)
-    with pytest.raises(p.ProtocolError, match="packet length 1001 exceeds the limit of 1000"):
-        dec.feed(struct.pack(">I", 1001) + b"B")
+    [error] = dec.feed(struct.pack(">I", 1001) + b"B")
+    assert isinstance(error, p.ProtocolError) and str(error) == "packet length 1001 exceeds the limit of 1000 bytes"
     assert dec.pending == 0
-    with pytest.raises(p.ProtocolError, match="after a protocol error"):
-        dec.feed(packet(b"Q"))
+    [again] = dec.feed(packet(b"Q"))
+    assert isinstance(again, p.ProtocolError) and "after a protocol error" in str(again)
+
+
+def test_commands_before_a_bad_packet_are_kept() -> None:
+    got = p.FrameDecoder().feed(packet(b"H", b"a\x00") + packet(b"z") + packet(b"Q"))
+    assert got[0] == p.Helo("a") and isinstance(got[1], p.ProtocolError) and len(got) == 2
+
+
+def fails(data: bytes, match: str) -> None:
+    [error] = p.FrameDecoder().feed(data)
+    assert isinstance(error, p.ProtocolError), error
+    assert match in str(error)
 
 
 def test_huge_length_is_refused_without_buffering() -> None:
-    dec = p.FrameDecoder()
-    with pytest.raises(p.ProtocolError, match="exceeds the limit"):
-        dec.feed(b"\xff\xff\xff\xff")
+    fails(b"\xff\xff\xff\xff", "exceeds the limit")
 
 
 def test_zero_length_is_an_error() -> None:
-    with pytest.raises(p.ProtocolError, match="length 0"):
-        p.FrameDecoder().feed(b"\0\0\0\0")
+    fails(b"\0\0\0\0", "length 0")
 
 
 def test_unknown_command_is_an_error() -> None:
-    with pytest.raises(p.ProtocolError, match="unknown command 0x7a"):
-        p.FrameDecoder().feed(packet(b"z"))
+    fails(packet(b"z"), "unknown command 0x7a")
 
 
 def test_body_chunk_over_64k_is_an_error() -> None:
-    with pytest.raises(p.ProtocolError, match="SMFIC_BODY: chunk of 65536 bytes"):
-        p.FrameDecoder().feed(packet(b"B", b"x" * 65536))
+    fails(packet(b"B", b"x" * 65536), "SMFIC_BODY: chunk of 65536 bytes")
     assert p.FrameDecoder().feed(packet(b"B", b"x" * 65535)) == [p.Body(b"x" * 65535)]
 
 
