@@ -22,6 +22,9 @@ from filterd.milter.service import MilterService
 from filterd.restrict.registry import build_engine
 from filterd.restrict.services import Services
 
+#: Also on the loop ``filterd serve`` runs (it writes replies just before it polls).
+pytestmark = pytest.mark.worker_loop
+
 POSTFIX_OFFER = p.OptNeg(6, 0x1FF, 0x1FFFFF)
 GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
