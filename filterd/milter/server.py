@@ -5,7 +5,11 @@ whole game here: TCP_NODELAY on every connection (a small reply must not wait fo
 MTA's delayed ACK), each step's packets written in one ``write`` before the loop polls
 again, and steps that need nothing that waits (macros, headers, body chunks, most
 restriction lists) decided in the same turn that read them (:mod:`filterd.eager`),
-without a Task.
+without a Task. And every read is acknowledged at once (TCP_QUICKACK): Postfix sends
+headers and body chunks without waiting for replies, with Nagle's algorithm on its
+socket, so its next packet waits for the ACK of the last one; a delayed ACK holds that
+back 40 ms, per message (measured through Postfix with bench/milter_bench.py: a milter
+that does nothing ran 22 messages/s on one SMTP session without it, 400 with it).
 
 Every connection is independent: a malformed packet (bad length, unknown command,
 truncated, an unsupported protocol version) is logged once with the peer's address
@@ -51,6 +55,7 @@ class MilterConnection(asyncio.Protocol):
         self._before_poll = before_poll(self._loop)
         self._last = self._loop.time()
         self._timer: asyncio.TimerHandle | None = None
+        self._sock: Any = None  # the TCP socket, to acknowledge reads at once
 
     # -- connection life cycle ----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -66,6 +71,7 @@ class MilterConnection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._sock = sock
         self.session = MilterSession(server.service, self.peer, server.size_limit)
         server.connections.add(self)
         self._timer = self._loop.call_later(server.timeout, self._check_idle)
@@ -100,6 +106,8 @@ class MilterConnection(asyncio.Protocol):
         if self.closing or self.refused:
             return
         self._last = self._loop.time()
+        if self._sock is not None:  # Linux resets it after a while: set on every read
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         self.queue.extend(self.decoder.feed(data))
         if self.worker is None:
             self._run()
