@@ -391,3 +391,57 @@ def test_header_actions_without_change_permission_only_add() -> None:
     edits.add("X-Spam-Flag", "NO")
     out, _ = p.decode_responses(b"".join(header_actions(msg, edits, False, False, True)))
     assert [(r.code, r.data) for r in out] == [(b"h", b"X-Spam-Flag\0NO\0")]
+
+
+# -- failures are tempfails ------------------------------------------------------------
+async def test_clamd_failure_follows_clamav_failure_action(milter, tmp_path: Path) -> None:
+    missing = tmp_path / "no-clamd.sock"
+    _, port = await milter("milter_rcpt_restrictions = permit\ncontent_checks = clamav rules\n"
+                           f"clamav_socket = unix:{missing}\nclamav_timeout = 2s\n")
+    mta = await connect(port)
+    await mta.negotiate()
+    await mta.envelope()
+    [final] = await mta.message(CLEAN, b"x\r\n")
+    assert final.code == b"y" and final.data.startswith(b"451 4.5.0 Error in processing, id=")
+    assert b"virus_scan FAILED" in final.data
+
+
+async def test_clamd_failure_passes_when_told_to(milter, tmp_path: Path) -> None:
+    missing = tmp_path / "no-clamd.sock"
+    _, port = await milter("milter_rcpt_restrictions = permit\ncontent_checks = clamav rules\n"
+                           f"clamav_socket = unix:{missing}\nclamav_timeout = 2s\nclamav_failure_action = pass\n")
+    mta = await connect(port)
+    await mta.negotiate()
+    await mta.envelope()
+    responses = await mta.message(CLEAN, b"x\r\n")
+    assert responses[-1].code == b"c"
+    assert any(r.data.startswith(b"X-Virus-Scanned\0 not scanned") for r in responses if r.code == b"h")
+
+
+async def test_internal_error_in_the_content_pipeline_is_a_tempfail(milter, caplog) -> None:
+    server, port = await milter("milter_rcpt_restrictions = permit\n")
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("bug")
+
+    server.service.pipeline.scan = broken  # type: ignore[method-assign]
+    mta = await connect(port)
+    await mta.negotiate()
+    await mta.envelope()
+    [final] = await mta.message(CLEAN, b"x\r\n")
+    assert final.code == b"y" and final.data.startswith(b"451 4.5.0 Error in processing, id=")
+    assert any("internal error while filtering" in r.getMessage() for r in caplog.records)
+    assert (await mta.ask(p.Mail(["<a@b>"]), p.Rcpt(["<c@d>"]))).code == b"c"  # connection goes on
+
+
+async def test_internal_error_in_a_restriction_is_a_tempfail(milter) -> None:
+    server, port = await milter()
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("bug")
+
+    server.service.engine.evaluate = broken  # type: ignore[method-assign]
+    mta = await connect(port)
+    await mta.negotiate()
+    reply = await mta.envelope()
+    assert reply.code == b"y" and reply.data.startswith(b"451 4.3.0 ")
