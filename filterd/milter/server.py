@@ -83,8 +83,8 @@ class MilterConnection(asyncio.Protocol):
         if self.decoder.pending and not self.closing:
             log.warning("milter client %s: connection lost in the middle of a packet (%d bytes; truncated)",
                         self.peer, self.decoder.pending)
-        if self.worker is not None:
-            self.worker.cancel()
+        # A step being decided is not cut: a quarantine copy half-stored would be
+        # neither kept nor refused. Its answer goes nowhere; stop() waits for it.
         self.transport = None
         self._out.clear()
 
@@ -139,6 +139,8 @@ class MilterConnection(asyncio.Protocol):
                 return
             if isinstance(result, eager.Pending):
                 self.worker = result.task
+                self.server.tasks.add(result.task)
+                result.task.add_done_callback(self.server.tasks.discard)
                 if self.transport is not None:
                     self.transport.pause_reading()
                 result.task.add_done_callback(self._resumed)
@@ -150,9 +152,13 @@ class MilterConnection(asyncio.Protocol):
     def _resumed(self, task: asyncio.Task[Any]) -> None:
         self.worker = None
         self._last = self._loop.time()
-        if task.cancelled() or self.transport is None:
+        if task.cancelled():
             return
         fault = task.exception()
+        if self.transport is None:  # the MTA went away while this step was decided
+            if fault is not None:
+                log.error("milter client %s: error handling a command", self.peer, exc_info=fault)
+            return
         if isinstance(fault, p.ProtocolError):
             self._fault(str(fault))
             return
@@ -206,6 +212,7 @@ class MilterServer:
         self.size_limit = size_limit
         self.socket_mode = socket_mode
         self.connections: set[MilterConnection] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()  # steps being decided
         self.servers: list[asyncio.AbstractServer] = []
         self.stopping = False
 
@@ -238,9 +245,12 @@ class MilterServer:
             conn.close_when_idle()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        while self.connections and loop.time() < deadline:
+        while (self.connections or self.tasks) and loop.time() < deadline:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.service.close()

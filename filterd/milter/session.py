@@ -29,6 +29,8 @@ from filterd.restrict.transaction import Stage, Transaction
 _STAGE_OF = {p.SMFIC_CONNECT: Stage.CONNECT, p.SMFIC_HELO: Stage.HELO, p.SMFIC_MAIL: Stage.MAIL,
              p.SMFIC_RCPT: Stage.RCPT, p.SMFIC_DATA: Stage.DATA}
 _instances = itertools.count(1)
+#: Most distinct macro names kept per connection (Postfix's defaults send about 20).
+MAX_MACROS = 256
 
 
 class Close:
@@ -169,12 +171,15 @@ class MilterSession:
             raise ProtocolError(f"{type(cmd).__name__} command before option negotiation")
         if isinstance(cmd, p.Macros):
             self.macros.update(cmd.values)
+            if len(self.macros) > MAX_MACROS:
+                raise ProtocolError(f"more than {MAX_MACROS} distinct macros")
             return []
         if isinstance(cmd, (p.Header, p.Body)):
             msg = self._in_message(cmd)
             if isinstance(cmd, p.Header):
-                msg.headers.append((cmd.name, cmd.value))
                 msg.size += len(cmd.name) + len(cmd.value) + 3
+                if not self.oversized(msg):
+                    msg.headers.append((cmd.name, cmd.value))
                 return [] if not agreement.replies(p.SMFIC_HEADER) else [p.CONTINUE]
             self._add_body(msg, cmd.chunk)
             return [] if not agreement.replies(p.SMFIC_BODY) else [p.CONTINUE]

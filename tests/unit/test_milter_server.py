@@ -445,3 +445,26 @@ async def test_internal_error_in_a_restriction_is_a_tempfail(milter) -> None:
     await mta.negotiate()
     reply = await mta.envelope()
     assert reply.code == b"y" and reply.data.startswith(b"451 4.3.0 ")
+
+
+async def test_mta_hanging_up_does_not_cut_a_quarantine_in_half(milter) -> None:
+    server, port = await milter("milter_rcpt_restrictions = permit\nspam_action = quarantine\n")
+    pipeline = server.service.pipeline
+    real_scan = pipeline.scan
+
+    async def slow_scan(*args: object, **kwargs: object) -> object:
+        await asyncio.sleep(0.3)
+        return await real_scan(*args, **kwargs)  # type: ignore[arg-type]
+
+    pipeline.scan = slow_scan  # type: ignore[method-assign]
+    mta = await connect(port)
+    await mta.negotiate()
+    await mta.envelope()
+    await mta.send(p.Header(b"Subject", b" x"), p.Body(GTUBE + b"\r\n"), p.EndOfMessage())
+    mta.writer.close()  # Postfix gave up (its milter_content_timeout, say)
+    for _ in range(100):
+        if await server.service.quarantine.list(kind="spam"):
+            break
+        await asyncio.sleep(0.05)
+    [entry] = await server.service.quarantine.list(kind="spam")
+    assert entry.recipients == ["bob@example.com"]
