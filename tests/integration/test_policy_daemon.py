@@ -131,6 +131,7 @@ def test_embedded_default_answers_on_10023(tmp_path):
         with socket.create_connection(("127.0.0.1", 10023), timeout=10) as c:
             answer = ask(c, sender=f"fresh{time.time_ns()}@example.org")
         assert answer.startswith("action=DEFER_IF_PERMIT 4.2.0 Greylisted")
+        wait_port(10026)  # the milter, beside the policy service and the content filter
     finally:
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=20)[0].decode()
