@@ -468,3 +468,22 @@ async def test_mta_hanging_up_does_not_cut_a_quarantine_in_half(milter) -> None:
         await asyncio.sleep(0.05)
     [entry] = await server.service.quarantine.list(kind="spam")
     assert entry.recipients == ["bob@example.com"]
+
+
+async def test_connect_helo_and_data_lists_answer_their_own_step(milter) -> None:
+    _, port = await milter("milter_connect_restrictions = check_client_access inline:{ 192.0.2.66=REJECT }\n"
+                           "milter_helo_restrictions = reject_invalid_helo_hostname\n"
+                           "milter_data_restrictions = defer\nmilter_rcpt_restrictions =\n")
+    mta = await connect(port)
+    _, _, protocol = await mta.negotiate()
+    assert not protocol & (p.SMFIP_NR_CONN | p.SMFIP_NR_HELO | p.SMFIP_NR_DATA | p.SMFIP_NODATA)
+    refused = await mta.ask(p.Connect("bad.example", "4", 1, "192.0.2.66"))
+    assert refused.code == b"y" and refused.data.startswith(b"554 5.7.1 <bad.example[192.0.2.66]>: Client host rejected")
+    await mta.send(p.Simple(p.SMFIC_QUIT_NC))
+    assert (await mta.ask(p.Connect("good.example", "4", 1, "192.0.2.1"))).code == b"c"
+    helo = await mta.ask(p.Helo("bad helo!"))
+    assert helo.code == b"y" and helo.data.startswith(b"501 5.5.2 <bad helo!>: Helo command rejected")
+    assert (await mta.ask(p.Helo("good.example"))).code == b"c"
+    await mta.send(p.Mail(["<a@b>"]), p.Rcpt(["<c@d>"]))
+    data = await mta.ask(p.Simple(p.SMFIC_DATA))
+    assert data.code == b"y" and data.data.startswith(b"450 4.7.1 <DATA>: Data command rejected")
