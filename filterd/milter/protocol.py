@@ -422,11 +422,7 @@ def negotiate(offer: OptNeg, wants: Wants) -> tuple[Agreement, bytes]:
 
 # -- replies ----------------------------------------------------------------------------
 CONTINUE = frame(SMFIR_CONTINUE)
-ACCEPT = frame(SMFIR_ACCEPT)
 DISCARD = frame(SMFIR_DISCARD)
-TEMPFAIL = frame(SMFIR_TEMPFAIL)
-REJECT = frame(SMFIR_REJECT)
-PROGRESS = frame(SMFIR_PROGRESS)
 
 #: Longest reply line text before it is wrapped onto the next line: RFC 5321 allows 512
 #: octets per reply line, code and enhanced status included.
@@ -508,7 +504,7 @@ def encode_delrcpt(address: str) -> bytes:
     return frame(SMFIR_DELRCPT, f"<{address}>".encode("utf-8", "replace") + b"\0")
 
 
-# -- the MTA side, for tests and the benchmark ---------------------------------------------
+# -- the MTA side, for tests -----------------------------------------------------------------
 def encode_command(cmd: Command) -> bytes:
     """The packet an MTA sends for ``cmd`` (what Postfix's milter8.c writes)."""
     if isinstance(cmd, OptNeg):
@@ -539,7 +535,7 @@ def encode_command(cmd: Command) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """One packet from the milter, as an MTA reads it (tests and the benchmark)."""
+    """One packet from the milter, as an MTA reads it (tests)."""
 
     code: bytes
     data: bytes

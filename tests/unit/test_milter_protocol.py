@@ -234,4 +234,4 @@ def test_header_actions() -> None:
 
 
 def test_simple_replies() -> None:
-    assert p.CONTINUE == b"\0\0\0\x01c" and p.DISCARD == b"\0\0\0\x01d" and p.ACCEPT == b"\0\0\0\x01a"
+    assert p.CONTINUE == b"\0\0\0\x01c" and p.DISCARD == b"\0\0\0\x01d"
