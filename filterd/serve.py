@@ -41,6 +41,7 @@ from filterd.log import flush as flush_log
 
 if TYPE_CHECKING:  # imported where used: a worker without a content filter never loads it
     from filterd.content.server import ContentFilterServer
+    from filterd.milter.server import MilterServer
 
 log = logging.getLogger("filterd.master")
 
@@ -198,7 +199,12 @@ def check_config(cfg: Config) -> None:
     from filterd.restrict.registry import build_engine
     from filterd.restrict.services import Services
 
-    PolicyService(build_engine(cfg, Services(cfg))).check_config()
+    engine = build_engine(cfg, Services(cfg))
+    PolicyService(engine).check_config()
+    if cfg.get("milter_listen") is not None:
+        from filterd.milter.service import MilterService
+
+        MilterService(engine, None, None).check_config()
 
 
 async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_pipe: int | None = None,
@@ -263,7 +269,7 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
     # A SIGHUP sent while this worker started waited, blocked (so that it neither
     # killed the worker nor was lost): delivered now, it reloads what was just read.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-    servers: list[PolicyServer | ContentFilterServer] = []
+    servers: list[PolicyServer | ContentFilterServer | MilterServer] = []
     if "policy" in listeners:
         server = PolicyServer.from_config(cfg, PolicyService(build_engine(cfg, services)))
         await server.start(listeners["policy"])
@@ -276,6 +282,13 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
         content_filter = ContentFilterServer.from_config(cfg, pipeline)
         await content_filter.start(listeners["filter"])
         servers.append(content_filter)
+    if "milter" in listeners:
+        from filterd.milter.server import MilterServer
+        from filterd.milter.service import MilterService
+
+        milter = MilterServer.from_config(cfg, MilterService.from_config(cfg, build_engine(cfg, services), preloaded))
+        await milter.start(listeners["milter"])
+        servers.append(milter)
     await stop.wait()
     grace = cfg.get("policy_shutdown_grace")
     await asyncio.gather(*(s.stop(grace) for s in servers))
@@ -308,7 +321,7 @@ def serve(cfg: Config) -> int:
     preloaded = _preload(cfg, None)
     workers = cfg.get("worker_processes") or os.cpu_count() or 1
     slots: list[dict[str, socket.socket]] = [{} for _ in range(workers)]
-    for name in ("policy", "filter"):
+    for name in ("policy", "filter", "milter"):
         endpoint = cfg.get(f"{name}_listen")
         if endpoint is None:
             continue
@@ -320,7 +333,7 @@ def serve(cfg: Config) -> int:
         for slot, sock in zip(slots, socks):
             slot[name] = sock
     if not slots[0]:
-        log.error("nothing to serve: policy_listen and filter_listen are empty")
+        log.error("nothing to serve: policy_listen, filter_listen and milter_listen are empty")
         return 1
     if not verify_store(cfg):
         return 1  # the sockets close with the process: nobody is left waiting on them
@@ -363,7 +376,8 @@ def _dups(listeners: dict[str, socket.socket]) -> dict[str, socket.socket]:
 def _preload(cfg: Config, previous: object | None) -> object | None:
     """The content pipeline's compiled rules and model for ``cfg``, built in the master
     so that the workers share them; on a reload that cannot build them, the previous."""
-    if cfg.get("filter_listen") is None:
+    if cfg.get("filter_listen") is None and not (cfg.get("milter_listen") is not None
+                                                 and cfg.get("milter_content_filter")):
         return None
     from filterd.content.pipeline import Preloaded
 
