@@ -8,6 +8,12 @@ that the Postfix checks reject early never pays for MIME parsing.
 
 Broken input never raises: the stdlib parser runs with a tolerant policy and what it
 complains about ends up in :attr:`Message.defects`, which rules can score.
+
+Hostile input is bounded here, once, for every check that walks the MIME tree: the tree
+keeps at most :data:`MAX_MIME_DEPTH` levels and :data:`MAX_MIME_PARTS` parts, and a message
+nested too deep for the stdlib parser (which recurses once per level) is parsed flat.
+What was cut is listed in :attr:`Message.unchecked`; the pipeline makes such a message
+UNCHECKED (amavisd-new's "over limits"), never clean, since no check saw all of it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,17 @@ from functools import cached_property
 
 from filterd.content.htmltext import html_to_text
 from filterd.content.uris import extract_uris
+
+#: Deepest MIME nesting kept (multipart and message/rfc822 levels; the top level is 0).
+#: Real mail nests a few levels (a forwarded message in a multipart/mixed is 2 or 3);
+#: the stdlib parser and every walk over the tree recurse once per level.
+MAX_MIME_DEPTH = 20
+#: Most MIME parts kept, containers included (amavisd-new's sample $MAXFILES): a
+#: newsletter has tens, and 100,000 empty parts cost seconds in every check that walks them.
+MAX_MIME_PARTS = 3000
+#: Most header syntax defects recorded (each is a string; a header of 200,000 broken
+#: lines must not become 200,000 strings).
+MAX_HEADER_DEFECTS = 20
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _FOLD = re.compile(r"\r?\n[ \t]")
@@ -124,23 +141,29 @@ class Message:
         """(name, raw value) for every header field, folding preserved, in order.
 
         Lines before the first field that are not ``Name:`` lines (e.g. an mbox
-        ``From `` line or garbage) are recorded as defects and skipped.
+        ``From `` line or garbage) are recorded as defects and skipped. Continuation
+        lines are gathered in a list and joined once: appending each to the value
+        string would copy the value per line, quadratic for a header of many folds.
         """
         text = self.header_bytes.decode("utf-8", "surrogateescape")
-        fields: list[tuple[str, str]] = []
+        fields: list[tuple[str, list[str]]] = []
+        malformed = 0
         for line in re.split(r"\r?\n", text):
             if not line:
                 continue
             if line[0] in " \t" and fields:
-                name, value = fields[-1]
-                fields[-1] = (name, value + "\n" + line)
+                fields[-1][1].append(line)
                 continue
             m = _HDR_NAME.match(line)
             if not m:
-                self._header_defects.append(f"malformed header line: {line[:60]!r}")
+                malformed += 1
+                if malformed <= MAX_HEADER_DEFECTS:
+                    self._header_defects.append(f"malformed header line: {line[:60]!r}")
                 continue
-            fields.append((m.group(1), line[m.end():].lstrip(" \t")))
-        return fields
+            fields.append((m.group(1), [line[m.end():].lstrip(" \t")]))
+        if malformed > MAX_HEADER_DEFECTS:
+            self._header_defects.append(f"{malformed} malformed header lines in all")
+        return [(name, "\n".join(lines)) for name, lines in fields]
 
     @cached_property
     def _header_defects(self) -> list[str]:
@@ -187,8 +210,33 @@ class Message:
     # -- MIME -------------------------------------------------------------------------
     @cached_property
     def tree(self) -> EmailMessage:
-        """The stdlib MIME tree (compat32 policy: tolerant, never raises on bad input)."""
-        return email.message_from_bytes(self.raw, policy=email.policy.compat32)
+        """The stdlib MIME tree (compat32 policy: tolerant), cut to the bounds above.
+
+        The stdlib parser recurses once per nesting level and raises RecursionError
+        somewhere past 900 levels: such a message is parsed as its top-level header
+        section over one undivided body, so every check still gets a tree.
+        """
+        try:
+            tree = email.message_from_bytes(self.raw, policy=email.policy.compat32)
+        except RecursionError:
+            self.unchecked.append("MIME nesting too deep to parse")
+            tree = email.message_from_bytes(self.raw[: self.body_start], policy=email.policy.compat32)
+            tree.set_payload(self.body_bytes.decode("ascii", "surrogateescape"))
+            return tree
+        self.unchecked.extend(_bound_tree(tree))
+        return tree
+
+    @cached_property
+    def unchecked(self) -> list[str]:
+        """Why parts of the MIME tree were not looked at (limits reached); empty if none.
+
+        Filled when :attr:`tree` is built; read it through :meth:`mime_limits`."""
+        return []
+
+    def mime_limits(self) -> list[str]:
+        """The limits this message's MIME structure reached (parsing it if not done yet)."""
+        _ = self.tree
+        return self.unchecked
 
     @cached_property
     def parts(self) -> list[Part]:
@@ -197,9 +245,7 @@ class Message:
         return parts
 
     def _walk(self, node: EmailMessage, depth: int, out: list[Part]) -> None:
-        if depth > 20:
-            self.extra_defects.append("MIME nesting deeper than 20 levels")
-            return
+        """Collect the leaves; recursion is bounded by :data:`MAX_MIME_DEPTH` (see tree)."""
         for defect in node.defects:
             self.extra_defects.append(type(defect).__name__)
         if node.is_multipart():
@@ -280,6 +326,41 @@ class Message:
     def body_lines(self) -> list[str]:
         """Body lines undecoded, as Postfix body_checks sees them (8-bit kept)."""
         return self.body_bytes.decode("utf-8", "surrogateescape").splitlines()
+
+
+def _bound_tree(root: EmailMessage) -> list[str]:
+    """Cut the tree to MAX_MIME_DEPTH levels and MAX_MIME_PARTS parts, in document order.
+
+    Walked with an explicit stack (never recursion): each entry is a container, its
+    depth and the index of its next child. Returns what was cut, for ``unchecked``.
+    """
+    reasons: list[str] = []
+    seen = 1
+    stack: list[tuple[EmailMessage, int, int]] = [(root, 0, 0)]
+    while stack:
+        node, depth, index = stack.pop()
+        children = node.get_payload()
+        if not isinstance(children, list) or index >= len(children):
+            continue
+        if depth >= MAX_MIME_DEPTH:
+            node.set_payload([])
+            if not any(r.startswith("MIME nesting") for r in reasons):
+                reasons.append(f"MIME nesting deeper than {MAX_MIME_DEPTH} levels")
+            continue
+        if seen >= MAX_MIME_PARTS:
+            del children[index:]
+            for ancestor, _, next_index in stack:
+                siblings = ancestor.get_payload()
+                if isinstance(siblings, list):
+                    del siblings[next_index:]
+            reasons.append(f"more than {MAX_MIME_PARTS} MIME parts")
+            break
+        stack.append((node, depth, index + 1))
+        seen += 1
+        child = children[index]
+        if isinstance(child, EmailMessage):
+            stack.append((child, depth + 1, 0))
+    return reasons
 
 
 def _safe_filename(node: EmailMessage) -> str | None:

@@ -36,7 +36,7 @@ import aiosqlite
 
 from filterd import sqlite_wal
 
-KINDS = ("virus", "banned", "spam", "badh")
+KINDS = ("virus", "banned", "unchecked", "spam", "badh")
 """amavisd-new's quarantine kinds (badh: bad header)."""
 
 _ID_ALPHABET = string.ascii_letters + string.digits
