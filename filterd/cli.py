@@ -66,9 +66,14 @@ def cmd_map(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from filterd.content.commands import check_command
+    from filterd.content.commands import EXIT_ERROR, check_command
 
-    return check_command(_load(args), args.files, args.json)
+    try:
+        cfg = _load(args)
+    except ConfigError as exc:  # main() would return 1, which means "found" here
+        print(f"filterd: fatal: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return check_command(cfg, args.files, args.json)
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
@@ -76,7 +81,8 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
     ids = getattr(args, "ids", None) or ([args.id] if getattr(args, "id", None) else [])
     return quarantine_command(_load(args), args.quarantine_command, ids,
-                              kind=getattr(args, "kind", None), limit=getattr(args, "limit", 100))
+                              kind=getattr(args, "kind", None), limit=getattr(args, "limit", 100),
+                              json_out=getattr(args, "json", False))
 
 
 def cmd_learn(args: argparse.Namespace) -> int:
@@ -92,6 +98,18 @@ def cmd_rules(args: argparse.Namespace) -> int:
     cfg = _load(args)
     return rules_check_command(args.paths or rule_paths(cfg), engine=cfg.get("rules_engine"))
 
+
+CHECK_EPILOG = """\
+exit status (the highest that applies to any FILE), as clamdscan and spamassassin -e:
+  0  every message is clean: the content filter would pass it, nothing found
+  1  something was found: spam (at or above spam_tag2_level), a virus, a banned part,
+     a part that could not be checked (UNCHECKED), or header/body checks that reject,
+     discard or hold it
+  2  error: a FILE or the configuration could not be read, or bad command line usage
+  3  a check could not run now (clamd down, a table that cannot answer): the content
+     filter would answer 451 and Postfix would try again later
+The score and every rule that fired are shown even when a check failed; the action
+shown is what the content filter would do."""
 
 COMMANDS: dict[str, Command] = {"rules": cmd_rules, "serve": cmd_serve, "config": cmd_config, "map": cmd_map,
                                 "check": cmd_check, "quarantine": cmd_quarantine,
@@ -118,14 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("table", metavar="type:name")
     q.add_argument("keys", nargs="+", metavar="KEY")
     p = sub.add_parser("check", parents=[common],
-                       help="run the content checks on message files and show the verdicts")
+                       help="run the content checks on message files and show the verdicts",
+                       epilog=CHECK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", help="one JSON object per message")
     p.add_argument("files", nargs="+", metavar="FILE", help="RFC 822 message files ('-' = stdin)")
     p = sub.add_parser("quarantine", parents=[common], help="list, show, release or delete quarantined mail")
     qsub = p.add_subparsers(dest="quarantine_command", required=True)
     q = qsub.add_parser("list", parents=[common], help="newest quarantined messages")
-    q.add_argument("--kind", choices=["virus", "banned", "spam", "badh"])
+    q.add_argument("--kind", choices=["virus", "banned", "unchecked", "spam", "badh"])
     q.add_argument("--limit", type=int, default=100)
+    q.add_argument("--json", action="store_true", help="one JSON object per entry (as postqueue -j)")
     q = qsub.add_parser("show", parents=[common], help="print a quarantined message")
     q.add_argument("id", metavar="ID")
     q = qsub.add_parser("release", parents=[common], help="reinject to the original recipients")

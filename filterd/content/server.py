@@ -385,7 +385,7 @@ class ContentFilterServer:
             assert verdict.reply is not None and verdict.quarantine_kind is not None
             try:
                 qid = await self.quarantine.store(
-                    data, kind=verdict.quarantine_kind, sender=msg.envelope.sender,
+                    data, kind=verdict.quarantine_kind, mail_id=mail_id, sender=msg.envelope.sender,
                     recipients=recipients, reason=verdict.reason,
                     score=verdict.score if verdict.spam_checked else None,
                     subject=msg.subject[:200], client_address=msg.envelope.client_address)
