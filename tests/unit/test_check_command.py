@@ -99,3 +99,25 @@ def test_exit_codes_are_documented_in_the_help() -> None:
     help_text = check.format_help()
     for code in (EXIT_CLEAN, EXIT_FOUND, EXIT_ERROR, EXIT_TEMPFAIL):
         assert f"\n  {code}  " in help_text
+
+
+def test_the_embedded_default_checks_mail_on_a_machine_without_clamd(tmp_path: Path) -> None:
+    """`filterd check` with no configuration at all: one warning that viruses are not
+    scanned, and the message is scored and passed (it was a 451 "virus_scan FAILED")."""
+    import os
+    import subprocess
+    import sys
+
+    from filterd.config import SYSTEM_CONFIG
+
+    socket_path = Config.from_text("").get("clamav_socket").path
+    if os.path.exists(socket_path) or os.path.exists(SYSTEM_CONFIG):
+        pytest.skip(f"this machine has {socket_path} or {SYSTEM_CONFIG}: not the unconfigured case")
+    env = {k: v for k, v in os.environ.items() if k != "FILTERD_CONFIG"}
+    done = subprocess.run([sys.executable, "-m", "filterd", "check", "-o", f"data_directory={tmp_path}",
+                           write(tmp_path, "clean.eml", CLEAN)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == EXIT_CLEAN, done.stderr
+    assert ": pass (CLEAN), score " in done.stdout
+    [warning] = done.stderr.splitlines()
+    assert warning.startswith(f"warning: clamav_socket is not set and no clamd socket exists at {socket_path}")
