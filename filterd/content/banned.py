@@ -188,9 +188,8 @@ class _Builder:
     # at most MAX_ARCHIVE_DEPTH: these recursions, and _walk's, are bounded)
     def mime(self, part: EmailMessage) -> Node:
         node = Node(_declared(part))
-        payload = part.get_payload()
-        if isinstance(payload, list):  # multipart, or message/rfc822 holding a message
-            node.children = [self.mime(child) for child in payload if isinstance(child, EmailMessage)]
+        if part.is_multipart():  # multipart, or message/rfc822 holding a message
+            node.children = [self.mime(child) for child in part.get_payload() if isinstance(child, EmailMessage)]
             return node
         try:
             data = part.get_payload(decode=True) or b""

@@ -18,6 +18,7 @@ UNCHECKED (amavisd-new's "over limits"), never clean, since no check saw all of 
 
 from __future__ import annotations
 
+import codecs
 import email
 import email.errors
 import email.header
@@ -80,10 +81,35 @@ class Part:
         )
 
 
+#: Characters of a header value given to the stdlib's RFC 2047 decoder at once: it joins
+#: adjacent encoded-words by repeated concatenation, quadratic in their number (100,000
+#: of them took 35 s per call), so a long value is decoded in pieces cut at white space.
+DECODE_PIECE = 4096
+
+
 def decode_header_value(value: str) -> str:
-    """Decode RFC 2047 encoded-words, tolerating broken charsets and encodings."""
+    """Decode RFC 2047 encoded-words, tolerating broken charsets and encodings.
+
+    In linear time: a value longer than :data:`DECODE_PIECE` is decoded piece by piece
+    (the white space between two encoded-words that meet at a cut is kept).
+    """
     if "=?" not in value:
         return value
+    if len(value) <= DECODE_PIECE:
+        return _decode_words(value)
+    pieces: list[str] = []
+    start = 0
+    while start < len(value):
+        cut = start + DECODE_PIECE
+        if cut < len(value):
+            space = max(value.rfind(" ", start, cut), value.rfind("\t", start, cut))
+            cut = space + 1 if space > start else cut
+        pieces.append(_decode_words(value[start:cut]))
+        start = cut
+    return "".join(pieces)
+
+
+def _decode_words(value: str) -> str:
     try:
         chunks = email.header.decode_header(value)
     except (ValueError, LookupError, AssertionError, email.errors.MessageError):
@@ -98,10 +124,12 @@ def decode_header_value(value: str) -> str:
 
 
 def _decode_bytes(data: bytes, charset: str | None) -> str:
+    """Decode with the declared charset; one Python cannot use (unknown, not a text
+    encoding, a NUL in its name, a codec refusing errors="replace") gives Latin-1."""
     cs = (charset or "utf-8").strip().lower() or "utf-8"
     try:
         return data.decode(cs, errors="replace")
-    except LookupError:
+    except (LookupError, ValueError):
         return data.decode("latin-1")
 
 
@@ -185,8 +213,17 @@ class Message:
         return list(self._header_index.get(name.lower(), ()))
 
     def get_all(self, name: str) -> list[str]:
-        """Unfolded, RFC 2047-decoded values of every ``name`` field."""
-        return [decode_header_value(_FOLD.sub(" ", v).strip()) for v in self._header_index.get(name.lower(), ())]
+        """Unfolded, RFC 2047-decoded values of every ``name`` field (decoded once each)."""
+        key = name.lower()
+        decoded = self._decoded.get(key)
+        if decoded is None:
+            decoded = [decode_header_value(_FOLD.sub(" ", v).strip()) for v in self._header_index.get(key, ())]
+            self._decoded[key] = decoded
+        return list(decoded)
+
+    @cached_property
+    def _decoded(self) -> dict[str, list[str]]:
+        return {}
 
     def get(self, name: str, default: str = "") -> str:
         values = self.get_all(name)
@@ -329,7 +366,8 @@ class Message:
 
 
 def _bound_tree(root: EmailMessage) -> list[str]:
-    """Cut the tree to MAX_MIME_DEPTH levels and MAX_MIME_PARTS parts, in document order.
+    """Cut the tree to MAX_MIME_DEPTH levels and MAX_MIME_PARTS parts, in document order,
+    and make every leaf's charset one the stdlib can be asked about (see _usable_charset).
 
     Walked with an explicit stack (never recursion): each entry is a container, its
     depth and the index of its next child. Returns what was cut, for ``unchecked``.
@@ -339,7 +377,10 @@ def _bound_tree(root: EmailMessage) -> list[str]:
     stack: list[tuple[EmailMessage, int, int]] = [(root, 0, 0)]
     while stack:
         node, depth, index = stack.pop()
-        children = node.get_payload()
+        if not node.is_multipart():  # a leaf (is_multipart looks at the payload's type only)
+            _usable_charset(node)
+            continue
+        children = node.get_payload()  # a container's list of parts: nothing is decoded
         if not isinstance(children, list) or index >= len(children):
             continue
         if depth >= MAX_MIME_DEPTH:
@@ -361,6 +402,36 @@ def _bound_tree(root: EmailMessage) -> list[str]:
         if isinstance(child, EmailMessage):
             stack.append((child, depth + 1, 0))
     return reasons
+
+
+def _usable_charset(node: EmailMessage) -> None:
+    """Replace a charset parameter that makes the stdlib raise instead of falling back.
+
+    ``get_payload()`` of an 8-bit text part decodes it with the declared charset and
+    falls back to ASCII only on LookupError; a NUL or a lone surrogate in the name raises
+    ValueError, and an RFC 2231 ``charset*=`` (a tuple) TypeError, from every rule, Bayes
+    and banned check that reads the part. The RFC 2231 form is replaced by its value;
+    a name with unusable characters is shown with ``?`` for each, which Python then does
+    not know (LookupError): the stdlib's own fallback applies. The raw message is unchanged.
+    """
+    try:
+        charset = node.get_param("charset")
+    except (ValueError, LookupError, TypeError, AttributeError):
+        return
+    if isinstance(charset, tuple):
+        charset = email.utils.collapse_rfc2231_value(charset)
+    elif not isinstance(charset, str):
+        return
+    else:
+        try:
+            codecs.lookup(charset)
+            return
+        except LookupError:
+            return
+        except (ValueError, TypeError):
+            pass
+    # printable ASCII only: set_param would write anything else back as RFC 2231 (a tuple)
+    node.set_param("charset", "".join(c if " " < c < "\x7f" else "?" for c in charset))
 
 
 def _safe_filename(node: EmailMessage) -> str | None:

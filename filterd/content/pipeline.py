@@ -247,7 +247,11 @@ class ContentPipeline:
             return
         if self.clamav is not None:
             result = await self.clamav.scan(msg.raw)
-            if result.status == "error":
+            if result.status == "unchecked":  # too large for clamd: the same on every retry
+                error = safe_text(result.error or "clamd could not scan it", 300)
+                found.symbols.append(Symbol("CLAMAV_LIMIT", 0.0, "too large for clamd to scan", error))
+                found.unchecked.append("larger than clamd scans (StreamMaxLength)")
+            elif result.status == "error":
                 error = safe_text(result.error or "clamd unavailable", 300)
                 found.symbols.append(Symbol("CLAMAV_FAILURE", 0.0, "clamd could not scan the message", error))
                 if self.clamav_failure_action == "defer":

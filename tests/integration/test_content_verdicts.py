@@ -21,7 +21,7 @@ from filterd.config.registry import PARAMS
 from filterd.content.message import Envelope, Message
 from filterd.content.pipeline import ContentPipeline, Preloaded
 from filterd.content.server import ContentFilterServer
-from tests.fixtures.clamd import SIGNATURE_PREFIX, ClamdServer, clean_message, eicar, eicar_mime_message
+from tests.fixtures.clamd import SIGNATURE_PREFIX, STREAM_MAX_LENGTH, ClamdServer, clean_message, eicar, eicar_mime_message
 from tests.fixtures.postfix import PostfixFactory, amavis_master_cf, free_port
 
 pytestmark = pytest.mark.integration
@@ -188,3 +188,16 @@ async def test_blocked_mail_is_quarantined_under_its_mail_id_and_never_bounced(
     log = "\n".join(await asyncio.to_thread(postfix.log_lines))
     assert "status=bounced" not in log and "sender non-delivery notification" not in log
     assert postfix.sink.messages() == []
+
+
+async def test_a_message_larger_than_clamd_scans_is_unchecked_not_deferred(
+        tmp_path: Path, clamd_server: ClamdServer) -> None:
+    """clamd refuses it the same way on every retry: a 451 would loop until it expired."""
+    pipeline = ContentPipeline.from_config(config(tmp_path, f"clamav_socket = {clamd_server.spec_unix}\n"))
+    try:
+        verdict = await pipeline.scan(message(clean_message(STREAM_MAX_LENGTH + 1024 * 1024)), "6-6")
+    finally:
+        pipeline.close()
+    assert (verdict.action, verdict.category) == ("pass", "UNCHECKED")
+    assert verdict.reason == "UNCHECKED: larger than clamd scans (StreamMaxLength)"
+    assert [s.name for s in verdict.symbols if s.name.startswith("CLAMAV")] == ["CLAMAV_LIMIT"]

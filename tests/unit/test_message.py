@@ -6,6 +6,8 @@ Broken MIME here comes from real mail: two messages of the SpamAssassin public c
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -159,3 +161,36 @@ def test_malformed_header_lines_are_counted_not_all_kept() -> None:
     defects = Message(raw).defects
     assert sum(d.startswith("malformed header line: ") for d in defects) == MAX_HEADER_DEFECTS
     assert "10000 malformed header lines in all" in defects
+
+
+def _bounded(code: str) -> None:
+    """Run ``code`` in a subprocess: a quadratic blow-up is cut by the timeout (a guard only)."""
+    subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], check=True, timeout=120)
+
+
+def test_a_header_of_a_million_folds_is_read_in_linear_time() -> None:
+    """Each continuation line was appended to the value string: 500,000 folds took 50 s."""
+    _bounded("from filterd.content.message import Message\n"
+             "raw = b'Subject: x' + b'\\r\\n y' * 2_000_000 + b'\\r\\n\\r\\nbody'\n"
+             "assert len(Message(raw).header_fields) == 1")
+
+
+def test_many_encoded_words_are_decoded_in_linear_time() -> None:
+    """The stdlib joins adjacent encoded-words quadratically: 100,000 took 35 s per call."""
+    _bounded("from filterd.content.message import Message\n"
+             "raw = b'Subject: ' + b' '.join([b'=?utf-8?b?YQ==?='] * 300_000) + b'\\r\\n\\r\\nbody'\n"
+             "assert Message(raw).subject.count('a') >= 300_000")
+    assert decode_header_value("x =?utf-8?q?caf=C3=A9?= =?utf-8?b?IQ==?= y") == "x café! y"
+    long_value = " ".join(["=?utf-8?b?YQ==?="] * 2000)
+    assert decode_header_value(long_value).replace(" ", "") == "a" * 2000
+
+
+@pytest.mark.parametrize("content_type", [
+    b'text/plain; charset="utf-8\x00"',  # a NUL: ValueError from the stdlib's decode
+    b"text/plain; charset*=us-ascii''utf%2D8",  # RFC 2231: a tuple, TypeError
+    b"text/plain; charset*0*=bogus''%FF; charset*1=x",
+])
+def test_charsets_the_stdlib_raises_on_are_made_harmless(content_type: bytes) -> None:
+    msg = Message(b"Subject: x\r\nContent-Type: " + content_type + b"\r\n\r\ncaf\xe9\r\n")
+    assert isinstance(msg.tree.get_payload(), str)  # what rules and banned checks call
+    assert msg.body_text.startswith("x\ncaf")
