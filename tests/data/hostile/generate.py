@@ -154,6 +154,11 @@ def html_unclosed_comment() -> bytes:
     return _html(b"<p>visible</p><!--" + b"hidden <a href=http://x.example/>x</a> " * 100_000)
 
 
+def html_tag_openings_300k() -> bytes:
+    """Tags that never close: quadratic and worse in html.parser (72 KB took 75 s)."""
+    return _html(b"<a " * 300_000)
+
+
 def html_attributes_100k() -> bytes:
     return _html(b"<a " + b" ".join(b'href%d="http://h%d.example/"' % (i, i) for i in range(100_000)) + b">x</a>")
 
@@ -230,6 +235,7 @@ GENERATED: dict[str, Callable[[], bytes]] = {
     "html-lt-1m": html_lt_1m,
     "html-unclosed-comment": html_unclosed_comment,
     "html-attributes-100k": html_attributes_100k,
+    "html-tag-openings-300k": html_tag_openings_300k,
     "zip-1000-dummies-then-exe": zip_1000_dummies_then_exe,
     "zip-bomb-1gb": zip_bomb,
     "zip-nested-10": zip_nested_10,
