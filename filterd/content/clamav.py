@@ -270,6 +270,9 @@ class ClamavScanner:
         if found:
             return ScanResult("infected", found, None, elapsed)
         errors = "; ".join(name for status, name in reply.values() if status == "ERROR")
+        if _SIZE_LIMIT_REPLY.decode() in errors:  # the message's size, not clamd's trouble
+            return ScanResult("unchecked", [], f"clamd at {self.endpoint}: {errors} (clamd's StreamMaxLength "
+                              "is smaller than the message)", elapsed)
         return self._error(errors or "empty error reply", started)
 
     async def ping(self) -> bool:
