@@ -18,7 +18,8 @@ PARAMS: list[Param] = []
 PARAMS += [
     Param("clamav_socket", "unix:/var/run/clamav/clamd.ctl", as_endpoint,
           "clamd to scan with: unix:/path or inet:host:port (Debian's clamd listens on "
-          "/var/run/clamav/clamd.ctl); empty turns virus scanning off"),
+          "/var/run/clamav/clamd.ctl); empty turns virus scanning off. Left unset with no "
+          "socket there at start: no virus scanning, one warning (a machine without clamd)"),
     Param("clamav_timeout", "60s", as_time("s"),
           "longest time one clamd scan may take, connecting included"),
     Param("clamav_failure_action", "defer", as_choice("defer", "pass"),
