@@ -40,9 +40,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-import secrets
 import socket
-import string
 import time
 from typing import Any
 
@@ -52,6 +50,7 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from filterd.content.dsn import refusal_report
 from filterd.content.forward import Forwarder, ForwardResult
+from filterd.content.mailid import new_mail_id
 from filterd.content.message import Envelope, Message
 from filterd.content.nexthop import NextHop, parse_next_hop
 from filterd.content.pipeline import ContentPipeline, new_log_id
@@ -83,7 +82,6 @@ _aiosmtpd_log = logging.getLogger("mail.log")
 _aiosmtpd_log.addHandler(_AiosmtpdLog(logging.WARNING))
 _aiosmtpd_log.propagate = False
 
-_MAIL_ID_ALPHABET = string.ascii_letters + string.digits
 #: aiosmtpd's own texts for oversized mail, replaced by what Postfix's smtpd says.
 _REPLY_TEXTS = {
     "552 Error: Too much mail data": "552 5.3.4 Error: message file too big",
@@ -103,20 +101,6 @@ COMMAND_LIMIT = 2048
 #: Recipients per transaction (Postfix's smtpd_recipient_limit default); the excess gets
 #: 452 and Postfix's smtp client sends those recipients in another transaction.
 RECIPIENT_LIMIT = 1000
-
-
-def new_mail_id() -> str:
-    """amavisd-new's mail_id: 12 random letters and digits naming the message in logs.
-
-    One 128-bit draw from the system's random source, read as base-62 digits (62**12 is
-    under 2**72, so the digits are uniform to within 2**-56), instead of twelve draws.
-    """
-    number = secrets.randbits(128)
-    digits = []
-    for _ in range(12):
-        number, digit = divmod(number, 62)
-        digits.append(_MAIL_ID_ALPHABET[digit])
-    return "".join(digits)
 
 
 class FilterEnvelope(SmtpEnvelope):
@@ -519,7 +503,7 @@ class ContentFilterServer:
             assert verdict.reply is not None and verdict.quarantine_kind is not None
             try:
                 qid = await self.quarantine.store(
-                    data, kind=verdict.quarantine_kind, sender=msg.envelope.sender,
+                    data, kind=verdict.quarantine_kind, mail_id=mail_id, sender=msg.envelope.sender,
                     recipients=recipients, reason=verdict.reason,
                     score=verdict.score if verdict.spam_checked else None,
                     subject=msg.subject[:200], client_address=msg.envelope.client_address)
