@@ -103,7 +103,9 @@ def _start(tmp_path_factory: pytest.TempPathFactory, protocol: str) -> Iterator[
         f"filter_listen = inet:127.0.0.1:{port}\n"
         f"filter_forward = smtp:[127.0.0.1]:{sink.port}\n"
         f"filter_timeout = {TIMEOUT}s\nmyhostname = filter.example\n"
-        f"filter_protocol = {protocol}\ncontent_checks = postfix_checks banned\n"))
+        f"filter_protocol = {protocol}\ncontent_checks = postfix_checks banned\n"
+        # the attack needs the reply that quotes the banned name: a reject
+        "banned_action = reject\n"))
     filterd.start()
     try:
         wait_port(port)
@@ -219,7 +221,9 @@ def test_injected_replies_never_reach_the_client_or_the_log(daemon: tuple[Daemon
         time.sleep(0.05)
     assert len(sink.dumps()) == before + 1  # the clean one only
     lines = [line for line in filterd.log.read_text(encoding="utf-8").splitlines() if "Blocked BANNED" in line]
-    assert lines and all("x\\r\\n250 2.0.0 Ok\\r\\n250 2.0.0 Ok\\r\\n\\x00\\x1b\\x85\\u2028y.exe" in line
+    # one printable line holding the whole name: the pipeline may already have made the
+    # name safe ("?"), or the log writer escapes what is left (CR, NUL, ... as \\r, \\x00)
+    assert lines and all(line.isprintable() and "250 2.0.0 Ok" in line and "y.exe" in line
                          for line in lines), lines
 
 

@@ -27,7 +27,7 @@ def cfg_text(tmp_path: Path) -> str:
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "gtube.cf").write_text(GTUBE_RULE)
-    return (f"data_directory = {tmp_path}\nrules_directory = {rules}\n"
+    return (f"data_directory = {tmp_path}\nrules_directory = {rules}\nrules_extra_directories =\n"
             "content_checks = postfix_checks banned rules\n")
 
 
