@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import filterd.registry  # noqa: F401  (installs the parameter table config reads)
 from filterd.config import EMBEDDED, Config, ConfigError
 from filterd.config.types import Endpoint
 from filterd.eventloop import WorkerLoop

@@ -15,7 +15,7 @@ from filterd.config import Config
 from filterd.config.types import is_network
 from filterd.maps import open_table
 from filterd.maps.access import lookup_domain, lookup_ip
-from filterd.policy.client import PolicyClient, ServiceSpec
+from filterd.restrict.delegation.client import PolicyClient, ServiceSpec
 from filterd.restrict.localnets import style_networks
 
 if TYPE_CHECKING:  # imported where first used: a process that never looks one up never loads it

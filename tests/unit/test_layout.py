@@ -97,7 +97,6 @@ def _offending(sources: frozenset[str] | set[str], forbidden: frozenset[str] | s
             if not (allow_same and src == dst) for line in EDGES.get(src, {}).get(dst, [])]
 
 
-@pytest.mark.xfail(strict=True, reason="restrict imports the policy delegation client; config.registry imports policy")
 def test_no_engine_imports_a_front_end() -> None:
     assert _offending(ENGINES, FRONT_ENDS) == []
 
@@ -106,7 +105,6 @@ def test_no_front_end_imports_another() -> None:
     assert _offending(FRONT_ENDS, FRONT_ENDS) == []
 
 
-@pytest.mark.xfail(strict=True, reason="the parameter registry sits in config/")
 def test_config_imports_no_engine_and_no_front_end() -> None:
     assert _offending({"config"}, (ENGINES - {"config"}) | FRONT_ENDS) == []
 
@@ -166,7 +164,6 @@ def _cycles() -> list[list[str]]:
     return groups
 
 
-@pytest.mark.xfail(strict=True, reason="config.registry and restrict <-> policy close cycles")
 def test_no_two_parts_import_each_other_in_a_cycle() -> None:
     assert _cycles() == []
 
