@@ -41,7 +41,7 @@ from filterd.eventloop import WorkerLoop
 from filterd.log import flush as flush_log
 
 if TYPE_CHECKING:  # imported where used: a worker without a content filter never loads it
-    from filterd.content.server import ContentFilterServer
+    from filterd.filter.server import ContentFilterServer
 
 log = logging.getLogger("filterd.master")
 
@@ -271,7 +271,7 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
         servers.append(server)
     if "filter" in listeners:
         from filterd.content.pipeline import ContentPipeline
-        from filterd.content.server import ContentFilterServer
+        from filterd.filter.server import ContentFilterServer
 
         pipeline = ContentPipeline.from_config(cfg, preloaded)  # type: ignore[arg-type]
         content_filter = ContentFilterServer.from_config(cfg, pipeline)

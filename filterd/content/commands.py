@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from filterd.content.forward import Forwarder
+from filterd.smtp.client import Forwarder
 from filterd.content.message import Envelope, Message
 from filterd.content.pipeline import ContentPipeline
 from filterd.content.quarantine import Quarantine

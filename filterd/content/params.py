@@ -8,7 +8,7 @@ from filterd.config.types import (
     Param, as_bool, as_choice, as_endpoint, as_float, as_list, as_nonneg_int, as_positive_int, as_size, as_str, as_time,
 )
 from filterd.content.bayes.bands import DEFAULT_SCORES_TEXT, as_bayes_scores
-from filterd.content.nexthop import parse_next_hop
+from filterd.smtp.nexthop import parse_next_hop
 from filterd.content.rules.paths import default_extra_rules_directories, shipped_rules_directory
 
 

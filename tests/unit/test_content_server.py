@@ -14,7 +14,7 @@ import pytest
 from aiosmtpd.smtp import SMTP
 
 from filterd.config import Config
-from filterd.content.server import LINE_LIMIT, ContentFilterServer
+from filterd.filter.server import LINE_LIMIT, ContentFilterServer
 from tests.fixtures.programs import free_port
 
 MESSAGE = (b"From: a@example.org\r\nTo: b@example.com\r\nSubject: hello\r\n"
@@ -606,7 +606,7 @@ async def test_a_bug_in_a_command_is_a_temporary_error(sink: Any, start_filter: 
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Never a 5xx for a reason that is not a verdict: aiosmtpd's own answer to an
     exception is 500 with the exception's text."""
-    import filterd.content.server as server_module
+    import filterd.filter.server as server_module
 
     def broken(arg: str | None, current: Any) -> Any:
         raise RuntimeError("boom\r\n250 fake")

@@ -109,13 +109,11 @@ def test_config_imports_no_engine_and_no_front_end() -> None:
     assert _offending({"config"}, (ENGINES - {"config"}) | FRONT_ENDS) == []
 
 
-@pytest.mark.xfail(strict=True, reason="SMTP plumbing still lives in content/")
 def test_smtp_and_filter_parts_exist() -> None:
     assert (ROOT / "smtp" / "__init__.py").is_file()
     assert (ROOT / "filter" / "__init__.py").is_file()
 
 
-@pytest.mark.xfail(strict=True, reason="SMTP plumbing still lives in content/")
 def test_content_imports_no_smtp_library() -> None:
     """The content pipeline is protocol-free: SMTP plumbing lives in filterd.smtp."""
     offending = [f"{module} -> {target}" for module, imported in IMPORTS.items()

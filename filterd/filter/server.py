@@ -51,14 +51,14 @@ from aiosmtpd.smtp import MISSING, SMTP, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from filterd.content.dsn import refusal_report
-from filterd.content.forward import Forwarder, ForwardResult
+from filterd.smtp.client import Forwarder, ForwardResult
 from filterd.content.message import Envelope, Message
-from filterd.content.nexthop import NextHop, parse_next_hop
+from filterd.smtp.nexthop import NextHop, parse_next_hop
 from filterd.content.pipeline import ContentPipeline, new_log_id
 from filterd.content.quarantine import Quarantine, QuarantineError
-from filterd.content.smtpin import DataState, address_problem, plain_path, read_data
+from filterd.smtp.data import DataState, address_problem, plain_path, read_data
 from filterd.content.verdict import Reply, Verdict, format_score
-from filterd.content.xforward import (
+from filterd.smtp.xforward import (
     EHLO_KEYWORD,
     Xforward,
     XforwardError,
@@ -264,7 +264,7 @@ class _FilterProtocol(SMTP):
 
     async def _data(self, arg: str) -> None:
         """aiosmtpd's DATA command, replies and hooks unchanged, with the message read in
-        bulk by :func:`~filterd.content.smtpin.read_data` instead of line by line."""
+        bulk by :func:`~filterd.smtp.data.read_data` instead of line by line."""
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
         assert self.envelope is not None
