@@ -129,6 +129,9 @@ PARAMS += [
     Param("filter_timeout", "300s", as_time("s"),
           "idle timeout of a content filter client, and the timeout of each command "
           "sent to filter_forward"),
+    Param("filter_shutdown_grace", "10s", as_time("s"),
+          "how long SIGTERM waits for messages in flight in the content filter before "
+          "closing its connections"),
     Param("filter_max_connections", "20", as_positive_int,
           "most simultaneous content filter connections per worker; more get 421 4.3.2"),
     Param("message_size_limit", "10240000", as_nonneg_int,
