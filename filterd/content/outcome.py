@@ -10,34 +10,21 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import secrets
-import string
 import time
 
 from filterd.content.message import Message
 from filterd.content.quarantine import Quarantine, QuarantineError
 from filterd.content.verdict import Reply, Verdict, format_score
+from filterd.text import printable, random_id
 
 log = logging.getLogger("filterd.content")
 
 #: amavisd-new's log flags for the verdicts that end without passing the message on.
 REFUSED_FLAGS = {"tempfail": "Tempfailed", "reject": "Rejected", "discard": "Discarded"}
 
-_MAIL_ID_ALPHABET = string.ascii_letters + string.digits
-
-
 def new_mail_id() -> str:
-    """amavisd-new's mail_id: 12 random letters and digits naming the message in logs.
-
-    One 128-bit draw from the system's random source, read as base-62 digits (62**12 is
-    under 2**72, so the digits are uniform to within 2**-56), instead of twelve draws.
-    """
-    number = secrets.randbits(128)
-    digits = []
-    for _ in range(12):
-        number, digit = divmod(number, 62)
-        digits.append(_MAIL_ID_ALPHABET[digit])
-    return "".join(digits)
+    """amavisd-new's mail_id: 12 random letters and digits naming the message in logs."""
+    return random_id(12)
 
 
 async def keep(quarantine: Quarantine, msg: Message, verdict: Verdict, data: bytes,
@@ -86,7 +73,7 @@ def log_line(msg: Message, verdict: Verdict, mail_id: str, client_port: str | No
         parts.append(f"Queue-ID: {env.queue_id}")
     message_id = msg.get("Message-ID")
     if message_id:
-        parts.append(f"Message-ID: {_printable(message_id)[:200]}")
+        parts.append(f"Message-ID: {printable(message_id)[:200]}")
     parts += [f"mail_id: {mail_id}", f"Hits: {verdict.hits}", f"size: {len(msg.raw)}"]
     if queued_as:
         parts.append(f"queued_as: {queued_as}")
@@ -111,7 +98,7 @@ def virus_report(msg: Message, verdict: Verdict, mail_id: str, quarantine_id: st
         f"To: <{admin}>",
         f"Date: {email.utils.format_datetime(email.utils.localtime())}",
         f"Message-ID: <VA{mail_id}@{hostname}>",
-        f"Subject: INFECTED ({_printable(names)[:120]}) in mail FROM <{env.sender}>",
+        f"Subject: INFECTED ({printable(names)[:120]}) in mail FROM <{env.sender}>",
         "Auto-Submitted: auto-generated",
         "MIME-Version: 1.0",
         "Content-Type: text/plain; charset=UTF-8",
@@ -128,8 +115,8 @@ def virus_report(msg: Message, verdict: Verdict, mail_id: str, quarantine_id: st
         f"Sender: <{env.sender}>",
         "Recipients: " + ", ".join(f"<{r}>" for r in env.recipients),
         f"Queue-ID: {env.queue_id or '-'}",
-        f"Message-ID: {_printable(msg.get('Message-ID'))[:200] or '-'}",
-        f"Subject: {_printable(msg.subject)[:200]}",
+        f"Message-ID: {printable(msg.get('Message-ID'))[:200] or '-'}",
+        f"Subject: {printable(msg.subject)[:200]}",
         f"mail_id: {mail_id}, log id: {verdict.log_id}",
         "",
     ]
@@ -144,9 +131,3 @@ FIELD_MAX = 500
 
 def _bounded(text: str, limit: int = FIELD_MAX) -> str:
     return text if len(text) <= limit else text[:limit] + "...(cut)"
-
-
-def _printable(text: str) -> str:
-    """Text for a header of our own: every non-printable character (controls, line and
-    paragraph separators, format characters) becomes ``?``."""
-    return text if text.isprintable() else "".join(ch if ch.isprintable() else "?" for ch in text)

@@ -24,9 +24,7 @@ import asyncio
 import json
 import os
 import re
-import secrets
 import sqlite3
-import string
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +33,11 @@ from typing import Any
 import aiosqlite
 
 from filterd import sqlite_wal
+from filterd.text import random_id
 
 KINDS = ("virus", "banned", "spam", "badh")
 """amavisd-new's quarantine kinds (badh: bad header)."""
 
-_ID_ALPHABET = string.ascii_letters + string.digits
 _ID_LENGTH = 12
 _ID_RE = re.compile(rf"(?:{'|'.join(KINDS)})-[A-Za-z0-9]{{{_ID_LENGTH}}}")
 _TMP_SUFFIX = ".tmp"
@@ -103,7 +101,7 @@ class QuarantineEntry:
 
 def new_id(kind: str) -> str:
     """An amavis-like quarantine id: the kind and 12 random letters/digits (71 bits)."""
-    return f"{kind}-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(_ID_LENGTH))
+    return f"{kind}-{random_id(_ID_LENGTH)}"
 
 
 def _fsync_directory(directory: Path) -> None:
