@@ -264,11 +264,17 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
         for listener in running:
             listener.reload()
 
+    # The front ends that are ready start now, in turn; one that must first build what
+    # it preloads (one worker, no master to build it) does so meanwhile, off the loop.
+    for name, sock in listeners.items():
+        if name in preloaded or not _BY_NAME[name].preloads:
+            await start(name, sock)
+    starting = [loop.create_task(start(name, sock)) for name, sock in listeners.items()
+                if name not in preloaded]
     loop.add_signal_handler(signal.SIGHUP, reload)
     # A SIGHUP sent while this worker started waited, blocked (so that it neither
     # killed the worker nor was lost): delivered now, it reloads what was just read.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-    starting = [loop.create_task(start(name, sock)) for name, sock in listeners.items()]
     await stop.wait()
     for task in starting:
         task.cancel()
