@@ -14,7 +14,8 @@ import pytest
 from aiosmtpd.smtp import SMTP
 
 from filterd.config import Config
-from filterd.filter.server import LINE_LIMIT, ContentFilterServer
+from filterd.filter.server import ContentFilterServer
+from filterd.smtp.server import LINE_LIMIT
 from tests.fixtures.programs import free_port
 
 MESSAGE = (b"From: a@example.org\r\nTo: b@example.com\r\nSubject: hello\r\n"
