@@ -109,6 +109,12 @@ def cmd_learn(args: argparse.Namespace) -> int:
     return learn_command(_load(args), args.spam, args.ham, report=args.report)
 
 
+def cmd_queue(args: argparse.Namespace) -> int:
+    from filterd.mta.tools import queue_command
+
+    return queue_command(_load(args), args)
+
+
 def cmd_rules(args: argparse.Namespace) -> int:
     from filterd.content.rules import rule_paths
     from filterd.content.rules.check import rules_check_command
@@ -119,7 +125,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Command] = {"rules": cmd_rules, "serve": cmd_serve, "config": cmd_config, "map": cmd_map,
                                 "check": cmd_check, "quarantine": cmd_quarantine,
-                                "learn": cmd_learn}
+                                "learn": cmd_learn, "queue": cmd_queue}
 
 
 def _common(parser: argparse.ArgumentParser, level: int) -> argparse.ArgumentParser:
@@ -175,6 +181,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true",
                    help="print the score scale's cross-validated recall at 0.1 %% and 1 %% FP and the "
                         "level it chose (alone: those of the scale learned last)")
+    p = _common(sub.add_parser("queue", help="list and manage the mail queue, like postqueue/postsuper"), 1)
+    qsub = p.add_subparsers(dest="queue_command", required=True)
+    q = _common(qsub.add_parser("list", help="list the queue (postqueue -p; --json: postqueue -j)"), 2)
+    q.add_argument("--json", action="store_true", help="one JSON object per message")
+    _common(qsub.add_parser("flush", help="retry all deferred mail now (postqueue -f)"), 2)
+    q = _common(qsub.add_parser("flush-site", help="retry deferred mail for a domain (postqueue -s)"), 2)
+    q.add_argument("site", metavar="DOMAIN")
+    for name, text in (("hold", "put messages on hold (postsuper -h)"),
+                       ("release", "release messages from hold (postsuper -H)"),
+                       ("delete", "delete messages (postsuper -d)"),
+                       ("requeue", "requeue messages for delivery now (postsuper -r)")):
+        q = _common(qsub.add_parser(name, help=text), 2)
+        q.add_argument("targets", nargs="+", metavar="ID|ALL [QUEUE]")
+    q = _common(qsub.add_parser("cat", help="print a queued message (postcat -q)"), 2)
+    q.add_argument("id", metavar="ID")
     return parser
 
 

@@ -20,6 +20,7 @@ from filterd.dnsbl import params as _dnsbl
 from filterd.greylist import params as _greylist
 from filterd.policy import params as _policy
 from filterd.content import params as _content
+from filterd.mta import params as _mta
 
 
 def _collect(*modules: ModuleType) -> dict[str, Param]:
@@ -32,5 +33,5 @@ def _collect(*modules: ModuleType) -> dict[str, Param]:
     return table
 
 
-PARAMS: dict[str, Param] = _collect(_core, _maps, _restrict, _dnsbl, _greylist, _policy, _content)
+PARAMS: dict[str, Param] = _collect(_core, _maps, _restrict, _dnsbl, _greylist, _policy, _content, _mta)
 install_params(PARAMS)

@@ -31,6 +31,14 @@ LEAF_ARGS: dict[tuple[str, ...], list[str]] = {
     ("quarantine", "delete"): ["virus-0"],
     ("rules",): ["--check"],
     ("learn",): ["--spam", "/nonexistent"],
+    ("queue", "list"): [],
+    ("queue", "flush"): [],
+    ("queue", "flush-site"): ["example.com"],
+    ("queue", "hold"): ["ALL"],
+    ("queue", "release"): ["ALL"],
+    ("queue", "delete"): ["ALL"],
+    ("queue", "requeue"): ["ALL"],
+    ("queue", "cat"): ["0A1B2C3D4E"],
 }
 
 

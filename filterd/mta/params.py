@@ -1,0 +1,98 @@
+"""Parameters of the gateway MTA's queue, queue manager, routing and bounces.
+
+Names, meanings and defaults are Postfix's (``postconf -d`` of Postfix 3.7), so lines
+pasted from a Postfix main.cf mean the same here. Per-transport overrides follow
+Postfix's ``transport_name_parameter`` pattern; they are declared for the transports
+filterd has (smtp, lmtp).
+"""
+
+from __future__ import annotations
+
+from filterd.config.types import Param, as_bool, as_float, as_list, as_nonneg_int, as_positive_int, as_size, as_str, as_time
+
+TRANSPORTS = ("smtp", "lmtp")
+"""Transports with their own ``<transport>_destination_*`` parameters."""
+
+PARAMS: list[Param] = [
+    Param("queue_directory", "$data_directory/queue", as_str,
+          "where the mail queue lives (incoming, active, deferred, hold, corrupt)"),
+    Param("initial_destination_concurrency", "5", as_positive_int,
+          "parallel deliveries to a destination at first; grows with successes"),
+    Param("default_destination_concurrency_limit", "20", as_positive_int,
+          "most parallel deliveries to one destination"),
+    Param("default_destination_recipient_limit", "50", as_positive_int,
+          "most recipients in one delivery"),
+    Param("default_destination_concurrency_failed_cohort_limit", "1", as_nonneg_int,
+          "failed pseudo-cohorts (as many failed sessions as the concurrency) after which "
+          "a destination is declared dead for minimal_backoff_time; 0 = never"),
+    Param("default_process_limit", "100", as_positive_int,
+          "most deliveries in flight per transport"),
+    Param("minimal_backoff_time", "300s", as_time("s"),
+          "shortest time before a deferred message is tried again"),
+    Param("maximal_backoff_time", "4000s", as_time("s"),
+          "longest time before a deferred message is tried again"),
+    Param("backoff_jitter", "0.2", as_float,
+          "relative spread of each retry time (0.2 = within +-20%, kept inside the "
+          "minimal/maximal backoff), so deferred mail does not retry in waves"),
+    Param("queue_run_delay", "300s", as_time("s"),
+          "how often the deferred queue is scanned for messages due for a retry"),
+    Param("maximal_queue_lifetime", "5d", as_time("d"),
+          "age after which a message that still cannot be delivered is returned"),
+    Param("bounce_queue_lifetime", "5d", as_time("d"),
+          "maximal_queue_lifetime for bounces (sender <>)"),
+    Param("delay_warning_time", "0h", as_time("h"),
+          "age at which the sender is told the message is delayed; 0 = never"),
+    Param("defer_transports", "", as_list,
+          "transports that deliver only when the queue is flushed"),
+    Param("qmgr_message_active_limit", "20000", as_positive_int,
+          "most messages in the active queue (in memory) at once"),
+    Param("qmgr_message_recipient_limit", "20000", as_positive_int,
+          "most recipients of active messages in memory at once"),
+    Param("relayhost", "", as_str,
+          "next hop for all mail not routed by transport_maps: domain, host, [host]:port; "
+          "empty = the recipient domain's MX hosts"),
+    Param("transport_maps", "", as_list,
+          "tables mapping recipient, domain, .parent or * to transport:nexthop"),
+    Param("default_transport", "smtp", as_str,
+          "transport[:nexthop] for mail that transport_maps does not route"),
+    Param("smtp_randomize_addresses", "yes", as_bool,
+          "shuffle MX hosts of equal preference and a host's addresses"),
+    Param("inet_protocols", "all", as_list,
+          "address families for delivery: ipv4, ipv6, all"),
+    Param("bounce_size_limit", "50000", as_size,
+          "largest original message returned whole in a bounce; larger ones return headers only"),
+    Param("notify_classes", "resource, software", as_list,
+          "what the postmaster is told about: bounce, 2bounce, delay, resource, software, ..."),
+    Param("bounce_notice_recipient", "postmaster", as_str,
+          "who gets the postmaster copy of a bounce (notify_classes bounce)"),
+    Param("2bounce_notice_recipient", "postmaster", as_str,
+          "who gets undeliverable bounces (notify_classes 2bounce)"),
+    Param("delay_notice_recipient", "postmaster", as_str,
+          "who gets the postmaster copy of a delay warning (notify_classes delay)"),
+    Param("canonical_maps", "", as_list, "address mapping for senders and recipients, envelope and headers"),
+    Param("sender_canonical_maps", "", as_list, "address mapping for senders, before canonical_maps"),
+    Param("recipient_canonical_maps", "", as_list, "address mapping for recipients, before canonical_maps"),
+    Param("canonical_classes", "envelope_sender, envelope_recipient, header_sender, header_recipient",
+          as_list, "which addresses canonical mapping applies to"),
+    Param("virtual_alias_maps", "", as_list, "aliases expanded recursively for every recipient"),
+    Param("virtual_alias_recursion_limit", "1000", as_positive_int, "deepest virtual alias nesting"),
+    Param("virtual_alias_expansion_limit", "1000", as_positive_int,
+          "most addresses one recipient may expand to"),
+    Param("relocated_maps", "", as_list, "recipients who moved: refused with 5.1.6 and their new contact"),
+    Param("masquerade_domains", "", as_list,
+          "domains that replace their subdomains in sender/header addresses (!domain: do not)"),
+    Param("masquerade_exceptions", "", as_list, "local parts never masqueraded (e.g. root)"),
+    Param("masquerade_classes", "envelope_sender, header_sender, header_recipient", as_list,
+          "which addresses masquerading applies to"),
+    Param("always_add_missing_headers", "no", as_bool,
+          "add Message-Id, Date, From, To to mail from remote clients too, not only local ones"),
+]
+for _t in TRANSPORTS:
+    PARAMS += [
+        Param(f"{_t}_destination_concurrency_limit", "$default_destination_concurrency_limit",
+              as_positive_int, f"default_destination_concurrency_limit for the {_t} transport"),
+        Param(f"{_t}_destination_recipient_limit", "$default_destination_recipient_limit",
+              as_positive_int, f"default_destination_recipient_limit for the {_t} transport"),
+        Param(f"{_t}_initial_destination_concurrency", "$initial_destination_concurrency",
+              as_positive_int, f"initial_destination_concurrency for the {_t} transport"),
+    ]

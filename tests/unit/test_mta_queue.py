@@ -1,0 +1,111 @@
+"""The queue directory: ids, durable creation, moves, recovery, streaming scans."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from filterd.mta import queue as q
+from filterd.mta.queuefile import QueueFileError, Recipient
+
+
+def make(queue: q.Queue, body: bytes = b"Subject: x\r\n\r\nhi\r\n", rcpts: int = 1) -> str:
+    with queue.create() as msg:
+        msg.writer.envelope(time.time(), "a@example.com",
+                            [Recipient(f"r{i}@example.net") for i in range(rcpts)])
+        msg.writer.content(body)
+        msg.commit()
+        return msg.qid
+
+
+@pytest.fixture
+def queue(tmp_path: Path) -> q.Queue:
+    qu = q.Queue(str(tmp_path / "queue"))
+    qu.setup()
+    return qu
+
+
+def test_create_commit_and_read(queue: q.Queue) -> None:
+    qid = make(queue, rcpts=3)
+    assert q.QUEUE_ID.fullmatch(qid)
+    st = os.stat(queue.path(q.INCOMING, qid))
+    assert stat.S_IMODE(st.st_mode) == q.MODE_COMPLETE
+    env = queue.read_envelope(q.INCOMING, qid)
+    assert [r.address for r in env.recipients] == ["r0@example.net", "r1@example.net", "r2@example.net"]
+    assert os.listdir(queue.dir(q.INCOMING)) == [qid]  # no temporary file left
+
+
+def test_ids_are_unique(queue: q.Queue) -> None:
+    ids = {make(queue) for _ in range(100)}
+    assert len(ids) == 100
+
+
+def test_a_refused_message_leaves_nothing(queue: q.Queue) -> None:
+    with pytest.raises(ValueError):
+        with queue.create() as msg:
+            msg.writer.envelope(time.time(), "a@b", [])
+    assert os.listdir(queue.dir(q.INCOMING)) == []
+
+
+def test_move_sets_retry_time_and_find(queue: q.Queue) -> None:
+    qid = make(queue)
+    queue.move(qid, q.INCOMING, q.ACTIVE)
+    retry = time.time() + 1234
+    queue.move(qid, q.ACTIVE, q.DEFERRED, retry_at=retry)
+    assert queue.find(qid) == q.DEFERRED
+    [entry] = list(queue.scan(q.DEFERRED))
+    assert entry.qid == qid and abs(entry.mtime - retry) < 1
+    with pytest.raises(q.QueueError, match="not in the active queue"):
+        queue.move(qid, q.ACTIVE, q.HOLD)
+
+
+def test_bad_ids_never_name_another_path(queue: q.Queue) -> None:
+    for bad in ("../etc/passwd", "abc", "", "0123456789abcdef"):
+        with pytest.raises(q.QueueError, match="bad queue id"):
+            queue.path(q.DEFERRED, bad)
+
+
+def test_recovery(queue: q.Queue) -> None:
+    done = make(queue)
+    active = make(queue)
+    queue.move(active, q.INCOMING, q.ACTIVE)
+    unfinished = queue.create()  # the daemon died while receiving this one
+    unfinished.writer.envelope(time.time(), "a@b", [Recipient("c@d")])
+    os.close(unfinished.fd)
+    Path(queue.dir(q.INCOMING), q.TEMP_PREFIX + "1-2").write_bytes(b"")
+    result = queue.recover()
+    assert (result.discarded, result.requeued) == (2, 1)
+    assert sorted(os.listdir(queue.dir(q.INCOMING))) == sorted([done, active])
+    assert os.listdir(queue.dir(q.ACTIVE)) == []
+
+
+def test_corrupt_file_goes_to_corrupt(queue: q.Queue) -> None:
+    qid = make(queue)
+    path = queue.path(q.INCOMING, qid)
+    os.truncate(path, os.path.getsize(path) - 1)
+    with pytest.raises(QueueFileError):
+        queue.read_envelope(q.INCOMING, qid)
+    queue.to_corrupt(q.INCOMING, qid)
+    assert queue.find(qid) == q.CORRUPT
+
+
+def test_scan_skips_strangers_and_incomplete_files_are_marked(queue: q.Queue) -> None:
+    qid = make(queue)
+    writing = queue.create()
+    Path(queue.dir(q.INCOMING), "README").write_text("x")
+    entries = {e.qid: e.complete for e in queue.scan(q.INCOMING)}
+    assert entries == {qid: True, writing.qid: False}
+    writing.abort()
+
+
+def test_defer_log_round_trip(queue: q.Queue) -> None:
+    qid = make(queue)
+    queue.write_defer_log(qid, {"a@b": "connect to x[1.2.3.4]:25: refused\r\nforged", "c@d": "t\tab"})
+    assert queue.read_defer_log(qid) == {"a@b": "connect to x[1.2.3.4]:25: refused  forged", "c@d": "t ab"}
+    queue.remove(q.INCOMING, qid)
+    assert queue.read_defer_log(qid) == {}
+    assert queue.find(qid) is None
