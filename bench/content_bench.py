@@ -566,6 +566,7 @@ def filterd_config(workdir: Path, listen: int, forward: int, data: Path, clamav:
         f"filter_forward = smtp:[127.0.0.1]:{forward}",
         "filter_protocol = smtp",
         "policy_listen =",
+        "milter_listen =",
         f"worker_processes = {args.workers}",
         f"data_directory = {data}",
         f"clamav_socket = {clamav}",

@@ -501,6 +501,7 @@ class FilterdServer(Server):
             f"greylist_delay = {GREYLIST_DELAY}s\n"
             "policy_restrictions = check_greylist\n"
             "filter_listen =\n"  # the policy service alone: no content filter on 10024
+            "milter_listen =\n"  # nor a milter on 10026
         )
 
     def command(self) -> list[str]:

@@ -24,8 +24,8 @@ from filterd.config import Config
 class WorkerContext:
     """What a worker hands every front end it builds.
 
-    ``preloaded`` is what this front end's :meth:`Listener.preload` built in the master
-    (None if it has none); ``damaged`` stops the worker so that the master repairs the
+    ``preloaded`` is what :meth:`Listener.preload` built for this front end's
+    :meth:`Listener.preloads` (None if it names none); ``damaged`` stops the worker so that the master repairs the
     greylist store (``what`` names the fault)."""
 
     preloaded: Any = None
@@ -39,8 +39,6 @@ class Listener(Protocol):
     name: ClassVar[str]
     #: The greylist store is checked (and repaired) by the master before any worker starts.
     uses_greylist: ClassVar[bool]
-    #: It has slow start-up work (:meth:`preload`); the others do not wait for it.
-    preloads: ClassVar[bool]
 
     @classmethod
     def check_config(cls, cfg: Config) -> None:
@@ -48,9 +46,16 @@ class Listener(Protocol):
         Runs in the master before anything is bound or forked."""
 
     @classmethod
+    def preloads(cls, cfg: Config) -> str | None:
+        """The name of the slow, read-only start-up work this front end needs with ``cfg``
+        (``"content"``: compiled rules and the Bayes model), or None. Front ends naming
+        the same work share one build; the others do not wait for it."""
+
+    @classmethod
     def preload(cls, cfg: Config) -> Any:
         """Slow, read-only start-up work done once in the master and shared by the workers
-        (copy-on-write), when ``preloads``. The front end starts once it is ready."""
+        (copy-on-write), when :meth:`preloads` names some. The front end starts once it
+        is ready."""
 
     @classmethod
     async def from_config(cls, cfg: Config, context: WorkerContext) -> Listener:

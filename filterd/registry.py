@@ -21,6 +21,7 @@ from filterd.greylist import params as _greylist
 from filterd.policy import params as _policy
 from filterd.content import params as _content
 from filterd.mta import params as _mta
+from filterd.milter import params as _milter
 
 
 def _collect(*modules: ModuleType) -> dict[str, Param]:
@@ -33,5 +34,6 @@ def _collect(*modules: ModuleType) -> dict[str, Param]:
     return table
 
 
-PARAMS: dict[str, Param] = _collect(_core, _maps, _restrict, _dnsbl, _greylist, _policy, _content, _mta)
+PARAMS: dict[str, Param] = _collect(_core, _maps, _restrict, _dnsbl, _greylist, _policy, _content, _mta,
+                                    _milter)
 install_params(PARAMS)

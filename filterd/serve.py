@@ -40,12 +40,13 @@ from filterd.eventloop import WorkerLoop
 from filterd.filter.listener import FilterListener
 from filterd.listener import Listener, WorkerContext, enabled
 from filterd.log import flush as flush_log
+from filterd.milter.listener import MilterListener
 from filterd.policy.listener import PolicyListener
 
 log = logging.getLogger("filterd.master")
 
 #: Every front end ``serve`` can start, each on its ``<name>_listen``.
-FRONT_ENDS: tuple[type[Listener], ...] = (PolicyListener, FilterListener)
+FRONT_ENDS: tuple[type[Listener], ...] = (PolicyListener, FilterListener, MilterListener)
 _BY_NAME: dict[str, type[Listener]] = {fe.name: fe for fe in FRONT_ENDS}
 
 
@@ -103,7 +104,7 @@ RELOAD = 4
 #: Parameters only the master reads, when the daemon starts (the sockets, the workers,
 #: where state and the log are): a reload keeps their values, and says that a change of
 #: them needs a restart -- as Postfix needs one for inet_interfaces.
-RESTART_ONLY = ("policy_listen", "filter_listen", "worker_processes", "data_directory",
+RESTART_ONLY = ("policy_listen", "filter_listen", "milter_listen", "worker_processes", "data_directory",
                 "maillog_file", "syslog_name", "log_level", "greylist_store")
 
 
@@ -202,12 +203,14 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
     ``listeners`` maps front-end names to their sockets. ``master_pipe`` is the read end
     of a pipe whose write end only the master holds: when the master dies, even by
     SIGKILL, the pipe reads EOF and the worker stops instead of serving on as an orphan.
-    ``preloaded`` holds what front ends built once in the master before the fork (the
-    content pipeline's compiled rules and Bayes model); a front end missing from it
-    builds its own here, off the event loop, and the others start without waiting for it
-    (the entry is added, so that a worker run again in this process reuses it).
+    ``preloaded`` holds, by :meth:`Listener.preloads` name, what front ends built once in
+    the master before the fork (the content pipeline's compiled rules and Bayes model);
+    what is missing is built here, once, off the event loop, and the front ends that need
+    none of it start without waiting (the entry is added, so that a worker run again in
+    this process reuses it).
     """
     preloaded = {} if preloaded is None else preloaded
+    building: dict[str, asyncio.Task[object]] = {}
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     status = 0
@@ -233,10 +236,14 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
         it), as it would if the front end had failed to start at the worker's start."""
         nonlocal status
         front_end = _BY_NAME[name]
+        key = front_end.preloads(cfg)
         try:
-            if name not in preloaded:
-                preloaded[name] = await asyncio.to_thread(front_end.preload, cfg) if front_end.preloads else None
-            listener = await front_end.from_config(cfg, WorkerContext(preloaded[name], store_damaged))
+            if key is not None and key not in preloaded:
+                if key not in building:
+                    building[key] = loop.create_task(asyncio.to_thread(front_end.preload, cfg))
+                preloaded[key] = await building[key]
+            context = WorkerContext(None if key is None else preloaded[key], store_damaged)
+            listener = await front_end.from_config(cfg, context)
             running.append(listener)
             await listener.start(sock)
         except Exception:  # noqa: BLE001 - logged; the worker stops and is replaced
@@ -266,11 +273,14 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
 
     # The front ends that are ready start now, in turn; one that must first build what
     # it preloads (one worker, no master to build it) does so meanwhile, off the loop.
+    def ready(name: str) -> bool:
+        key = _BY_NAME[name].preloads(cfg)
+        return key is None or key in preloaded
+    waiting = {name: sock for name, sock in listeners.items() if not ready(name)}
     for name, sock in listeners.items():
-        if name in preloaded or not _BY_NAME[name].preloads:
+        if name not in waiting:
             await start(name, sock)
-    starting = [loop.create_task(start(name, sock)) for name, sock in listeners.items()
-                if name not in preloaded]
+    starting = [loop.create_task(start(name, sock)) for name, sock in waiting.items()]
     loop.add_signal_handler(signal.SIGHUP, reload)
     # A SIGHUP sent while this worker started waited, blocked (so that it neither
     # killed the worker nor was lost): delivered now, it reloads what was just read.
@@ -278,7 +288,7 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
     await stop.wait()
     for task in starting:
         task.cancel()
-    await asyncio.gather(*starting, return_exceptions=True)
+    await asyncio.gather(*starting, *building.values(), return_exceptions=True)
     await asyncio.gather(*(listener.stop() for listener in running))
     return status
 
@@ -318,7 +328,7 @@ def serve(cfg: Config) -> int:
         for slot, sock in zip(slots, socks):
             slot[name] = sock
     if not slots[0]:
-        log.error("nothing to serve: policy_listen and filter_listen are empty")
+        log.error("nothing to serve: %s are empty", ", ".join(f"{fe.name}_listen" for fe in FRONT_ENDS))
         return 1
     if uses_greylist(cfg) and not verify_store(cfg):
         return 1  # the sockets close with the process: nobody is left waiting on them
@@ -367,20 +377,24 @@ def _dups(listeners: dict[str, socket.socket]) -> dict[str, socket.socket]:
 
 def _preload(cfg: Config, previous: dict[str, object] | None) -> dict[str, object]:
     """What the front ends ``cfg`` enables build once in the master (the content
-    pipeline's compiled rules and model), so that the workers share them; on a reload, a
-    front end that cannot build its part keeps the one built before."""
+    pipeline's compiled rules and model), by :meth:`Listener.preloads` name, so that the
+    workers share them; on a reload, work that cannot be built again keeps what was built
+    before."""
     preloaded: dict[str, object] = {}
     for front_end in enabled(FRONT_ENDS, cfg):
-        if not front_end.preloads:
+        key = front_end.preloads(cfg)
+        if key is None or key in preloaded:
             continue
+        started = time.monotonic()
         try:
-            preloaded[front_end.name] = front_end.preload(cfg)
+            preloaded[key] = front_end.preload(cfg)
         except Exception:  # noqa: BLE001 - a reload must not stop the daemon
-            if previous is None or front_end.name not in previous:
+            if previous is None or key not in previous:
                 raise
-            log.exception("reload: loading the %s front end failed; keeping the one loaded before",
-                          front_end.name)
-            preloaded[front_end.name] = previous[front_end.name]
+            log.exception("reload: loading the %s pipeline failed; keeping the one loaded before", key)
+            preloaded[key] = previous[key]
+            continue
+        log.info("%s pipeline loaded in %.1fs (shared by all workers)", key, time.monotonic() - started)
     return preloaded
 
 
@@ -392,7 +406,7 @@ def _supervise(cfg: Config, slots: list[dict[str, socket.socket]]) -> int:
     a fresh data_directory), a full set of workers replaces the first, as a reload does.
     Meanwhile Postfix's connections to those front ends wait in their sockets' queues."""
     preloaded: dict[str, object] = {}
-    deferred = {fe.name for fe in enabled(FRONT_ENDS, cfg) if fe.preloads}
+    deferred = {fe.name for fe in enabled(FRONT_ENDS, cfg) if fe.preloads(cfg) is not None}
     stopping = False
     fatal = False  # stopping because the greylist store cannot be used
     children: dict[int, tuple[int, float]] = {}  # pid -> (slot, started)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import socket
-import time
 from typing import TYPE_CHECKING, ClassVar
 
 
@@ -15,8 +13,6 @@ if TYPE_CHECKING:  # imported where used: a daemon without a content filter neve
     from filterd.content.pipeline import Preloaded
     from filterd.filter.server import ContentFilterServer
 
-log = logging.getLogger("filterd.master")
-
 
 class FilterListener:
     """The after-queue content filter on ``filter_listen``. Its compiled rules and Bayes
@@ -25,7 +21,6 @@ class FilterListener:
     and Postfix's connections to this one wait in the socket's queue meanwhile."""
 
     name: ClassVar[str] = "filter"
-    preloads: ClassVar[bool] = True
     uses_greylist: ClassVar[bool] = False
 
     def __init__(self, server: ContentFilterServer, grace: float):
@@ -38,13 +33,14 @@ class FilterListener:
         when the configuration is validated, and the rules when they are compiled."""
 
     @classmethod
+    def preloads(cls, cfg: Config) -> str | None:
+        return "content"
+
+    @classmethod
     def preload(cls, cfg: Config) -> Preloaded:
         from filterd.content.pipeline import Preloaded
 
-        started = time.monotonic()
-        preloaded = Preloaded.from_config(cfg)
-        log.info("content pipeline loaded in %.1fs (shared by all workers)", time.monotonic() - started)
-        return preloaded
+        return Preloaded.from_config(cfg)
 
     @classmethod
     async def from_config(cls, cfg: Config, context: WorkerContext) -> FilterListener:

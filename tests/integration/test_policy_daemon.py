@@ -117,7 +117,7 @@ def test_embedded_default_answers_on_10023(tmp_path):
     """`filterd serve` with no configuration at all, as on a fresh machine."""
     if os.path.exists("/etc/filterd/filterd.cf"):
         pytest.skip("/etc/filterd/filterd.cf exists: the embedded default would not be used")
-    for port in (10023, 10024):
+    for port in (10023, 10024, 10026):
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 pytest.skip(f"something already listens on 127.0.0.1:{port}")
@@ -133,6 +133,7 @@ def test_embedded_default_answers_on_10023(tmp_path):
         with socket.create_connection(("127.0.0.1", 10023), timeout=10) as c:
             answer = ask(c, sender=f"fresh{time.time_ns()}@example.org")
         assert answer.startswith("action=DEFER_IF_PERMIT 4.2.0 Greylisted")
+        wait_port(10026)  # the milter, beside the policy service and the content filter
     finally:
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=20)[0].decode()

@@ -23,7 +23,6 @@ class SlowListener:
     """A front end whose preload waits until the test lets it go (compiling rules)."""
 
     name: ClassVar[str] = "slow"
-    preloads: ClassVar[bool] = True
     uses_greylist: ClassVar[bool] = False
     release = threading.Event()
     started = threading.Event()
@@ -34,6 +33,10 @@ class SlowListener:
     @classmethod
     def check_config(cls, cfg: Config) -> None:
         pass
+
+    @classmethod
+    def preloads(cls, cfg: Config) -> str | None:
+        return "slow"
 
     @classmethod
     def preload(cls, cfg: Config) -> str:
