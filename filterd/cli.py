@@ -100,7 +100,8 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
     ids = getattr(args, "ids", None) or ([args.id] if getattr(args, "id", None) else [])
     return quarantine_command(_load(args), args.quarantine_command, ids,
-                              kind=getattr(args, "kind", None), limit=getattr(args, "limit", 100))
+                              kind=getattr(args, "kind", None), limit=getattr(args, "limit", 100),
+                              json_out=getattr(args, "json", False))
 
 
 def cmd_learn(args: argparse.Namespace) -> int:
@@ -122,6 +123,18 @@ def cmd_rules(args: argparse.Namespace) -> int:
     cfg = _load(args)
     return rules_check_command(args.paths or rule_paths(cfg), engine=cfg.get("rules_engine"))
 
+
+CHECK_EPILOG = """\
+exit status (the highest that applies to any FILE), as clamdscan and spamassassin -e:
+  0  every message is clean: the content filter would pass it, nothing found
+  1  something was found: spam (at or above spam_tag2_level), a virus, a banned part,
+     a part that could not be checked (UNCHECKED), or header/body checks that reject,
+     discard or hold it
+  2  error: a FILE or the configuration could not be read, or bad command line usage
+  3  a check could not run now (clamd down, a table that cannot answer): the content
+     filter would answer 451 and Postfix would try again later
+The score and every rule that fired are shown even when a check failed; the action
+shown is what the content filter would do."""
 
 COMMANDS: dict[str, Command] = {"rules": cmd_rules, "serve": cmd_serve, "config": cmd_config, "map": cmd_map,
                                 "check": cmd_check, "quarantine": cmd_quarantine,
@@ -154,14 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     q = _common(msub.add_parser("query", help="look up keys (postmap -q)"), 2)
     q.add_argument("table", metavar="type:name")
     q.add_argument("keys", nargs="+", metavar="KEY")
-    p = _common(sub.add_parser("check", help="run the content checks on message files and show the verdicts"), 1)
+    p = _common(sub.add_parser("check", help="run the content checks on message files and show the verdicts",
+                               epilog=CHECK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter), 1)
     p.add_argument("--json", action="store_true", help="one JSON object per message")
     p.add_argument("files", nargs="+", metavar="FILE", help="RFC 822 message files ('-' = stdin)")
     p = _common(sub.add_parser("quarantine", help="list, show, release or delete quarantined mail"), 1)
     qsub = p.add_subparsers(dest="quarantine_command", required=True)
     q = _common(qsub.add_parser("list", help="newest quarantined messages"), 2)
-    q.add_argument("--kind", choices=["virus", "banned", "spam", "badh"])
+    q.add_argument("--kind", choices=["virus", "banned", "unchecked", "spam", "badh"])
     q.add_argument("--limit", type=int, default=100)
+    q.add_argument("--json", action="store_true", help="one JSON object per entry (as postqueue -j)")
     q = _common(qsub.add_parser("show", help="print a quarantined message"), 2)
     q.add_argument("id", metavar="ID")
     q = _common(qsub.add_parser("release", help="reinject to the original recipients"), 2)
@@ -210,8 +225,9 @@ def report_config_errors(exc: ConfigErrors) -> None:
 
 
 #: Exit status on a configuration error: 1, except where 1 already means something else:
-#: ``map query`` exits 1 for "not found" (postmap -q), 2 for a table it cannot use.
-CONFIG_ERROR_STATUS: dict[str, int] = {"map": 2}
+#: ``map query`` exits 1 for "not found" (postmap -q), 2 for a table it cannot use;
+#: ``check`` exits 1 for "something found" and 2 for an error (see CHECK_EPILOG).
+CONFIG_ERROR_STATUS: dict[str, int] = {"map": 2, "check": 2}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,11 @@ so an ancestor's allow rule wins over a descendant's ban whatever their order.
 
 Encrypted or unreadable archive members get the descriptor ``UNDECIPHERABLE``
 (amavisd-new's name), so a table can ban them too; broken archives and exceeded
-limits are reported as symbols, never raised.
+limits are reported as symbols, never raised. Whatever could not be looked at (a
+limit reached, an encrypted, unreadable or broken archive) is also listed in
+:attr:`BannedResult.unchecked`: the message is then UNCHECKED, never clean, as
+amavisd-new makes it (a zip of 1,000 dummy members and then ``evil.exe`` must not pass
+as clean because the member budget ran out before ``evil.exe``).
 """
 
 from __future__ import annotations
@@ -45,8 +49,6 @@ UNDECIPHERABLE = "UNDECIPHERABLE"
 
 #: Bytes of content looked at to sniff a type (an ISO 9660 signature sits at 32769).
 SNIFF_BYTES = 32774
-#: Deepest MIME nesting walked (multipart and message/rfc822 levels).
-MAX_MIME_DEPTH = 20
 
 
 # -- content sniffing ---------------------------------------------------------------------
@@ -136,6 +138,9 @@ class BannedResult:
     banned: bool = False
     symbols: list[Symbol] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
+    """What was not looked into, and why (amavisd-new's UNCHECKED: over limits,
+    encrypted, undecipherable); empty when every part and member was seen."""
 
 
 # -- the part tree ------------------------------------------------------------------------
@@ -157,38 +162,39 @@ class _Budget:
 
 
 class _Builder:
-    """Builds the descriptor tree of a message and notes defects as symbols."""
+    """Builds the descriptor tree of a message and notes defects as symbols, and what
+    could not be inspected as ``unchecked`` reasons."""
 
-    def __init__(self, checks: BannedChecks, symbols: list[Symbol]):
+    def __init__(self, checks: BannedChecks, result: BannedResult):
         self.checks = checks
-        self.symbols = symbols
+        self.symbols = result.symbols
+        self.unchecked = result.unchecked
         self.budget = _Budget(checks)
         self.limit_reported = False
 
-    def _defect(self, name: str, description: str, evidence: str) -> None:
+    def _defect(self, name: str, description: str, evidence: str, unchecked: str | None = None) -> None:
+        """A symbol; with ``unchecked``, also a reason (once each) why the message is UNCHECKED."""
         self.symbols.append(Symbol(name, 0.0, description, evidence[:200]))
+        if unchecked is not None and unchecked not in self.unchecked:
+            self.unchecked.append(unchecked)
 
-    def _limit(self, evidence: str) -> None:
+    def _limit(self, evidence: str, reason: str) -> None:
         if not self.limit_reported:
             self.limit_reported = True
-            self._defect("BANNED_ARCHIVE_LIMIT", "archive not fully inspected: limit reached", evidence)
+            self._defect("BANNED_ARCHIVE_LIMIT", "archive not fully inspected: limit reached", evidence,
+                         reason)
 
-    # -- MIME
-    def mime(self, part: EmailMessage, depth: int = 0) -> Node:
+    # -- MIME (Message.tree is cut to MAX_MIME_DEPTH levels, and banned_archive_max_depth is
+    # at most MAX_ARCHIVE_DEPTH: these recursions, and _walk's, are bounded)
+    def mime(self, part: EmailMessage) -> Node:
         node = Node(_declared(part))
-        if depth >= MAX_MIME_DEPTH:
-            self._defect("BANNED_MIME_DEFECT", "MIME nesting too deep to inspect",
-                         f"deeper than {MAX_MIME_DEPTH} levels")
-            return node
-        payload = part.get_payload()
-        if isinstance(payload, list):  # multipart, or message/rfc822 holding a message
-            node.children = [self.mime(child, depth + 1) for child in payload
-                             if isinstance(child, EmailMessage)]
+        if part.is_multipart():  # multipart, or message/rfc822 holding a message
+            node.children = [self.mime(child) for child in part.get_payload() if isinstance(child, EmailMessage)]
             return node
         try:
             data = part.get_payload(decode=True) or b""
         except Exception as exc:  # noqa: BLE001 - hostile input is reported, never raised
-            self._defect("BANNED_MIME_DEFECT", "undecodable MIME part", str(exc))
+            self._defect("BANNED_MIME_DEFECT", "undecodable MIME part", str(exc), "undecodable MIME part")
             return node
         if not isinstance(data, bytes):
             return node
@@ -205,13 +211,15 @@ class _Builder:
             infos = archive.infolist()
         except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError,
                 struct.error, NotImplementedError, UnicodeDecodeError) as exc:
-            self._defect("BANNED_ARCHIVE_DEFECT", "malformed zip archive", f"{where}: {exc}")
+            self._defect("BANNED_ARCHIVE_DEFECT", "malformed zip archive", f"{where}: {exc}",
+                         "malformed zip archive")
             return []
         children: list[Node] = []
         with archive:
             for info in infos:
                 if self.budget.members <= 0:
-                    self._limit(f"{where}: more than {self.checks.max_members} archive members")
+                    self._limit(f"{where}: more than {self.checks.max_members} archive members",
+                                f"more than {self.checks.max_members} archive members")
                     break
                 self.budget.members -= 1
                 children.append(self._member(archive, info, depth, where))
@@ -224,10 +232,11 @@ class _Builder:
         if info.flag_bits & 0x1:
             node.descriptors.append(UNDECIPHERABLE)
             self._defect("BANNED_ARCHIVE_ENCRYPTED", "encrypted archive member",
-                         f"{where}: {info.filename}")
+                         f"{where}: {info.filename}", "encrypted archive member")
             return node
         if self.budget.bytes <= 0:
-            self._limit(f"{where}: {info.filename}: more than {self.checks.max_size} bytes decompressed")
+            self._limit(f"{where}: {info.filename}: more than {self.checks.max_size} bytes decompressed",
+                        f"more than {self.checks.max_size} bytes decompressed")
             return node
         want = min(SNIFF_BYTES, self.budget.bytes)
         try:
@@ -241,24 +250,28 @@ class _Builder:
         except NotImplementedError as exc:  # a compression method zipfile cannot read
             node.descriptors.append(UNDECIPHERABLE)
             self._defect("BANNED_ARCHIVE_DEFECT", "unreadable archive member",
-                         f"{where}: {info.filename}: {exc}")
+                         f"{where}: {info.filename}: {exc}", "unreadable archive member")
         except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, RuntimeError,
                 struct.error) as exc:
             self._defect("BANNED_ARCHIVE_DEFECT", "corrupt archive member",
-                         f"{where}: {info.filename}: {exc}")
+                         f"{where}: {info.filename}: {exc}", "corrupt archive member")
         return node
 
     def _nested(self, member: Any, head: bytes, info: zipfile.ZipInfo, depth: int, where: str) -> list[Node]:
         """Open a zip inside a zip, reading at most what the byte budget allows."""
         if depth >= self.checks.max_depth:
+            self._defect("BANNED_ARCHIVE_LIMIT", "archive nested too deep to inspect",
+                         f"{where} | {info.filename}",
+                         f"archives nested deeper than {self.checks.max_depth} levels")
             return []
+        too_big = f"more than {self.checks.max_size} bytes decompressed"
         if info.file_size > self.budget.bytes:
-            self._limit(f"{where}: {info.filename}: {info.file_size} bytes")
+            self._limit(f"{where}: {info.filename}: {info.file_size} bytes", too_big)
             return []
         rest = member.read(self.budget.bytes + 1)  # the declared size may lie
         self.budget.bytes -= len(rest)
         if self.budget.bytes < 0:
-            self._limit(f"{where}: {info.filename}: more than the byte budget")
+            self._limit(f"{where}: {info.filename}: more than the byte budget", too_big)
             return []
         return self.zip(head + rest, depth + 1, f"{where} | {info.filename}")
 
@@ -322,7 +335,7 @@ def check_banned(checks: BannedChecks, msg: Message) -> BannedResult:
     result = BannedResult()
     if not checks.tables:
         return result
-    root = _Builder(checks, result.symbols).mime(msg.tree)
+    root = _Builder(checks, result).mime(msg.tree)
     _walk(checks.tables, root, [], result)
     result.banned = bool(result.names)
     return result

@@ -21,7 +21,10 @@ pyclamd 0.4 shape this module:
 
 Every failure becomes a :class:`ScanResult` with status ``"error"`` and a message naming
 the clamd endpoint; what to do with such a message is ``clamav_failure_action``, applied
-by the content pipeline.
+by the content pipeline. One failure is not clamd's but the message's: a message larger
+than clamd's ``StreamMaxLength`` is refused the same way on every retry, so deferring it
+would loop until it expired. Its status is ``"unchecked"``: the pipeline gives it a
+final verdict (UNCHECKED) instead.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import pyclamd
 
 from filterd.config.types import Endpoint
 
-ScanStatus = Literal["clean", "infected", "error"]
+ScanStatus = Literal["clean", "infected", "error", "unchecked"]
 
 _CHUNK = 64 * 1024
 """INSTREAM chunk size: big enough to keep the per-chunk overhead negligible at 1 MB."""
@@ -230,9 +233,8 @@ class ClamavScanner:
             conversation.abort()
             return self._error(f"no answer within {self.timeout:g}s", started)
         except pyclamd.BufferTooLongError as exc:
-            return self._error(
-                f"{exc} ({len(data)} bytes; clamd's StreamMaxLength is smaller)", started
-            )
+            return ScanResult("unchecked", [], f"clamd at {self.endpoint}: {exc} ({len(data)} bytes; "
+                              "clamd's StreamMaxLength is smaller)", time.monotonic() - started)
         except (OSError, _BadReply) as exc:
             return self._error(_describe(exc), started)
         return self._interpret(reply, bytes(conversation.received), started)
@@ -268,6 +270,9 @@ class ClamavScanner:
         if found:
             return ScanResult("infected", found, None, elapsed)
         errors = "; ".join(name for status, name in reply.values() if status == "ERROR")
+        if _SIZE_LIMIT_REPLY.decode() in errors:  # the message's size, not clamd's trouble
+            return ScanResult("unchecked", [], f"clamd at {self.endpoint}: {errors} (clamd's StreamMaxLength "
+                              "is smaller than the message)", elapsed)
         return self._error(errors or "empty error reply", started)
 
     async def ping(self) -> bool:

@@ -8,10 +8,17 @@ that the Postfix checks reject early never pays for MIME parsing.
 
 Broken input never raises: the stdlib parser runs with a tolerant policy and what it
 complains about ends up in :attr:`Message.defects`, which rules can score.
+
+Hostile input is bounded here, once, for every check that walks the MIME tree: the tree
+keeps at most :data:`MAX_MIME_DEPTH` levels and :data:`MAX_MIME_PARTS` parts, and a message
+nested too deep for the stdlib parser (which recurses once per level) is parsed flat.
+What was cut is listed in :attr:`Message.unchecked`; the pipeline makes such a message
+UNCHECKED (amavisd-new's "over limits"), never clean, since no check saw all of it.
 """
 
 from __future__ import annotations
 
+import codecs
 import email
 import email.errors
 import email.header
@@ -24,6 +31,17 @@ from functools import cached_property
 
 from filterd.content.htmltext import html_to_text
 from filterd.content.uris import extract_uris
+
+#: Deepest MIME nesting kept (multipart and message/rfc822 levels; the top level is 0).
+#: Real mail nests a few levels (a forwarded message in a multipart/mixed is 2 or 3);
+#: the stdlib parser and every walk over the tree recurse once per level.
+MAX_MIME_DEPTH = 20
+#: Most MIME parts kept, containers included (amavisd-new's sample $MAXFILES): a
+#: newsletter has tens, and 100,000 empty parts cost seconds in every check that walks them.
+MAX_MIME_PARTS = 3000
+#: Most header syntax defects recorded (each is a string; a header of 200,000 broken
+#: lines must not become 200,000 strings).
+MAX_HEADER_DEFECTS = 20
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _FOLD = re.compile(r"\r?\n[ \t]")
@@ -63,10 +81,35 @@ class Part:
         )
 
 
+#: Characters of a header value given to the stdlib's RFC 2047 decoder at once: it joins
+#: adjacent encoded-words by repeated concatenation, quadratic in their number (100,000
+#: of them took 35 s per call), so a long value is decoded in pieces cut at white space.
+DECODE_PIECE = 4096
+
+
 def decode_header_value(value: str) -> str:
-    """Decode RFC 2047 encoded-words, tolerating broken charsets and encodings."""
+    """Decode RFC 2047 encoded-words, tolerating broken charsets and encodings.
+
+    In linear time: a value longer than :data:`DECODE_PIECE` is decoded piece by piece
+    (the white space between two encoded-words that meet at a cut is kept).
+    """
     if "=?" not in value:
         return value
+    if len(value) <= DECODE_PIECE:
+        return _decode_words(value)
+    pieces: list[str] = []
+    start = 0
+    while start < len(value):
+        cut = start + DECODE_PIECE
+        if cut < len(value):
+            space = max(value.rfind(" ", start, cut), value.rfind("\t", start, cut))
+            cut = space + 1 if space > start else cut
+        pieces.append(_decode_words(value[start:cut]))
+        start = cut
+    return "".join(pieces)
+
+
+def _decode_words(value: str) -> str:
     try:
         chunks = email.header.decode_header(value)
     except (ValueError, LookupError, AssertionError, email.errors.MessageError):
@@ -81,10 +124,12 @@ def decode_header_value(value: str) -> str:
 
 
 def _decode_bytes(data: bytes, charset: str | None) -> str:
+    """Decode with the declared charset; one Python cannot use (unknown, not a text
+    encoding, a NUL in its name, a codec refusing errors="replace") gives Latin-1."""
     cs = (charset or "utf-8").strip().lower() or "utf-8"
     try:
         return data.decode(cs, errors="replace")
-    except LookupError:
+    except (LookupError, ValueError):
         return data.decode("latin-1")
 
 
@@ -124,23 +169,29 @@ class Message:
         """(name, raw value) for every header field, folding preserved, in order.
 
         Lines before the first field that are not ``Name:`` lines (e.g. an mbox
-        ``From `` line or garbage) are recorded as defects and skipped.
+        ``From `` line or garbage) are recorded as defects and skipped. Continuation
+        lines are gathered in a list and joined once: appending each to the value
+        string would copy the value per line, quadratic for a header of many folds.
         """
         text = self.header_bytes.decode("utf-8", "surrogateescape")
-        fields: list[tuple[str, str]] = []
+        fields: list[tuple[str, list[str]]] = []
+        malformed = 0
         for line in re.split(r"\r?\n", text):
             if not line:
                 continue
             if line[0] in " \t" and fields:
-                name, value = fields[-1]
-                fields[-1] = (name, value + "\n" + line)
+                fields[-1][1].append(line)
                 continue
             m = _HDR_NAME.match(line)
             if not m:
-                self._header_defects.append(f"malformed header line: {line[:60]!r}")
+                malformed += 1
+                if malformed <= MAX_HEADER_DEFECTS:
+                    self._header_defects.append(f"malformed header line: {line[:60]!r}")
                 continue
-            fields.append((m.group(1), line[m.end():].lstrip(" \t")))
-        return fields
+            fields.append((m.group(1), [line[m.end():].lstrip(" \t")]))
+        if malformed > MAX_HEADER_DEFECTS:
+            self._header_defects.append(f"{malformed} malformed header lines in all")
+        return [(name, "\n".join(lines)) for name, lines in fields]
 
     @cached_property
     def _header_defects(self) -> list[str]:
@@ -162,8 +213,17 @@ class Message:
         return list(self._header_index.get(name.lower(), ()))
 
     def get_all(self, name: str) -> list[str]:
-        """Unfolded, RFC 2047-decoded values of every ``name`` field."""
-        return [decode_header_value(_FOLD.sub(" ", v).strip()) for v in self._header_index.get(name.lower(), ())]
+        """Unfolded, RFC 2047-decoded values of every ``name`` field (decoded once each)."""
+        key = name.lower()
+        decoded = self._decoded.get(key)
+        if decoded is None:
+            decoded = [decode_header_value(_FOLD.sub(" ", v).strip()) for v in self._header_index.get(key, ())]
+            self._decoded[key] = decoded
+        return list(decoded)
+
+    @cached_property
+    def _decoded(self) -> dict[str, list[str]]:
+        return {}
 
     def get(self, name: str, default: str = "") -> str:
         values = self.get_all(name)
@@ -187,8 +247,33 @@ class Message:
     # -- MIME -------------------------------------------------------------------------
     @cached_property
     def tree(self) -> EmailMessage:
-        """The stdlib MIME tree (compat32 policy: tolerant, never raises on bad input)."""
-        return email.message_from_bytes(self.raw, policy=email.policy.compat32)
+        """The stdlib MIME tree (compat32 policy: tolerant), cut to the bounds above.
+
+        The stdlib parser recurses once per nesting level and raises RecursionError
+        somewhere past 900 levels: such a message is parsed as its top-level header
+        section over one undivided body, so every check still gets a tree.
+        """
+        try:
+            tree = email.message_from_bytes(self.raw, policy=email.policy.compat32)
+        except RecursionError:
+            self.unchecked.append("MIME nesting too deep to parse")
+            tree = email.message_from_bytes(self.raw[: self.body_start], policy=email.policy.compat32)
+            tree.set_payload(self.body_bytes.decode("ascii", "surrogateescape"))
+            return tree
+        self.unchecked.extend(_bound_tree(tree))
+        return tree
+
+    @cached_property
+    def unchecked(self) -> list[str]:
+        """Why parts of the MIME tree were not looked at (limits reached); empty if none.
+
+        Filled when :attr:`tree` is built; read it through :meth:`mime_limits`."""
+        return []
+
+    def mime_limits(self) -> list[str]:
+        """The limits this message's MIME structure reached (parsing it if not done yet)."""
+        _ = self.tree
+        return self.unchecked
 
     @cached_property
     def parts(self) -> list[Part]:
@@ -197,9 +282,7 @@ class Message:
         return parts
 
     def _walk(self, node: EmailMessage, depth: int, out: list[Part]) -> None:
-        if depth > 20:
-            self.extra_defects.append("MIME nesting deeper than 20 levels")
-            return
+        """Collect the leaves; recursion is bounded by :data:`MAX_MIME_DEPTH` (see tree)."""
         for defect in node.defects:
             self.extra_defects.append(type(defect).__name__)
         if node.is_multipart():
@@ -280,6 +363,75 @@ class Message:
     def body_lines(self) -> list[str]:
         """Body lines undecoded, as Postfix body_checks sees them (8-bit kept)."""
         return self.body_bytes.decode("utf-8", "surrogateescape").splitlines()
+
+
+def _bound_tree(root: EmailMessage) -> list[str]:
+    """Cut the tree to MAX_MIME_DEPTH levels and MAX_MIME_PARTS parts, in document order,
+    and make every leaf's charset one the stdlib can be asked about (see _usable_charset).
+
+    Walked with an explicit stack (never recursion): each entry is a container, its
+    depth and the index of its next child. Returns what was cut, for ``unchecked``.
+    """
+    reasons: list[str] = []
+    seen = 1
+    stack: list[tuple[EmailMessage, int, int]] = [(root, 0, 0)]
+    while stack:
+        node, depth, index = stack.pop()
+        if not node.is_multipart():  # a leaf (is_multipart looks at the payload's type only)
+            _usable_charset(node)
+            continue
+        children = node.get_payload()  # a container's list of parts: nothing is decoded
+        if not isinstance(children, list) or index >= len(children):
+            continue
+        if depth >= MAX_MIME_DEPTH:
+            node.set_payload([])
+            if not any(r.startswith("MIME nesting") for r in reasons):
+                reasons.append(f"MIME nesting deeper than {MAX_MIME_DEPTH} levels")
+            continue
+        if seen >= MAX_MIME_PARTS:
+            del children[index:]
+            for ancestor, _, next_index in stack:
+                siblings = ancestor.get_payload()
+                if isinstance(siblings, list):
+                    del siblings[next_index:]
+            reasons.append(f"more than {MAX_MIME_PARTS} MIME parts")
+            break
+        stack.append((node, depth, index + 1))
+        seen += 1
+        child = children[index]
+        if isinstance(child, EmailMessage):
+            stack.append((child, depth + 1, 0))
+    return reasons
+
+
+def _usable_charset(node: EmailMessage) -> None:
+    """Replace a charset parameter that makes the stdlib raise instead of falling back.
+
+    ``get_payload()`` of an 8-bit text part decodes it with the declared charset and
+    falls back to ASCII only on LookupError; a NUL or a lone surrogate in the name raises
+    ValueError, and an RFC 2231 ``charset*=`` (a tuple) TypeError, from every rule, Bayes
+    and banned check that reads the part. The RFC 2231 form is replaced by its value;
+    a name with unusable characters is shown with ``?`` for each, which Python then does
+    not know (LookupError): the stdlib's own fallback applies. The raw message is unchanged.
+    """
+    try:
+        charset = node.get_param("charset")
+    except (ValueError, LookupError, TypeError, AttributeError):
+        return
+    if isinstance(charset, tuple):
+        charset = email.utils.collapse_rfc2231_value(charset)
+    elif not isinstance(charset, str):
+        return
+    else:
+        try:
+            codecs.lookup(charset)
+            return
+        except LookupError:
+            return
+        except (ValueError, TypeError):
+            pass
+    # printable ASCII only: set_param would write anything else back as RFC 2231 (a tuple)
+    node.set_param("charset", "".join(c if " " < c < "\x7f" else "?" for c in charset))
 
 
 def _safe_filename(node: EmailMessage) -> str | None:

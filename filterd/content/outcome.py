@@ -15,20 +15,15 @@ import time
 from filterd.content.message import Message
 from filterd.content.quarantine import Quarantine, QuarantineError
 from filterd.content.verdict import Reply, Verdict, format_score
-from filterd.text import printable, random_id
+from filterd.text import printable
 
 log = logging.getLogger("filterd.content")
 
 #: amavisd-new's log flags for the verdicts that end without passing the message on.
 REFUSED_FLAGS = {"tempfail": "Tempfailed", "reject": "Rejected", "discard": "Discarded"}
 
-def new_mail_id() -> str:
-    """amavisd-new's mail_id: 12 random letters and digits naming the message in logs."""
-    return random_id(12)
-
-
 async def keep(quarantine: Quarantine, msg: Message, verdict: Verdict, data: bytes,
-               recipients: list[str]) -> tuple[Reply, str | None, str]:
+               recipients: list[str], mail_id: str) -> tuple[Reply, str | None, str]:
     """Store a ``quarantine`` or ``hold`` verdict's message (``data``, edits applied):
     the reply for every recipient, the quarantine id, and the log flags. The verdict's
     2xx reply is given only once the file is on disk; a quarantine that cannot be written
@@ -36,7 +31,7 @@ async def keep(quarantine: Quarantine, msg: Message, verdict: Verdict, data: byt
     assert verdict.reply is not None and verdict.quarantine_kind is not None
     try:
         qid = await quarantine.store(
-            data, kind=verdict.quarantine_kind, sender=msg.envelope.sender,
+            data, kind=verdict.quarantine_kind, mail_id=mail_id, sender=msg.envelope.sender,
             recipients=recipients, reason=verdict.reason,
             score=verdict.score if verdict.spam_checked else None,
             subject=msg.subject[:200], client_address=msg.envelope.client_address)

@@ -18,7 +18,8 @@ PARAMS: list[Param] = []
 PARAMS += [
     Param("clamav_socket", "unix:/var/run/clamav/clamd.ctl", as_endpoint,
           "clamd to scan with: unix:/path or inet:host:port (Debian's clamd listens on "
-          "/var/run/clamav/clamd.ctl); empty turns virus scanning off"),
+          "/var/run/clamav/clamd.ctl); empty turns virus scanning off. Left unset with no "
+          "socket there at start: no virus scanning, one warning (a machine without clamd)"),
     Param("clamav_timeout", "60s", as_time("s"),
           "longest time one clamd scan may take, connecting included"),
     Param("clamav_failure_action", "defer", as_choice("defer", "pass"),
@@ -58,6 +59,18 @@ PARAMS += [
 # -- Postfix header/body checks (postfix_checks.py) and amavisd-new banned files (banned.py) --
 
 
+#: Deepest archive nesting banned_archive_max_depth may ask for: banned checks build and
+#: walk the tree of parts and members recursively (MIME levels are bounded by the message).
+MAX_ARCHIVE_DEPTH = 20
+
+
+def _as_archive_depth(value: str) -> int:
+    depth: int = as_nonneg_int(value)
+    if depth > MAX_ARCHIVE_DEPTH:
+        raise ValueError(f"expected at most {MAX_ARCHIVE_DEPTH}, got {depth}")
+    return depth
+
+
 #: The shipped amavisd-style banned file table, wherever the package is installed.
 DEFAULT_BANNED_FILENAME = str(resources.files("filterd").joinpath("defaults/banned_filename"))
 
@@ -84,12 +97,15 @@ PARAMS += [
           "tables matched against each part's declared MIME type, declared file names, "
           "sniffed type (.exe, .exe-ms, .zip...) and UNDECIPHERABLE, amavisd-new style; "
           "OK allows the part and all inside it, DUNNO continues, anything else bans"),
-    Param("banned_archive_max_depth", "2", as_nonneg_int,
-          "how many archive levels (zip in zip) banned checks look into; 0 means none"),
+    Param("banned_archive_max_depth", "2", _as_archive_depth,
+          f"how many archive levels (zip in zip) banned checks look into (at most "
+          f"{MAX_ARCHIVE_DEPTH}); 0 means none. A deeper archive makes the message UNCHECKED"),
     Param("banned_archive_max_members", "1000", as_positive_int,
-          "most archive members of one message whose names and types are checked"),
+          "most archive members of one message whose names and types are checked; "
+          "a message with more is UNCHECKED (unchecked_action)"),
     Param("banned_archive_max_size", "20m", as_size,
-          "most bytes decompressed while looking into the archives of one message"),
+          "most bytes decompressed while looking into the archives of one message; "
+          "a message needing more is UNCHECKED (unchecked_action)"),
 ]
 
 # -- content pipeline, verdicts and the content filter (pipeline.py, verdict.py, server.py) ----
@@ -147,11 +163,17 @@ PARAMS += [
           "put in front of the Subject of spam (at spam_tag2_level), followed by a space; "
           "empty = leave the Subject alone"),
     Param("spam_action", "pass", as_choice(*VERDICT_ACTIONS),
-          "what to do with spam at spam_kill_level (amavisd-new final_spam_destiny)"),
+          "what to do with spam at spam_kill_level (amavisd-new final_spam_destiny); "
+          "reject makes Postfix bounce to a sender that is usually forged (backscatter)"),
     Param("virus_action", "quarantine", as_choice(*VERDICT_ACTIONS),
           "what to do with infected mail (final_virus_destiny)"),
-    Param("banned_action", "reject", as_choice(*VERDICT_ACTIONS),
-          "what to do with mail carrying a banned part (final_banned_destiny)"),
+    Param("banned_action", "quarantine", as_choice(*VERDICT_ACTIONS),
+          "what to do with mail carrying a banned part (final_banned_destiny); quarantine, "
+          "not reject: after queue a reject becomes Postfix's bounce to a possibly forged sender"),
+    Param("unchecked_action", "tag", as_choice(*VERDICT_ACTIONS),
+          "what to do with mail that could not be fully checked: a limit reached, an encrypted "
+          "or broken archive, a check that failed on it (final_unchecked_destiny; tag = "
+          "amavisd-new's D_PASS with ***UNCHECKED*** in the subject)"),
     Param("virus_admin", "", as_str,
           "address that gets a short report of each virus found; empty = none"),
     Param("x_header_tag", "X-Virus-Scanned", as_str,

@@ -1,22 +1,36 @@
 """The content pipeline: every check of one message, cheap and decisive first, then a verdict.
 
 Order, as amavisd-new orders its work: Postfix header/body checks (a REJECT there makes
-everything else moot), banned file names, ClamAV, then the score rules and Bayes. A
-stage that blocks the message (a virus to quarantine, a banned part to reject) ends the
-scan: scoring spam that will not be delivered only costs time, and amavisd-new logs such
-mail with ``Hits: -`` too.
+everything else moot), banned file names, ClamAV, then the score rules and Bayes. ClamAV
+runs even when a banned part was found: a message that is both is INFECTED (amavisd-new's
+category order), and only the virus scanner can tell. Spam scoring is skipped once a
+virus, banned or unchecked category blocks the message: scoring spam that will not be
+delivered only costs time, and amavisd-new logs such mail with ``Hits: -`` too.
+``filterd check`` runs every stage whatever the earlier ones found (``full``), and shows
+what the server would do.
 
 Each stage's outcome becomes :class:`~filterd.content.symbols.Symbol` objects, so
 ``verdict.symbols`` explains everything that happened. CPU-bound stages run in one small
 thread pool per worker (``run_in_executor``), so the event loop keeps answering other
 connections while a large message is parsed and scored.
 
-Failure policy: a Postfix table that cannot answer, a banned check that fails, or a
-clamd that cannot scan (with ``clamav_failure_action = defer``) makes the verdict
-*tempfail*: Postfix keeps the message and tries again. The score rules and Bayes are
-different: if they fail, the message is scored without them and the failure is a symbol,
-as amavisd-new passes mail when SpamAssassin fails. Broken MIME never raises: message
-defects become the ``MIME_DEFECTS`` symbol.
+Failure policy. What cannot answer *now* makes the verdict *tempfail*, so Postfix keeps
+the message and tries again: a Postfix or banned table that cannot answer
+(MapTempError), a clamd that cannot scan (with ``clamav_failure_action = defer``). A
+check that fails on this message's content (an exception from parsing or checking it)
+would fail the same way on every retry, until the message expired after days of 451s:
+such a failure is named by a symbol and makes the message UNCHECKED, a final verdict.
+The score rules and Bayes are different: if they fail, the message is scored without
+them and the failure is a symbol, as amavisd-new passes mail when SpamAssassin fails.
+Broken MIME never raises: message defects become the ``MIME_DEFECTS`` symbol, and a MIME
+structure cut at a limit (see :mod:`filterd.content.message`) makes the message
+UNCHECKED. :meth:`ContentPipeline.scan` never raises for anything in a message.
+
+ClamAV in the embedded default: ``clamav_socket`` defaults to Debian's clamd socket. When
+the configuration does not set it and no such socket exists at start, filterd scans no
+viruses (one warning, logged when the pipeline is loaded) and scores and passes mail as
+usual; a ``clamav_socket`` that is set, or a socket that exists and then fails, defers
+mail as ``clamav_failure_action`` says.
 """
 
 from __future__ import annotations
@@ -42,7 +56,7 @@ from filterd.content.postfix_checks import (
 )
 from filterd.content.rules import RuleSet, ruleset_from_config
 from filterd.content.symbols import Symbol
-from filterd.content.verdict import Findings, Verdict, VerdictPolicy, decide
+from filterd.content.verdict import Findings, Verdict, VerdictPolicy, decide, safe_text
 from filterd.maps import MapTempError
 
 log = logging.getLogger("filterd.content")
@@ -73,14 +87,39 @@ class Preloaded:
 
     ruleset: RuleSet | None = None
     bayes: BayesClassifier | None = None
+    clamav_off: str | None = None
+    """Why virus scanning is off for this start although ``content_checks`` names clamav."""
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Preloaded":
+        """Build the shared parts; decide (and warn, once per start) whether ClamAV is used."""
         checks = cfg.get("content_checks")
+        clamav_off = clamav_unavailable(cfg)
+        if clamav_off is not None:
+            log.warning("warning: %s: viruses are NOT scanned; mail is scored and passed "
+                        "without a virus check (install clamav-daemon and restart filterd, "
+                        "or set clamav_socket, or set it empty to silence this warning)", clamav_off)
         return cls(
             ruleset_from_config(cfg) if "rules" in checks else None,
             BayesClassifier.load(cfg) if "bayes" in checks else None,
+            clamav_off,
         )
+
+
+def clamav_unavailable(cfg: Any) -> str | None:
+    """Why ClamAV cannot be used at this start of an unconfigured machine, or None.
+
+    Only when ``content_checks`` names clamav, ``clamav_socket`` was not set (neither in
+    the configuration file nor with -o) and its default unix socket does not exist: the
+    embedded default must serve on a machine without clamd. A socket that was set, or
+    one that exists, is used, and a clamd failing there defers mail as before.
+    """
+    endpoint = cfg.get("clamav_socket")
+    if "clamav" not in cfg.get("content_checks") or endpoint is None or cfg.is_set("clamav_socket"):
+        return None
+    if endpoint.kind == "unix" and not os.path.exists(endpoint.path):
+        return f"clamav_socket is not set and no clamd socket exists at {endpoint.path}"
+    return None
 
 
 class ContentPipeline:
@@ -94,6 +133,7 @@ class ContentPipeline:
         banned: BannedChecks | None = None,
         clamav: ClamavScanner | None = None,
         clamav_failure_action: str = "defer",
+        clamav_off: str | None = None,
         ruleset: RuleSet | None = None,
         bayes: BayesClassifier | None = None,
         executor: concurrent.futures.Executor | None = None,
@@ -103,6 +143,7 @@ class ContentPipeline:
         self.banned = banned
         self.clamav = clamav
         self.clamav_failure_action = clamav_failure_action
+        self.clamav_off = clamav_off
         self.ruleset = ruleset
         self.bayes = bayes
         self._own_executor = executor is None
@@ -119,12 +160,12 @@ class ContentPipeline:
             stages["postfix_checks"] = PostfixChecks.from_config(cfg)
         if "banned" in checks:
             stages["banned"] = BannedChecks.from_config(cfg)
-        if "clamav" in checks and cfg.get("clamav_socket") is not None:
+        if "clamav" in checks and cfg.get("clamav_socket") is not None and preloaded.clamav_off is None:
             stages["clamav"] = ClamavScanner(cfg)
         stages["ruleset"] = preloaded.ruleset
         stages["bayes"] = preloaded.bayes
-        return cls(VerdictPolicy.from_config(cfg),
-                   clamav_failure_action=cfg.get("clamav_failure_action"), **stages)
+        return cls(VerdictPolicy.from_config(cfg), clamav_failure_action=cfg.get("clamav_failure_action"),
+                   clamav_off=preloaded.clamav_off, **stages)
 
     @property
     def stages(self) -> list[str]:
@@ -145,68 +186,118 @@ class ContentPipeline:
     async def _cpu(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def scan(self, msg: Message, log_id: str | None = None) -> Verdict:
-        """Run the stages on ``msg`` and decide. Never raises for anything in the message."""
+    async def scan(self, msg: Message, log_id: str | None = None, *, full: bool = False) -> Verdict:
+        """Run the stages on ``msg`` and decide. Never raises for anything in the message.
+
+        ``full`` (``filterd check``) runs every stage even where the server stops early
+        (a header check's REJECT, a tempfail, a blocked virus), so the score and every
+        symbol are shown; what happens after the point where the server stopped does
+        not change the verdict's action.
+        """
         log_id = log_id or new_log_id()
         findings = Findings()
-        await self._scan(msg, findings)
+        try:
+            await self._scan(msg, findings, full)
+        except Exception as exc:  # noqa: BLE001 - a bug in a stage must not loop the message
+            where = msg.envelope.queue_id or "NOQUEUE"
+            if _is_transient(exc):
+                findings.tempfail = findings.tempfail or _check_failed(where, "content scan", exc)
+            else:
+                _failed_on_content(where, "content scan", exc, findings)
         return decide(self.policy, msg, findings, log_id)
 
-    async def _scan(self, msg: Message, found: Findings) -> None:
+    async def _scan(self, msg: Message, found: Findings, full: bool) -> None:
         where = msg.envelope.queue_id or "NOQUEUE"
-        if self.postfix_checks is None and self.banned is None:
-            postfix = banned = None
-        else:  # one trip to the thread pool for both (each trip costs ~50 us of CPU)
-            postfix, banned = await self._cpu(self._first_checks, msg)
+        settled = False  # the server would have stopped here: later stages cannot change that
+
+        def tempfail(reason: str) -> None:
+            nonlocal settled
+            if not settled:
+                found.tempfail, settled = reason, True
+
+        # one trip to the thread pool for header/body checks, banned names and MIME limits
+        # (each trip costs ~50 us of CPU)
+        postfix, banned, limits = await self._cpu(self._first_checks, msg, full)
         if isinstance(postfix, Exception):
-            found.tempfail = _check_failed(where, "header/body checks", postfix)
-            return
-        if postfix is not None:
+            if _is_transient(postfix):
+                tempfail(_check_failed(where, "header/body checks", postfix))
+            else:
+                _failed_on_content(where, "header/body checks", postfix, found)
+        elif postfix is not None:
             found.postfix = postfix
             found.symbols += postfix.symbols
             if postfix.reject is not None or postfix.discard or postfix.hold:
-                return
-        if isinstance(banned, Exception):
-            found.tempfail = _check_failed(where, "banned check", banned)
+                settled = True
+        if settled and not full:
             return
-        if banned is not None:
+        if isinstance(banned, Exception):
+            if _is_transient(banned):
+                tempfail(_check_failed(where, "banned check", banned))
+            else:
+                _failed_on_content(where, "banned check", banned, found)
+        elif banned is not None:
             found.banned = banned
             found.symbols += banned.symbols
-            if banned.banned and self.policy.banned_action not in ("pass", "tag"):
-                return
+            found.unchecked += banned.unchecked
+        if limits:
+            found.unchecked += limits
+            found.symbols.append(Symbol("MIME_LIMIT", 0.0, "MIME structure not fully inspected: limit reached",
+                                        "; ".join(limits)))
+        if settled and not full:
+            return
         if self.clamav is not None:
             result = await self.clamav.scan(msg.raw)
-            if result.status == "error":
-                found.symbols.append(Symbol("CLAMAV_FAILURE", 0.0, "clamd could not scan the message",
-                                            result.error or ""))
+            if result.status == "unchecked":  # too large for clamd: the same on every retry
+                error = safe_text(result.error or "clamd could not scan it", 300)
+                found.symbols.append(Symbol("CLAMAV_LIMIT", 0.0, "too large for clamd to scan", error))
+                found.unchecked.append("larger than clamd scans (StreamMaxLength)")
+            elif result.status == "error":
+                error = safe_text(result.error or "clamd unavailable", 300)
+                found.symbols.append(Symbol("CLAMAV_FAILURE", 0.0, "clamd could not scan the message", error))
                 if self.clamav_failure_action == "defer":
-                    found.tempfail = f"virus_scan FAILED: {result.error}"
-                    return
-                log.warning("%s: passing unscanned message: %s", where, result.error)
-                found.virus_unchecked = result.error or "clamd unavailable"
+                    tempfail(f"virus_scan FAILED: {error}")
+                else:
+                    if not settled:
+                        log.warning("%s: passing unscanned message: %s", where, error)
+                    found.virus_unchecked = error
             else:
                 found.virus = result
                 for name in result.virus_names:
-                    found.symbols.append(Symbol("CLAMAV_VIRUS", 0.0, "ClamAV found a virus", name))
-                if result.status == "infected" and self.policy.virus_action not in ("pass", "tag"):
-                    return
+                    found.symbols.append(Symbol("CLAMAV_VIRUS", 0.0, "ClamAV found a virus", safe_text(name)))
+        if (settled or self._blocked(found)) and not full:
+            return
         found.symbols += await self._cpu(self._score, msg, list(found.symbols), found)
         found.spam_checked = True
 
-    def _first_checks(self, msg: Message) -> tuple[ContentCheckResult | Exception | None,
-                                                    BannedResult | Exception | None]:
+    def _blocked(self, found: Findings) -> bool:
+        """Whether a category above spam already blocks the message (scoring is moot)."""
+        p = self.policy
+        virus = found.virus is not None and found.virus.status == "infected"
+        banned = found.banned is not None and found.banned.banned
+        unchecked = bool(found.unchecked) or found.virus_unchecked is not None
+        return any(present and action not in ("pass", "tag") for present, action in (
+            (virus, p.virus_action), (banned, p.banned_action), (unchecked, p.unchecked_action)))
+
+    def _first_checks(self, msg: Message, full: bool) -> tuple[ContentCheckResult | Exception | None,
+                                                                BannedResult | Exception | None, list[str]]:
         """Postfix header/body checks, then banned names unless those checks already decided
-        (in a worker thread). A failure is returned, not raised, for :meth:`_scan` to judge."""
+        (in a worker thread), and the limits the MIME structure reached. A failure is
+        returned, not raised, for :meth:`_scan` to judge."""
+        postfix: ContentCheckResult | Exception | None
         try:
             postfix = None if self.postfix_checks is None else run_postfix_checks(self.postfix_checks, msg)
-        except Exception as exc:  # noqa: BLE001 - judged by _scan: tempfail
-            return exc, None
-        if postfix is not None and (postfix.reject is not None or postfix.discard or postfix.hold):
-            return postfix, None
+        except Exception as exc:  # noqa: BLE001 - judged by _scan
+            postfix = exc
+        decided = isinstance(postfix, ContentCheckResult) and (
+            postfix.reject is not None or postfix.discard or postfix.hold)
+        if decided and not full:
+            return postfix, None, []
+        banned: BannedResult | Exception | None
         try:
-            return postfix, None if self.banned is None else check_banned(self.banned, msg)
-        except Exception as exc:  # noqa: BLE001 - judged by _scan: tempfail
-            return postfix, exc
+            banned = None if self.banned is None else check_banned(self.banned, msg)
+        except Exception as exc:  # noqa: BLE001 - judged by _scan
+            banned = exc
+        return postfix, banned, msg.mime_limits()
 
     def _score(self, msg: Message, earlier: list[Symbol], found: Findings) -> list[Symbol]:
         """MIME defects, score rules and Bayes, then Bayes auto-learning (in a worker thread)."""
@@ -277,6 +368,22 @@ class QualityScorer:
 
 #: The ``bench/quality.py`` hook: ``quality_scorer(cfg)`` is a scorer to close when done.
 quality_scorer = QualityScorer
+
+
+def _is_transient(exc: Exception) -> bool:
+    """A failure of the surroundings, which a retry may not meet again: a table that cannot
+    answer now, I/O, memory. Anything else raised while checking a message is its
+    content meeting a bug, and would fail the same way on every retry."""
+    return isinstance(exc, (MapTempError, OSError, MemoryError))
+
+
+def _failed_on_content(where: str, check: str, exc: Exception, found: Findings) -> None:
+    """A check that failed on this message: logged with its traceback, named by a symbol,
+    and the message is UNCHECKED (a final verdict, not a 451 retried until it expires)."""
+    log.error("%s: %s failed on this message; it is UNCHECKED", where, check, exc_info=exc)
+    name = check.upper().replace("/", "_").replace(" ", "_") + "_FAILED"
+    found.symbols.append(Symbol(name, 0.0, f"{check} failed on this message", type(exc).__name__))
+    found.unchecked.append(f"{check} failed ({type(exc).__name__})")
 
 
 def _check_failed(where: str, check: str, exc: Exception) -> str:

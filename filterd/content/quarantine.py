@@ -2,7 +2,9 @@
 
 Each message is one file in ``quarantine_directory`` named by its quarantine id, which
 is amavisd-new's ``<kind>-<mail_id>`` (``spam-AbCdEf123456``, ``virus-...``,
-``banned-...``, ``badh-...``), so administrators find the files where they expect them.
+``banned-...``, ``unchecked-...``, ``badh-...``): the mail_id is the one the content
+filter's log line shows for the message, so an administrator who finds a message in the
+log finds its quarantine file, and the files are where amavisd-new users expect them.
 An index in SQLite (``$data_directory/quarantine.db``) answers "what was quarantined,
 from whom, why" without opening files.
 
@@ -33,12 +35,12 @@ from typing import Any
 import aiosqlite
 
 from filterd import sqlite_wal
-from filterd.text import random_id
 
-KINDS = ("virus", "banned", "spam", "badh")
+KINDS = ("virus", "banned", "unchecked", "spam", "badh")
 """amavisd-new's quarantine kinds (badh: bad header)."""
 
-_ID_LENGTH = 12
+_ID_LENGTH = 12  # amavisd-new's mail_id: 12 letters and digits
+_MAIL_ID_RE = re.compile(rf"[A-Za-z0-9]{{{_ID_LENGTH}}}")
 _ID_RE = re.compile(rf"(?:{'|'.join(KINDS)})-[A-Za-z0-9]{{{_ID_LENGTH}}}")
 _TMP_SUFFIX = ".tmp"
 _FILE_MODE = 0o640
@@ -99,9 +101,13 @@ class QuarantineEntry:
                    client, subject, released_at, released_how)
 
 
-def new_id(kind: str) -> str:
-    """An amavis-like quarantine id: the kind and 12 random letters/digits (71 bits)."""
-    return f"{kind}-{random_id(_ID_LENGTH)}"
+def quarantine_id(kind: str, mail_id: str) -> str:
+    """amavisd-new's quarantine id (and file name): ``<kind>-<mail_id>``."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown quarantine kind {kind!r} (expected one of {', '.join(KINDS)})")
+    if not _MAIL_ID_RE.fullmatch(mail_id):
+        raise ValueError(f"bad mail_id {mail_id!r} (expected {_ID_LENGTH} letters and digits)")
+    return f"{kind}-{mail_id}"
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -117,7 +123,7 @@ def _write_durably(directory: Path, qid: str, raw: bytes) -> None:
     """Temp file, every byte written, fsync, rename, directory fsync; or nothing at all."""
     tmp = directory / f".{qid}{_TMP_SUFFIX}"
     final = directory / qid
-    if final.exists():  # a 71-bit id collision: never overwrite a quarantined message
+    if final.exists():  # the same mail_id twice (71 random bits): never overwrite a message
         raise FileExistsError(f"{final} already exists")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
     try:
@@ -190,6 +196,7 @@ class Quarantine:
         raw: bytes,
         *,
         kind: str,
+        mail_id: str,
         sender: str,
         recipients: list[str],
         reason: str,
@@ -197,11 +204,13 @@ class Quarantine:
         subject: str = "",
         client_address: str = "",
     ) -> str:
-        """Keep ``raw`` durably and index it; return its id. Raises QuarantineError."""
-        if kind not in KINDS:
-            raise ValueError(f"unknown quarantine kind {kind!r} (expected one of {', '.join(KINDS)})")
+        """Keep ``raw`` durably and index it as ``<kind>-<mail_id>``; return that id.
+
+        ``mail_id`` is the message's id in the content filter's log. Raises
+        QuarantineError (nothing kept), or ValueError for a bad kind or mail_id.
+        """
+        qid = quarantine_id(kind, mail_id)
         db = self._conn
-        qid = new_id(kind)
         try:
             await asyncio.to_thread(_write_durably, self.directory, qid, raw)
         except OSError as exc:
@@ -244,9 +253,20 @@ class Quarantine:
         return QuarantineEntry.from_row(row)
 
     async def get(self, qid: str) -> tuple[QuarantineEntry, bytes]:
-        """The index entry and the message exactly as it was stored."""
+        """The index entry and the message exactly as it was stored.
+
+        KeyError when the id is not in the index; QuarantineError when the entry is
+        there but its file cannot be read (removed by hand, a disk problem).
+        """
         entry = await self._entry(qid)
-        raw = await asyncio.to_thread((self.directory / qid).read_bytes)
+        path = self.directory / qid
+        try:
+            raw = await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            raise QuarantineError(f"{qid}: the message file {path} is missing (its index entry "
+                                  f"remains: 'filterd quarantine delete {qid}' removes it)") from None
+        except OSError as exc:
+            raise QuarantineError(f"{qid}: cannot read {path}: {exc.strerror or exc}") from None
         return entry, raw
 
     async def delete(self, qid: str) -> None:

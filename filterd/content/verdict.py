@@ -4,24 +4,36 @@ The pipeline collects :class:`Findings`; :func:`decide` turns them into one
 :class:`Verdict` (action, reply, header edits, quarantine kind) without any I/O, so the
 same decision is made by the content filter, the milter and ``filterd check``.
 
-Contents categories and their precedence are amavisd-new's (INFECTED over BANNED over
-UNCHECKED over SPAM over SPAMMY over CLEAN); a message whose Postfix header/body checks
-decided (REJECT, DISCARD, HOLD, a 4xx) is settled before any of them. Spam levels:
+Contents categories and their precedence are amavisd-new's ccat order: INFECTED over
+BANNED over UNCHECKED over SPAM over SPAMMY over CLEAN. A message may be in several
+(an infected attachment with a banned name; spam in an encrypted zip): as in
+amavisd-new, the categories are tried from the highest down and the first whose action
+does not deliver the message decides ("first blocking wins"); if none blocks, the
+message is passed and labelled with its highest category. A message whose Postfix
+header/body checks decided (REJECT, DISCARD, HOLD, a 4xx) is settled before any of them.
+Spam levels:
 
 - ``spam_tag_level``: the ``X-Spam-*`` headers are added at or above it;
 - ``spam_tag2_level``: ``X-Spam-Flag: YES`` and ``spam_subject_tag`` (SPAMMY);
 - ``spam_kill_level``: the message is SPAM and ``spam_action`` applies.
 
-Actions (``spam_action``, ``virus_action``, ``banned_action``): ``pass`` delivers (with
-the informational headers), ``tag`` delivers with the subject tagged, ``quarantine``
-keeps a copy in the quarantine and discards the message (amavisd-new's D_DISCARD with a
-quarantine), ``hold`` keeps it in the quarantine until an administrator releases it,
-``reject`` refuses it with 554 (after queue, Postfix then bounces it to the sender),
-``discard`` drops it. Defaults, as amavisd-new ships them for an after-queue filter:
-spam is passed and tagged (a false positive is never lost), viruses are quarantined
-and discarded (their senders are forged, so a bounce would be backscatter), banned
-files are rejected (the sender is usually real and must learn why the mail was refused;
-amavisd-new's Debian default D_BOUNCE gives the same notice).
+UNCHECKED is a message some part of which no check could look at: a limit was reached
+(MIME nesting or part count, archive members, bytes or depth), an archive was
+encrypted or broken, a check failed on this message's content, or clamd could not scan
+it and ``clamav_failure_action = pass``. A reached limit never makes a message clean.
+
+Actions (``spam_action``, ``virus_action``, ``banned_action``, ``unchecked_action``):
+``pass`` delivers (with the informational headers), ``tag`` delivers with the subject
+tagged, ``quarantine`` keeps a copy in the quarantine and discards the message
+(amavisd-new's D_DISCARD with a quarantine), ``hold`` keeps it in the quarantine until
+an administrator releases it, ``reject`` refuses it with 554 (after queue, Postfix then
+bounces it to the envelope sender), ``discard`` drops it. The defaults are amavisd-new's
+for an after-queue filter, chosen so that filterd never makes Postfix bounce mail to a
+sender that may be forged (backscatter): viruses and banned files are quarantined and
+discarded (final_virus_destiny and final_banned_destiny D_DISCARD, with their
+quarantines), spam is passed and tagged (final_spam_destiny D_PASS: a false positive
+is never lost), unchecked mail is passed with ``***UNCHECKED***`` in the subject
+(final_unchecked_destiny D_PASS with undecipherable_subject_tag).
 """
 
 from __future__ import annotations
@@ -43,10 +55,19 @@ from filterd.reply import Reply
 SPAM_HEADERS = ("x-spam-flag", "x-spam-score", "x-spam-level", "x-spam-status", "x-spam-report")
 VIRUS_SUBJECT_TAG = "***INFECTED***"
 BANNED_SUBJECT_TAG = "***BANNED***"
+UNCHECKED_SUBJECT_TAG = "***UNCHECKED***"  # amavisd-new's undecipherable_subject_tag
 ALERT_HEADER = "X-Filterd-Alert"
 SPAM_LEVEL_MAX = 64
 
 _UNFOLD = re.compile(r"\r?\n(?=[ \t])")
+_UNSAFE = re.compile(r"[^\x20-\x7e]")
+
+
+def safe_text(text: str, limit: int = 200) -> str:
+    """Printable ASCII only, at most ``limit`` characters: file names and scanner texts
+    reach SMTP replies, headers and log lines, where a CR or LF would start a new one."""
+    return _UNSAFE.sub("?", text[:limit])
+
 
 @dataclass(frozen=True)
 class VerdictPolicy:
@@ -58,7 +79,8 @@ class VerdictPolicy:
     subject_tag: str = "***Spam***"
     spam_action: str = "pass"
     virus_action: str = "quarantine"
-    banned_action: str = "reject"
+    banned_action: str = "quarantine"
+    unchecked_action: str = "tag"
     x_header_tag: str = "X-Virus-Scanned"
     x_header_line: str = "filterd"
 
@@ -72,6 +94,7 @@ class VerdictPolicy:
             spam_action=cfg.get("spam_action"),
             virus_action=cfg.get("virus_action"),
             banned_action=cfg.get("banned_action"),
+            unchecked_action=cfg.get("unchecked_action"),
             x_header_tag=cfg.get("x_header_tag").strip(),
             x_header_line=cfg.get("x_header_line").strip(),
         )
@@ -86,6 +109,7 @@ class Findings:
     banned: BannedResult | None = None
     virus: ScanResult | None = None
     virus_unchecked: str | None = None  # clamd error when the message passes unscanned
+    unchecked: list[str] = field(default_factory=list)  # why parts were not checked (UNCHECKED)
     spam_checked: bool = False
     autolearn: str = "disabled"  # amavisd-new's autolearn= value: no, ham, spam, disabled
     tempfail: str | None = None  # why the message must be tried again later
@@ -150,6 +174,49 @@ def spam_level(score: float) -> str:
     return "*" * min(SPAM_LEVEL_MAX, int(score)) if score >= 1 else ""
 
 
+@dataclass(frozen=True)
+class _Category:
+    """One contents category the message is in, with what its action would do."""
+
+    name: str
+    action: str
+    reason: str
+    quarantine_kind: str | None
+    subject_tag: str
+
+
+def _categories(policy: VerdictPolicy, findings: Findings, score: float) -> list[_Category]:
+    """The categories the message is in, highest first (amavisd-new's ccat order)."""
+    found: list[_Category] = []
+    virus = findings.virus
+    if virus is not None and virus.status == "infected":
+        names = ", ".join(safe_text(n, 100) for n in virus.virus_names)
+        found.append(_Category("INFECTED", policy.virus_action, "INFECTED: " + names, "virus",
+                               VIRUS_SUBJECT_TAG))
+    banned = findings.banned
+    if banned is not None and banned.banned:
+        part = safe_text(banned.names[0].rsplit(" | ", 1)[-1])
+        found.append(_Category("BANNED", policy.banned_action, "BANNED: " + part, "banned",
+                               BANNED_SUBJECT_TAG))
+    unchecked = _unchecked_reasons(findings)
+    if unchecked:
+        found.append(_Category("UNCHECKED", policy.unchecked_action,
+                               "UNCHECKED: " + safe_text(unchecked[0]), "unchecked",
+                               UNCHECKED_SUBJECT_TAG))
+    if findings.spam_checked and score >= policy.kill_level:
+        found.append(_Category("SPAM", policy.spam_action, "spam", "spam", policy.subject_tag))
+    elif findings.spam_checked and score >= policy.tag2_level:
+        found.append(_Category("SPAMMY", "pass", "spam", None, ""))
+    return found
+
+
+def _unchecked_reasons(findings: Findings) -> list[str]:
+    """Why the message is UNCHECKED: the pipeline's reasons, and a virus scan that failed."""
+    if findings.virus_unchecked is None:
+        return findings.unchecked
+    return findings.unchecked + [f"not virus scanned: {findings.virus_unchecked}"]
+
+
 def decide(policy: VerdictPolicy, msg: Message, findings: Findings, log_id: str) -> Verdict:
     """The verdict for ``msg``; pure (no I/O), so every front end decides alike."""
     symbols = list(findings.symbols)
@@ -162,37 +229,27 @@ def decide(policy: VerdictPolicy, msg: Message, findings: Findings, log_id: str)
         verdict.redirect, verdict.bcc, verdict.next_hop = pf.redirect, list(pf.bcc), pf.filter
     if findings.tempfail is not None:
         verdict.action, verdict.category, verdict.reason = "tempfail", "TEMPFAIL", findings.tempfail
-        verdict.reply = Reply(451, "4.5.0", f"Error in processing, id={log_id}, {findings.tempfail}")
+        verdict.reply = Reply(451, "4.5.0", f"Error in processing, id={log_id}, {safe_text(findings.tempfail)}")
         return verdict
     if pf is not None and (pf.reject is not None or pf.discard or pf.hold):
         _postfix_decision(verdict, pf)
         if verdict.action == "hold":
-            _add_headers(verdict, policy, msg, findings)
+            _add_headers(verdict, policy, msg, findings, [])
         return verdict
 
-    action = "pass"
+    found = _categories(policy, findings, score)
     if findings.virus is not None and findings.virus.status == "infected":
         verdict.virus_names = list(findings.virus.virus_names)
-        verdict.category = "INFECTED"
-        verdict.reason = "INFECTED: " + ", ".join(verdict.virus_names)
-        verdict.quarantine_kind = "virus"
-        action = policy.virus_action
-    elif findings.banned is not None and findings.banned.banned:
-        verdict.category = "BANNED"
-        verdict.reason = "BANNED: " + findings.banned.names[0].rsplit(" | ", 1)[-1]
-        verdict.quarantine_kind = "banned"
-        action = policy.banned_action
-    elif findings.virus_unchecked is not None:
-        verdict.category = "UNCHECKED"
-        verdict.reason = "UNCHECKED"
-    if verdict.category in ("CLEAN", "UNCHECKED") and findings.spam_checked:
-        if score >= policy.kill_level:
-            verdict.category, verdict.reason, verdict.quarantine_kind = "SPAM", "spam", "spam"
-            action = policy.spam_action
-        elif score >= policy.tag2_level:
-            verdict.category, verdict.reason = "SPAMMY", "spam"
-    _apply_action(verdict, action)
-    _add_headers(verdict, policy, msg, findings, force_tag=action == "tag")
+    blocking = next((c for c in found if c.action not in ("pass", "tag")), None)
+    decisive = blocking or (found[0] if found else None)
+    tags: list[str] = []
+    if decisive is not None:
+        verdict.category, verdict.reason = decisive.name, decisive.reason
+        verdict.quarantine_kind = decisive.quarantine_kind
+        if blocking is None:  # passed: every category whose action is "tag" tags the subject
+            tags = [c.subject_tag for c in found if c.action == "tag" and c.subject_tag]
+    _apply_action(verdict, blocking.action if blocking is not None else "pass")
+    _add_headers(verdict, policy, msg, findings, tags)
     return verdict
 
 
@@ -232,15 +289,15 @@ def _apply_action(verdict: Verdict, action: str) -> None:
 
 
 def _add_headers(verdict: Verdict, policy: VerdictPolicy, msg: Message, findings: Findings,
-                 force_tag: bool = False) -> None:
+                 tags: list[str]) -> None:
     """amavisd-new's headers, top-down: X-Virus-Scanned, alerts, X-Spam-Flag/-Score/-Level/-Status.
 
     HeaderEdits puts each added field on top of the ones added before, so they are
-    added bottom-up here.
+    added bottom-up here. ``tags`` are the subject tags of the categories whose action
+    is ``tag``; spam at ``spam_tag2_level`` is tagged with ``spam_subject_tag`` anyway.
     """
     edits = verdict.edits
     score = verdict.score
-    subject_tag = ""
     if findings.spam_checked:
         _remove_existing(edits, msg)
         if score >= policy.tag_level:
@@ -248,20 +305,24 @@ def _add_headers(verdict: Verdict, policy: VerdictPolicy, msg: Message, findings
             edits.add("X-Spam-Level", spam_level(score))
             edits.add("X-Spam-Score", format_score(score))
             edits.add("X-Spam-Flag", "YES" if score >= policy.tag2_level else "NO")
-        if score >= policy.tag2_level or (force_tag and verdict.category in ("SPAM", "SPAMMY")):
-            subject_tag = policy.subject_tag
-    if verdict.category == "INFECTED":
-        edits.add(ALERT_HEADER, f"INFECTED, message contains virus: {', '.join(verdict.virus_names)}")
-        subject_tag = VIRUS_SUBJECT_TAG if force_tag else subject_tag
-    elif verdict.category == "BANNED":
-        edits.add(ALERT_HEADER, f"BANNED, message contains {verdict.reason[len('BANNED: '):]}")
-        subject_tag = BANNED_SUBJECT_TAG if force_tag else subject_tag
+        if score >= policy.tag2_level and policy.subject_tag and policy.subject_tag not in tags:
+            tags = tags + [policy.subject_tag]
+    unchecked = _unchecked_reasons(findings)
+    if unchecked:
+        reasons = "; ".join(safe_text(r, 100) for r in unchecked[:5])
+        edits.add(ALERT_HEADER, f"UNCHECKED, not fully checked: {reasons}")
+    if findings.banned is not None and findings.banned.banned:
+        edits.add(ALERT_HEADER, f"BANNED, message contains {safe_text(findings.banned.names[0].rsplit(' | ', 1)[-1])}")
+    if verdict.virus_names:
+        edits.add(ALERT_HEADER, "INFECTED, message contains virus: "
+                  + ", ".join(safe_text(n, 100) for n in verdict.virus_names))
     if findings.virus is not None and policy.x_header_tag:
         edits.add(policy.x_header_tag, policy.x_header_line)
     elif findings.virus_unchecked is not None and policy.x_header_tag:
         edits.add(policy.x_header_tag, f"not scanned (clamd unavailable) by {policy.x_header_line}")
-    if subject_tag and verdict.action in ("pass", "hold"):
-        _tag_subject(edits, msg, subject_tag)
+    tags = [t for t in tags if t]
+    if tags and verdict.action in ("pass", "hold"):
+        _tag_subject(edits, msg, " ".join(tags))
 
 
 def _remove_existing(edits: HeaderEdits, msg: Message) -> None:

@@ -52,7 +52,8 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from filterd.content.dsn import refusal_report
 from filterd.content.message import Envelope, Message
-from filterd.content.outcome import REFUSED_FLAGS, keep, log_line, new_mail_id, virus_report
+from filterd.content.mailid import new_mail_id
+from filterd.content.outcome import REFUSED_FLAGS, keep, log_line, virus_report
 from filterd.content.pipeline import ContentPipeline, new_log_id
 from filterd.content.quarantine import Quarantine
 from filterd.content.verdict import Reply, Verdict
@@ -132,7 +133,7 @@ class FilterHandler(SmtpHandler):
             return {r: verdict.reply for r in recipients}, None, None, REFUSED_FLAGS[verdict.action]
         data = self._with_received(msg, verdict, session, mail_id)
         if verdict.action in ("quarantine", "hold"):
-            reply, qid, flag = await keep(self.quarantine, msg, verdict, data, recipients)
+            reply, qid, flag = await keep(self.quarantine, msg, verdict, data, recipients, mail_id)
             return {r: reply for r in recipients}, None, qid, flag
         result = await self._forward(msg, verdict, envelope, data, mail_id, lmtp)
         summary = result.summary()

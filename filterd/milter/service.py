@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 from filterd.config import split_list
+from filterd.content.mailid import new_mail_id
 from filterd.content.message import Envelope, Message
 from filterd.content.pipeline import ContentPipeline, new_log_id
 from filterd.content.quarantine import Quarantine, QuarantineError
@@ -159,7 +160,8 @@ class MilterService:
             assert self.quarantine is not None and verdict.quarantine_kind is not None
             try:
                 qid = await self.quarantine.store(
-                    verdict.edits.apply(msg), kind=verdict.quarantine_kind, sender=message.sender,
+                    verdict.edits.apply(msg), mail_id=new_mail_id(), kind=verdict.quarantine_kind,
+                    sender=message.sender,
                     recipients=list(message.recipients), reason=verdict.reason,
                     score=verdict.score if verdict.spam_checked else None,
                     subject=msg.subject[:200], client_address=session.client.address)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from filterd.config import Config
+from filterd.config import Config, ConfigError
 from filterd.content.banned import UNDECIPHERABLE, BannedChecks, check_banned, sniff
 from filterd.content.message import Message
 from filterd.content.params import DEFAULT_BANNED_FILENAME
@@ -150,8 +150,15 @@ def test_zip_in_zip_within_depth_limit() -> None:
     raw = attachment("outer.zip", outer)
     r = check(default_checks(), raw)
     assert r.banned and r.names[0].endswith("| inner.zip,.zip | payload.exe")
-    assert not check(default_checks(banned_archive_max_depth="1"), raw).banned
-    assert not check(default_checks(banned_archive_max_depth="0"), raw).banned
+    too_deep = check(default_checks(banned_archive_max_depth="1"), raw)
+    assert not too_deep.banned and too_deep.unchecked == ["archives nested deeper than 1 levels"]
+    off = check(default_checks(banned_archive_max_depth="0"), raw)  # archives not looked into at all
+    assert not off.banned and off.unchecked == []
+
+
+def test_archive_depth_is_bounded_in_the_configuration() -> None:
+    with pytest.raises(ConfigError, match="expected at most 20"):
+        default_checks(banned_archive_max_depth="1000")
 
 
 def test_zip_declared_as_something_else_is_still_opened() -> None:
@@ -166,6 +173,7 @@ def test_encrypted_zip_member_is_flagged() -> None:
     assert not r.banned
     assert [s.name for s in r.symbols] == ["BANNED_ARCHIVE_ENCRYPTED"]
     assert "secret.doc" in r.symbols[0].evidence
+    assert r.unchecked == ["encrypted archive member"]  # amavisd-new: UNCHECKED (encrypted)
 
 
 def test_encrypted_member_can_be_banned(tmp_path: Path) -> None:
@@ -221,6 +229,15 @@ def test_too_many_members(tmp_path: Path) -> None:
     r = check(default_checks(banned_archive_max_members="10"), attachment("many.zip", data))
     assert not r.banned
     assert [s.name for s in r.symbols] == ["BANNED_ARCHIVE_LIMIT"]
+    assert r.unchecked == ["more than 10 archive members"]
+
+
+def test_member_budget_bypass_is_unchecked_not_clean() -> None:
+    """The issue's case: 1,000 dummy members, then evil.exe, at the default limit."""
+    data = make_zip({f"d{i}.txt": b"x" for i in range(1000)} | {"evil.exe": EXE})
+    r = check(default_checks(), attachment("a.zip", data))
+    assert not r.banned
+    assert r.unchecked == ["more than 1000 archive members"]
 
 
 def test_zip_bomb_member_is_only_sniffed() -> None:
@@ -237,6 +254,7 @@ def test_nested_zip_over_the_byte_budget() -> None:
     r = check(default_checks(banned_archive_max_size="1m"), attachment("outer.zip", outer))
     assert not r.banned
     assert [s.name for s in r.symbols] == ["BANNED_ARCHIVE_LIMIT"]
+    assert r.unchecked == ["more than 1048576 bytes decompressed"]
 
 
 def test_nested_zip_lying_about_its_size() -> None:
@@ -259,6 +277,7 @@ def test_malformed_zip_is_a_defect_not_an_exception(data: bytes) -> None:
     r = check(default_checks(), attachment("broken.zip", data))
     assert not r.banned
     assert [s.name for s in r.symbols] == ["BANNED_ARCHIVE_DEFECT"]
+    assert r.unchecked  # what a broken archive holds was not seen
 
 
 def test_corrupt_member_data_is_a_defect() -> None:
@@ -281,8 +300,11 @@ def test_malformed_mime_does_not_raise(raw: bytes) -> None:
     check(default_checks(), raw)
 
 
-def test_deep_mime_nesting_is_bounded() -> None:
-    raw = b"".join(b"Content-Type: multipart/mixed; boundary=\"b%d\"\r\n\r\n--b%d\r\n" % (i, i) for i in range(60))
+@pytest.mark.parametrize("levels", [60, 1000])
+def test_deep_mime_nesting_is_bounded(levels: int) -> None:
+    """1,000 levels made the stdlib parser raise RecursionError: a 451 on every retry."""
+    raw = b"".join(b"Content-Type: multipart/mixed; boundary=\"b%d\"\r\n\r\n--b%d\r\n" % (i, i)
+                   for i in range(levels))
     r = check(default_checks(), raw + b"Content-Type: text/plain\r\n\r\nx\r\n")
     assert not r.banned
 

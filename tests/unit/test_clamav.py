@@ -175,10 +175,11 @@ async def test_clamd_error_reply_is_an_error(fake_clamd) -> None:
     assert (result.status, result.error) == ("error", f"clamd at {spec}: Can't allocate memory")
 
 
-async def test_size_limit_reply_is_an_error(fake_clamd) -> None:
+async def test_size_limit_reply_is_unchecked_not_an_error(fake_clamd) -> None:
+    """The message's size, the same on every retry: not a failure to defer for."""
     spec = await fake_clamd(replying(b"INSTREAM size limit exceeded. ERROR\n"))
     result = await scanner_for(spec).scan(b"data")
-    assert result.status == "error"
+    assert result.status == "unchecked"
     assert "INSTREAM size limit exceeded" in (result.error or "")
 
 
@@ -196,7 +197,7 @@ async def test_size_limit_while_still_sending_is_reported_not_a_broken_pipe(fake
 
     spec = await fake_clamd(limit)
     result = await scanner_for(spec).scan(b"x" * (8 * 1024 * 1024))
-    assert result.status == "error"
+    assert result.status == "unchecked"
     assert "INSTREAM size limit exceeded" in (result.error or "")
 
 

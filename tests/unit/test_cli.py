@@ -75,8 +75,9 @@ POSITIONS = [(leaf, level) for leaf, levels in COMMAND_LINES for level in levels
 
 def _failed(leaf: tuple[str, ...]) -> int:
     """The exit status of a command that cannot use its configuration: 1, but 2 for
-    ``map query``, whose 1 means "not found" (postmap -q)."""
-    return 2 if leaf[0] == "map" else 1
+    ``map query``, whose 1 means "not found" (postmap -q), and for ``check``, whose 1
+    means "something found"."""
+    return 2 if leaf[0] in ("map", "check") else 1
 
 
 def _argv(leaf: tuple[str, ...], level: int, options: list[str]) -> list[str]:
@@ -139,7 +140,8 @@ def _quarantine_config(tmp_path: Path, name: str) -> tuple[Path, str]:
         q = Quarantine(Config.load(str(f)))
         await q.open()
         try:
-            return await q.store(b"Subject: x\r\n\r\nbody\r\n", kind="spam", sender=f"{name}@example.org",
+            return await q.store(b"Subject: x\r\n\r\nbody\r\n", mail_id=f"{name}Mail1234"[:12],
+                                 kind="spam", sender=f"{name}@example.org",
                                  recipients=["rcpt@example.com"], reason="test")
         finally:
             await q.close()

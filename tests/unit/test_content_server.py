@@ -406,12 +406,12 @@ async def test_quarantine_release_reinjects_and_check_reports(sink: Any, start_f
     cfg = Config.from_text(f"data_directory = {tmp_path}\ncontent_checks = postfix_checks\n"
                            f"header_checks = regexp:{tmp_path / 'header_checks'}\n")
     out = io.StringIO()
-    assert await _check(cfg, [str(path), str(tmp_path / "missing.eml")], True, out) == 1
+    assert await _check(cfg, [str(path), str(tmp_path / "missing.eml")], True, out) == 2  # EXIT_ERROR
     report = json.loads(out.getvalue())
     assert (report["action"], report["reply"]) == ("reject", "550 5.7.1 go away")
     assert report["symbols"][0]["name"] == "POSTFIX_HEADER_CHECKS"
     out = io.StringIO()
-    assert await _check(cfg, [str(path)], False, out) == 0
+    assert await _check(cfg, [str(path)], False, out) == 1  # EXIT_FOUND: header checks reject it
     assert f"{path}: reject (POSTFIX-CHECKS), score 0" in out.getvalue()
 
 
@@ -453,7 +453,8 @@ async def test_reply_injection_from_a_banned_name_stays_one_reply(sink: Any, sta
     """Each reply after DATA is one line of printable ASCII: the fake replies in the
     attachment name stay inside it, and the next pipelined transaction gets its own."""
     handler, sink_port = sink
-    _, port = await start_filter(sink_port, f"content_checks = banned\nfilter_protocol = {protocol}")
+    _, port = await start_filter(sink_port, f"content_checks = banned\nbanned_action = reject\n"
+                                             f"filter_protocol = {protocol}")
     client, _ = await Client.connect(port)
     helo = "LHLO" if protocol == "lmtp" else "EHLO"
     await client.cmd(f"{helo} pf.example")

@@ -6,9 +6,20 @@ Broken MIME here comes from real mail: two messages of the SpamAssassin public c
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
-from filterd.content.message import HeaderEdits, Message, decode_header_value
+import pytest
+
+from filterd.content.message import (
+    MAX_HEADER_DEFECTS,
+    MAX_MIME_DEPTH,
+    MAX_MIME_PARTS,
+    HeaderEdits,
+    Message,
+    decode_header_value,
+)
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "mime"
 
@@ -97,3 +108,89 @@ def test_uris_are_links_and_visible_text_not_hidden_source():
     raw = (b"Content-Type: text/html\r\n\r\n<object codebase='http://hidden.example/x.cab'></object>"
            b"<!-- http://comment.example/ --><a href='http://link.example/'>see http://visible.example/</a>\r\n")
     assert Message(raw).uris == ["http://link.example/", "http://visible.example/"]
+
+
+def _nested(levels: int, kind: str) -> bytes:
+    head = b"From: a@example.org\r\nSubject: deep\r\nMIME-Version: 1.0\r\n"
+    if kind == "multipart":
+        opening = b"".join(b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i)
+                           for i in range(levels))
+        closing = b"".join(b"--b%d--\r\n" % i for i in reversed(range(levels)))
+        return head + opening + b"Content-Type: text/plain\r\n\r\nleaf\r\n" + closing
+    return head + b"Content-Type: message/rfc822\r\n\r\nSubject: level\r\n" * levels + b"\r\nleaf\r\n"
+
+
+@pytest.mark.parametrize("kind", ["multipart", "message/rfc822"])
+def test_nesting_within_the_limit_is_kept(kind: str) -> None:
+    msg = Message(_nested(MAX_MIME_DEPTH, kind))
+    assert msg.mime_limits() == []
+    assert [p.depth for p in msg.parts] == [MAX_MIME_DEPTH]
+
+
+@pytest.mark.parametrize("kind", ["multipart", "message/rfc822"])
+@pytest.mark.parametrize("levels", [MAX_MIME_DEPTH + 1, 500, 1000, 5000])
+def test_deeper_nesting_is_cut_and_reported_never_raised(kind: str, levels: int) -> None:
+    """1,000 levels made the stdlib parser raise RecursionError (a 451 on every retry)."""
+    msg = Message(_nested(levels, kind))
+    limits = msg.mime_limits()
+    assert len(limits) == 1 and limits[0].startswith("MIME nesting")
+    assert all(p.depth <= MAX_MIME_DEPTH for p in msg.parts)
+    assert isinstance(msg.body_text, str) and isinstance(msg.defects, list)
+
+
+def test_part_count_is_bounded_in_document_order() -> None:
+    body = b"".join(b"--b\r\nContent-Type: text/plain\r\n\r\npart %d\r\n" % i for i in range(MAX_MIME_PARTS + 50))
+    msg = Message(b"Subject: many\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" + body + b"--b--\r\n")
+    assert msg.mime_limits() == [f"more than {MAX_MIME_PARTS} MIME parts"]
+    assert len(msg.parts) == MAX_MIME_PARTS - 1  # the container counts as a part
+    assert msg.parts[0].text == "part 0" and msg.parts[-1].text == f"part {MAX_MIME_PARTS - 2}"
+
+
+def test_part_count_cut_inside_a_nested_part_cuts_what_follows() -> None:
+    inner = b"".join(b"--i\r\nContent-Type: text/plain\r\n\r\ninner %d\r\n" % i for i in range(MAX_MIME_PARTS))
+    raw = (b"Subject: x\r\nContent-Type: multipart/mixed; boundary=o\r\n\r\n"
+           b"--o\r\nContent-Type: multipart/mixed; boundary=i\r\n\r\n" + inner + b"--i--\r\n"
+           b"--o\r\nContent-Type: text/plain\r\n\r\nafter\r\n--o--\r\n")
+    msg = Message(raw)
+    assert msg.mime_limits() == [f"more than {MAX_MIME_PARTS} MIME parts"]
+    assert len(msg.parts) == MAX_MIME_PARTS - 2 and "after" not in msg.body_text
+
+
+def test_malformed_header_lines_are_counted_not_all_kept() -> None:
+    raw = b"Subject: x\r\n" + b"no colon here\r\n" * 10000 + b"\r\nbody\r\n"
+    defects = Message(raw).defects
+    assert sum(d.startswith("malformed header line: ") for d in defects) == MAX_HEADER_DEFECTS
+    assert "10000 malformed header lines in all" in defects
+
+
+def _bounded(code: str) -> None:
+    """Run ``code`` in a subprocess: a quadratic blow-up is cut by the timeout (a guard only)."""
+    subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], check=True, timeout=120)
+
+
+def test_a_header_of_a_million_folds_is_read_in_linear_time() -> None:
+    """Each continuation line was appended to the value string: 500,000 folds took 50 s."""
+    _bounded("from filterd.content.message import Message\n"
+             "raw = b'Subject: x' + b'\\r\\n y' * 2_000_000 + b'\\r\\n\\r\\nbody'\n"
+             "assert len(Message(raw).header_fields) == 1")
+
+
+def test_many_encoded_words_are_decoded_in_linear_time() -> None:
+    """The stdlib joins adjacent encoded-words quadratically: 100,000 took 35 s per call."""
+    _bounded("from filterd.content.message import Message\n"
+             "raw = b'Subject: ' + b' '.join([b'=?utf-8?b?YQ==?='] * 300_000) + b'\\r\\n\\r\\nbody'\n"
+             "assert Message(raw).subject.count('a') >= 300_000")
+    assert decode_header_value("x =?utf-8?q?caf=C3=A9?= =?utf-8?b?IQ==?= y") == "x café! y"
+    long_value = " ".join(["=?utf-8?b?YQ==?="] * 2000)
+    assert decode_header_value(long_value).replace(" ", "") == "a" * 2000
+
+
+@pytest.mark.parametrize("content_type", [
+    b'text/plain; charset="utf-8\x00"',  # a NUL: ValueError from the stdlib's decode
+    b"text/plain; charset*=us-ascii''utf%2D8",  # RFC 2231: a tuple, TypeError
+    b"text/plain; charset*0*=bogus''%FF; charset*1=x",
+])
+def test_charsets_the_stdlib_raises_on_are_made_harmless(content_type: bytes) -> None:
+    msg = Message(b"Subject: x\r\nContent-Type: " + content_type + b"\r\n\r\ncaf\xe9\r\n")
+    assert isinstance(msg.tree.get_payload(), str)  # what rules and banned checks call
+    assert msg.body_text.startswith("x\ncaf")

@@ -90,7 +90,7 @@ def config(tmp_path: Path, extra: str = "") -> Config:
                      "score GTUBE 1000\n")
     return Config.from_text(
         f"data_directory = {tmp_path / 'data'}\nmyhostname = filter.example\n"
-        f"content_checks = postfix_checks rules\nrules_directory = {tmp_path}\n"
+        f"content_checks = postfix_checks rules\nrules_directory = {tmp_path}\nrules_extra_directories =\n"
         "spam_tag_level = -999\ngreylist_delay = 1s\n" + extra)
 
 

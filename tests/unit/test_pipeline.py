@@ -69,14 +69,23 @@ async def test_postfix_reject_stops_before_clamav(tmp_path: Path, header_checks:
     assert [s.name for s in verdict.symbols] == ["POSTFIX_HEADER_CHECKS"]
 
 
-async def test_banned_rejects_before_clamav(tmp_path: Path) -> None:
-    cfg = config(tmp_path, "content_checks = banned clamav")
-    pipeline = ContentPipeline.from_config(cfg)
+async def test_banned_is_quarantined_by_default(tmp_path: Path) -> None:
+    pipeline = ContentPipeline.from_config(config(tmp_path, "content_checks = banned"))
     verdict = await pipeline.scan(message(BANNED), "2-2")
     pipeline.close()
-    assert verdict.category == "BANNED" and verdict.action == "reject"
-    assert str(verdict.reply).startswith("554 5.7.0 Reject, id=2-2 - BANNED: ")
+    assert (verdict.category, verdict.action, verdict.quarantine_kind) == ("BANNED", "quarantine", "banned")
+    assert str(verdict.reply).startswith("250 2.7.0 Ok, discarded, id=2-2 - BANNED: ")
     assert any(s.name == "BANNED_FILENAME" for s in verdict.symbols)
+
+
+async def test_banned_message_is_still_virus_scanned(tmp_path: Path) -> None:
+    """INFECTED outranks BANNED, and only clamd can tell: a clamd that cannot scan defers
+    a banned message too (the old pipeline stopped at the banned name and rejected it)."""
+    pipeline = ContentPipeline.from_config(config(tmp_path, "content_checks = banned clamav\nbanned_action = reject"))
+    verdict = await pipeline.scan(message(BANNED), "2-3")
+    pipeline.close()
+    assert verdict.action == "tempfail" and "virus_scan FAILED" in verdict.reason
+    assert {"BANNED_FILENAME", "CLAMAV_FAILURE"} <= {s.name for s in verdict.symbols}
 
 
 async def test_clamav_failure_defers(tmp_path: Path) -> None:
@@ -165,17 +174,46 @@ class _Failing:
         raise self.exc
 
 
-@pytest.mark.parametrize("stage, exc, reason", [
-    ("postfix_checks", RuntimeError("boom"), "header/body checks FAILED: RuntimeError"),
-    ("banned", RuntimeError("boom"), "banned check FAILED: RuntimeError"),
-    ("banned", MapTempError("table down"), "banned check FAILED: table down"),
+@pytest.mark.parametrize("stage, reason", [
+    ("postfix_checks", "header/body checks FAILED: table down"),
+    ("banned", "banned check FAILED: table down"),
 ])
-async def test_failing_first_checks_tempfail(tmp_path: Path, stage: str, exc: Exception, reason: str) -> None:
+async def test_a_table_that_cannot_answer_tempfails(tmp_path: Path, stage: str, reason: str) -> None:
     pipeline = ContentPipeline.from_config(config(tmp_path, "content_checks = postfix_checks, banned"))
-    setattr(pipeline, stage, _Failing(exc))
+    setattr(pipeline, stage, _Failing(MapTempError("table down")))
     try:
         verdict = await pipeline.scan(message(CLEAN), "1-1")
     finally:
         pipeline.close()
     assert verdict.action == "tempfail"
     assert verdict.reason == reason
+
+
+@pytest.mark.parametrize("stage, symbol", [
+    ("postfix_checks", "HEADER_BODY_CHECKS_FAILED"),
+    ("banned", "BANNED_CHECK_FAILED"),
+])
+async def test_a_check_failing_on_the_content_is_final(tmp_path: Path, stage: str, symbol: str) -> None:
+    """The same message would fail the same way on every retry: a 451 would loop until the
+    message expires. It is UNCHECKED instead (tagged and delivered by default)."""
+    pipeline = ContentPipeline.from_config(config(tmp_path, "content_checks = postfix_checks, banned"))
+    setattr(pipeline, stage, _Failing(RuntimeError("boom")))
+    msg = message(CLEAN)
+    try:
+        verdict = await pipeline.scan(msg, "1-1")
+    finally:
+        pipeline.close()
+    assert (verdict.action, verdict.category) == ("pass", "UNCHECKED")
+    assert [(s.name, s.evidence) for s in verdict.symbols if s.name.endswith("_FAILED")] == [(symbol, "RuntimeError")]
+    out = verdict.edits.apply(msg)
+    assert b"Subject: ***UNCHECKED*** hi\r\n" in out
+    assert b"X-Filterd-Alert: UNCHECKED, not fully checked: " in out
+
+
+async def test_unchecked_action_applies(tmp_path: Path) -> None:
+    pipeline = ContentPipeline.from_config(config(tmp_path, "content_checks = banned\nunchecked_action = hold"))
+    pipeline.banned = _Failing(RuntimeError("boom"))  # type: ignore[assignment]
+    verdict = await pipeline.scan(message(CLEAN), "9-9")
+    pipeline.close()
+    assert (verdict.action, verdict.category, verdict.quarantine_kind) == ("hold", "UNCHECKED", "unchecked")
+    assert str(verdict.reply) == "250 2.7.0 Ok, held, id=9-9 - UNCHECKED: banned check failed (RuntimeError)"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import io
+import itertools
 import json
 import os
 import sqlite3
@@ -14,6 +16,7 @@ import pytest
 
 from filterd.config import Config
 from filterd.content import quarantine as qmod
+from filterd.content.commands import _quarantine
 from filterd.content.quarantine import Quarantine, QuarantineError
 from tests.fixtures.sqlite import converting
 
@@ -32,8 +35,12 @@ async def quarantine(tmp_path: Path) -> AsyncIterator[Quarantine]:
     await q.close()
 
 
+_mail_ids = itertools.count(1)
+
+
 async def store_spam(q: Quarantine, raw: bytes = MESSAGE, **kw) -> str:
-    args = dict(kind="spam", sender="a@example.org", recipients=["b@example.com", "c@example.com"],
+    args = dict(kind="spam", mail_id=f"Mail{next(_mail_ids):08d}", sender="a@example.org",
+                recipients=["b@example.com", "c@example.com"],
                 reason="BAYES_99=3.5,URIBL_BLACK=1.7", score=12.5, subject="cheap",
                 client_address="192.0.2.7")
     args.update(kw)
@@ -88,8 +95,8 @@ async def test_use_before_open_is_a_clear_error(tmp_path: Path) -> None:
 
 
 async def test_store_writes_one_file_named_by_an_amavis_like_id(quarantine: Quarantine) -> None:
-    qid = await store_spam(quarantine)
-    assert qmod._ID_RE.fullmatch(qid) and qid.startswith("spam-")
+    qid = await store_spam(quarantine, mail_id="fbSD2R7xnBNZ")
+    assert qid == "spam-fbSD2R7xnBNZ"  # <kind>-<mail_id>: the mail_id of the log line finds it
     assert files_in(quarantine.directory) == [qid]
     assert (quarantine.directory / qid).read_bytes() == MESSAGE
     assert (quarantine.directory / qid).stat().st_mode & 0o777 == 0o640
@@ -104,6 +111,30 @@ async def test_unknown_kind_is_refused_before_anything_is_written(quarantine: Qu
     with pytest.raises(ValueError, match="unknown quarantine kind 'ham'"):
         await store_spam(quarantine, kind="ham")
     assert files_in(quarantine.directory) == []
+
+
+@pytest.mark.parametrize("mail_id", ["short", "../../etc/pw", "fbSD2R7xnBNZ0", "fbSD2R7xnBN-"])
+async def test_bad_mail_id_is_refused_before_anything_is_written(quarantine: Quarantine, mail_id: str) -> None:
+    with pytest.raises(ValueError, match="bad mail_id"):
+        await store_spam(quarantine, mail_id=mail_id)
+    assert files_in(quarantine.directory) == []
+
+
+async def test_the_same_mail_id_twice_never_overwrites(quarantine: Quarantine) -> None:
+    qid = await store_spam(quarantine, mail_id="fbSD2R7xnBNZ")
+    with pytest.raises(QuarantineError, match="already exists"):
+        await store_spam(quarantine, b"other", mail_id="fbSD2R7xnBNZ")
+    assert (await quarantine.get(qid))[1] == MESSAGE
+    assert await store_spam(quarantine, kind="virus", mail_id="fbSD2R7xnBNZ") == "virus-fbSD2R7xnBNZ"
+
+
+async def test_an_entry_whose_file_is_gone_is_a_clear_error(quarantine: Quarantine) -> None:
+    qid = await store_spam(quarantine)
+    (quarantine.directory / qid).unlink()
+    with pytest.raises(QuarantineError, match=f"{qid}: the message file .* is missing"):
+        await quarantine.get(qid)
+    await quarantine.delete(qid)  # and the entry can still be removed
+    assert await quarantine.list() == []
 
 
 async def test_get_returns_the_index_entry_and_the_exact_bytes(quarantine: Quarantine) -> None:
@@ -293,3 +324,50 @@ async def test_recipients_are_stored_as_json(quarantine: Quarantine, tmp_path: P
     with sqlite3.connect(tmp_path / "data" / "quarantine.db") as db:
         (raw,) = db.execute("SELECT recipients FROM quarantine WHERE id = ?", (qid,)).fetchone()
     assert json.loads(raw) == ['odd"name"@example.com']
+
+
+# -- filterd quarantine ---------------------------------------------------------------------
+
+
+async def test_list_says_when_the_quarantine_is_empty(tmp_path: Path) -> None:
+    out = io.StringIO()
+    assert await _quarantine(config(tmp_path), "list", [], None, 10, out) == 0
+    assert out.getvalue() == "the quarantine is empty\n"
+    out = io.StringIO()
+    assert await _quarantine(config(tmp_path), "list", [], "virus", 10, out) == 0
+    assert out.getvalue() == "the quarantine holds no virus messages\n"
+    out = io.StringIO()
+    assert await _quarantine(config(tmp_path), "list", [], None, 10, out, json_out=True) == 0
+    assert out.getvalue() == ""
+
+
+async def test_list_json_one_object_per_entry(tmp_path: Path) -> None:
+    q = Quarantine(config(tmp_path))
+    await q.open()
+    try:
+        ids = [await store_spam(q, kind=k, subject="a\r\nb") for k in ("spam", "virus")]
+    finally:
+        await q.close()
+    out = io.StringIO()
+    assert await _quarantine(config(tmp_path), "list", [], None, 10, out, json_out=True) == 0
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert sorted(r["id"] for r in rows) == sorted(ids)
+    assert rows[0]["recipients"] == ["b@example.com", "c@example.com"] and rows[0]["subject"] == "a\r\nb"
+    assert set(rows[0]) == {"id", "time", "kind", "sender", "recipients", "reason", "score", "size",
+                            "client_address", "subject", "released_at", "released_how"}
+
+
+@pytest.mark.parametrize("action", ["show", "release"])
+async def test_show_and_release_of_a_missing_file_is_an_error_not_a_traceback(
+        tmp_path: Path, action: str, capsys: pytest.CaptureFixture[str]) -> None:
+    q = Quarantine(config(tmp_path))
+    await q.open()
+    try:
+        qid = await store_spam(q)
+    finally:
+        await q.close()
+    (tmp_path / "data" / "quarantine" / qid).unlink()
+    assert await _quarantine(config(tmp_path), action, [qid], None, 10, io.StringIO()) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"filterd: {qid}: the message file ") and "is missing" in err
+    assert f"filterd quarantine delete {qid}" in err

@@ -1,4 +1,4 @@
-"""The shared text helpers: one printable(), one random_id(), one valid_hostname()."""
+"""The shared text helpers: one printable(), one valid_hostname()."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 import pytest
 
 from filterd.netaddr import valid_hostname
-from filterd.text import printable, random_id
+from filterd.text import printable
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -19,13 +19,6 @@ from filterd.text import printable, random_id
 ])
 def test_printable_keeps_printable_text_and_only_that(text: str, expected: str) -> None:
     assert printable(text) == expected
-
-
-def test_random_ids_are_letters_and_digits_of_the_length_asked() -> None:
-    ids = {random_id() for _ in range(200)}
-    assert len(ids) == 200
-    assert all(re.fullmatch(r"[A-Za-z0-9]{12}", i) for i in ids)
-    assert re.fullmatch(r"[A-Za-z0-9]{20}", random_id(20))
 
 
 @pytest.mark.parametrize("name, strict, helo", [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from filterd.actions import Action
+from filterd.config import Config
 from filterd.content.banned import BannedResult
 from filterd.content.clamav import ScanResult
 from filterd.content.message import Message
@@ -110,17 +111,68 @@ def test_virus_reject_and_tag() -> None:
     assert v.action == "pass" and "Subject: ***INFECTED*** hello\tworld" in headers(v)
 
 
-def test_banned_rejected_by_default() -> None:
+def test_banned_quarantined_by_default_no_backscatter() -> None:
+    """After queue a 554 becomes Postfix's bounce to the envelope sender, which is often
+    forged: banned mail is quarantined and discarded by default (amavisd-new's D_DISCARD)."""
     banned = BannedResult(True, [], ["multipart/mixed | application/zip,.zip,a.zip | .exe,.exe-ms,setup.exe"])
     v = decide(POLICY, Message(RAW), Findings(banned=banned), "2-2")
-    assert v.category == "BANNED"
+    assert (v.category, v.action, v.quarantine_kind) == ("BANNED", "quarantine", "banned")
+    assert str(v.reply) == "250 2.7.0 Ok, discarded, id=2-2 - BANNED: .exe,.exe-ms,setup.exe"
+    v = decide(VerdictPolicy(banned_action="reject"), Message(RAW), Findings(banned=banned), "2-2")
     assert str(v.reply) == "554 5.7.0 Reject, id=2-2 - BANNED: .exe,.exe-ms,setup.exe"
 
 
+def test_no_default_action_bounces() -> None:
+    policy = VerdictPolicy.from_config(Config.from_text(""))
+    actions = (policy.spam_action, policy.virus_action, policy.banned_action, policy.unchecked_action)
+    assert "reject" not in actions and actions == ("pass", "quarantine", "quarantine", "tag")
+
+
 def test_virus_outranks_banned() -> None:
-    banned = BannedResult(True, [], ["x | .exe"])
-    v = decide(POLICY, Message(RAW), Findings(banned=banned, virus=ScanResult("infected", ["V"])), "3")
-    assert v.category == "INFECTED"
+    banned = BannedResult(True, [], ["x | .exe,eicar.com"])
+    findings = Findings(banned=banned, virus=ScanResult("infected", ["V"]))
+    v = decide(VerdictPolicy(banned_action="reject"), Message(RAW), findings, "3")
+    assert (v.category, v.action, v.quarantine_kind) == ("INFECTED", "quarantine", "virus")
+    assert str(v.reply) == "250 2.7.0 Ok, discarded, id=3 - INFECTED: V"
+    h = headers(v)
+    assert "X-Filterd-Alert: INFECTED, message contains virus: V" in h
+    assert "X-Filterd-Alert: BANNED, message contains .exe,eicar.com" in h
+
+
+def test_first_blocking_category_wins() -> None:
+    """amavisd-new tries the categories from the highest down; the first whose action
+    does not deliver decides. A passed virus does not let a banned part through."""
+    findings = Findings(banned=BannedResult(True, [], ["x | a.exe"]), virus=ScanResult("infected", ["V"]))
+    v = decide(VerdictPolicy(virus_action="pass"), Message(RAW), findings, "3")
+    assert (v.category, v.action, v.quarantine_kind) == ("BANNED", "quarantine", "banned")
+    unchecked_spam = Findings(unchecked=["more than 1000 archive members"], spam_checked=True,
+                              symbols=[Symbol("GTUBE", 1000.0)])
+    v = decide(VerdictPolicy(spam_action="discard"), Message(RAW), unchecked_spam, "4")
+    assert (v.category, v.action) == ("SPAM", "discard")
+    v = decide(POLICY, Message(RAW), unchecked_spam, "4")  # nothing blocks: the highest labels it
+    assert (v.category, v.action) == ("UNCHECKED", "pass")
+    assert "Subject: ***UNCHECKED*** ***Spam*** hello\tworld" in headers(v)
+
+
+def test_unchecked_is_tagged_with_the_reason() -> None:
+    findings = Findings(unchecked=["more than 1000 archive members", "encrypted archive member"])
+    v = decide(POLICY, Message(RAW), findings, "5-5")
+    assert (v.category, v.action, v.reason) == ("UNCHECKED", "pass", "UNCHECKED: more than 1000 archive members")
+    h = headers(v)
+    assert ("X-Filterd-Alert: UNCHECKED, not fully checked: more than 1000 archive members; "
+            "encrypted archive member") in h
+    assert "Subject: ***UNCHECKED*** hello\tworld" in h
+    v = decide(VerdictPolicy(unchecked_action="reject"), Message(RAW), findings, "5-5")
+    assert str(v.reply) == "554 5.7.0 Reject, id=5-5 - UNCHECKED: more than 1000 archive members"
+    v = decide(VerdictPolicy(unchecked_action="pass"), Message(RAW), findings, "5-5")
+    assert "Subject: hello world" in headers(v)
+
+
+def test_names_from_the_message_are_made_safe_for_replies_and_headers() -> None:
+    banned = BannedResult(True, [], ["x | evil\r\n250 2.0.0 Ok\x00.exe"])
+    v = decide(VerdictPolicy(banned_action="reject"), Message(RAW), Findings(banned=banned), "6")
+    assert str(v.reply) == "554 5.7.0 Reject, id=6 - BANNED: evil??250 2.0.0 Ok?.exe"
+    assert "X-Filterd-Alert: BANNED, message contains evil??250 2.0.0 Ok?.exe" in headers(v)
 
 
 def test_tempfail_reply() -> None:

@@ -29,6 +29,7 @@ from html.parser import HTMLParser
 
 import regex
 
+from filterd.content.htmltext import defuse_markup
 from filterd.content.message import Message
 from filterd.content.rules.evalargs import is_number
 from filterd.content.rules.evals_html_colors import NAMED_COLORS
@@ -386,7 +387,7 @@ def html_stats(html: str, rendered: str) -> HtmlStats:
     stats = HtmlStats(length=len(html))
     stats.non_space_len = len("".join(rendered.split()))  # split() drops what isspace() is
     parser = _StatsParser(stats)
-    source = _SELF_CLOSING.sub(r"<\1>", html[:MAX_HTML_CHARS].replace("&nbsp;", " "))
+    source = _SELF_CLOSING.sub(r"<\1>", defuse_markup(html[:MAX_HTML_CHARS]).replace("&nbsp;", " "))
     try:
         parser.feed(source)
         parser.close()
