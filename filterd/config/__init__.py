@@ -43,9 +43,11 @@ _PARAMS: dict[str, Param] = {}
 
 
 def install_params(table: dict[str, Param]) -> None:
-    """Make ``table`` the declared parameters (called once, by filterd.registry)."""
-    _PARAMS.clear()
-    _PARAMS.update(table)
+    """Make ``table`` the declared parameters (called once, by filterd.registry). The
+    table itself, not a copy: a change to ``filterd.registry.PARAMS`` (a test's
+    monkeypatch of a default) is what config sees."""
+    global _PARAMS
+    _PARAMS = table
 
 
 def _params() -> dict[str, Param]:
