@@ -585,6 +585,7 @@ def filterd_stages(config: Path) -> tuple[list[str], str]:
     """The content stages ``config`` makes filterd run, decided as ContentPipeline does
     (score rules once filterd.content.rules has a RuleSet and its parameters are declared)
     without compiling anything here."""
+    import filterd.registry  # noqa: F401  (installs the parameter table config reads)
     from filterd.config import Config
     from filterd.content.params import CONTENT_CHECKS
 

@@ -14,6 +14,7 @@ import sys
 from typing import Callable
 
 import filterd
+import filterd.registry  # noqa: F401  (installs the parameter table config reads)
 from filterd.config import Config, ConfigError, ConfigErrors, defaults
 
 Command = Callable[[argparse.Namespace], int]

@@ -10,6 +10,7 @@ else (IPv6, leading zeros, garbage) takes ``ipaddress``'s careful path.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 
 
@@ -31,3 +32,26 @@ def is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+#: One label of a host name: letters, digits, ``_`` and ``-``, 1 to 63, no ``-`` at an end.
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def valid_hostname(name: str, *, trailing_dot: bool = False) -> bool:
+    """Postfix's valid_hostname(): dot-separated labels of letters, digits, ``-`` and
+    ``_``, at most 255 characters; a name made only of digits and dots is not a host name
+    (it would be an address). ``trailing_dot`` accepts the absolute form
+    (``mx.example.com.``), as smtpd's HELO checks do, but not a bare ``host.``."""
+    if not name or len(name) > 255:
+        return False
+    if trailing_dot and name.endswith("."):
+        if name.count(".") == 1:
+            return False
+        name = name.rstrip(".")
+    if name.startswith(".") or name.endswith("."):
+        return False
+    labels = name.split(".")
+    if all(label.isdigit() for label in labels):
+        return False
+    return all(_HOST_LABEL.fullmatch(label) for label in labels)

@@ -30,20 +30,24 @@ import os
 import signal
 import socket
 import stat
+import threading
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 
+import filterd.registry  # noqa: F401  (installs the parameter table config reads)
 from filterd.config import EMBEDDED, Config, ConfigError
 from filterd.config.types import Endpoint
 from filterd.eventloop import WorkerLoop
+from filterd.filter.listener import FilterListener
+from filterd.listener import Listener, WorkerContext, enabled
 from filterd.log import flush as flush_log
-
-if TYPE_CHECKING:  # imported where used: a worker without a content filter never loads it
-    from filterd.content.server import ContentFilterServer
-    from filterd.milter.server import MilterServer
+from filterd.milter.listener import MilterListener
+from filterd.policy.listener import PolicyListener
 
 log = logging.getLogger("filterd.master")
+
+#: Every front end ``serve`` can start, each on its ``<name>_listen``.
+FRONT_ENDS: tuple[type[Listener], ...] = (PolicyListener, FilterListener, MilterListener)
+_BY_NAME: dict[str, type[Listener]] = {fe.name: fe for fe in FRONT_ENDS}
 
 
 def bind(endpoint: Endpoint, reuseport: bool = False) -> socket.socket:
@@ -100,7 +104,7 @@ RELOAD = 4
 #: Parameters only the master reads, when the daemon starts (the sockets, the workers,
 #: where state and the log are): a reload keeps their values, and says that a change of
 #: them needs a restart -- as Postfix needs one for inet_interfaces.
-RESTART_ONLY = ("policy_listen", "filter_listen", "worker_processes", "data_directory",
+RESTART_ONLY = ("policy_listen", "filter_listen", "milter_listen", "worker_processes", "data_directory",
                 "maillog_file", "syslog_name", "log_level", "greylist_store")
 
 
@@ -159,19 +163,6 @@ def same_settings(a: Config, b: Config) -> bool:
             == {n: s.value for n, s in b.settings.items()})
 
 
-async def _open_services(cfg: Config, damaged: Callable[[str], None] | None = None):
-    """Per-worker state: each worker opens its own greylist database connection;
-    ``damaged`` is called if the store finds itself damaged while serving."""
-    from filterd.greylist import Greylister, open_store
-    from filterd.restrict.services import Services
-
-    store = open_store(cfg)
-    store.on_damaged = damaged
-    greylister = Greylister(cfg, store, cfg.get("myhostname"))
-    await greylister.start()
-    return Services(cfg, greylister=greylister)
-
-
 def verify_store(cfg: Config) -> bool:
     """Open the greylist store in the master, before any worker, and repair it if it is
     damaged; False (with one fatal line naming the database) when it cannot be used.
@@ -194,32 +185,32 @@ def verify_store(cfg: Config) -> bool:
 
 
 def check_config(cfg: Config) -> None:
-    """Everything that can be checked without opening state: fails before any fork."""
-    from filterd.policy.service import PolicyService
-    from filterd.restrict.registry import build_engine
-    from filterd.restrict.services import Services
+    """Everything that can be checked without opening state, for every front end the
+    configuration enables: fails before any fork."""
+    for front_end in enabled(FRONT_ENDS, cfg):
+        front_end.check_config(cfg)
 
-    engine = build_engine(cfg, Services(cfg))
-    PolicyService(engine).check_config()
-    if cfg.get("milter_listen") is not None:
-        from filterd.milter.service import MilterService
 
-        MilterService(engine, None, None).check_config()
+def uses_greylist(cfg: Config) -> bool:
+    """Whether a front end ``cfg`` enables keeps greylist state (checked by the master)."""
+    return any(fe.uses_greylist for fe in enabled(FRONT_ENDS, cfg))
 
 
 async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_pipe: int | None = None,
-                      preloaded: object | None = None, reloaded: list[Config] | None = None) -> int:
-    """One worker: open state, serve until SIGTERM, finish requests in flight, exit.
+                      preloaded: dict[str, object] | None = None, reloaded: list[Config] | None = None) -> int:
+    """One worker: start its front ends, serve until SIGTERM, finish requests in flight, exit.
 
-    ``master_pipe`` is the read end of a pipe whose write end only the master holds:
-    when the master dies, even by SIGKILL, the pipe reads EOF and the worker stops
-    instead of serving on as an orphan. ``preloaded`` holds the content pipeline's
-    compiled rules and Bayes model, built once by the master before the fork.
+    ``listeners`` maps front-end names to their sockets. ``master_pipe`` is the read end
+    of a pipe whose write end only the master holds: when the master dies, even by
+    SIGKILL, the pipe reads EOF and the worker stops instead of serving on as an orphan.
+    ``preloaded`` holds, by :meth:`Listener.preloads` name, what front ends built once in
+    the master before the fork (the content pipeline's compiled rules and Bayes model);
+    what is missing is built here, once, off the event loop, and the front ends that need
+    none of it start without waiting (the entry is added, so that a worker run again in
+    this process reuses it).
     """
-    from filterd.policy.server import PolicyServer
-    from filterd.policy.service import PolicyService
-    from filterd.restrict.registry import build_engine
-
+    preloaded = {} if preloaded is None else preloaded
+    building: dict[str, asyncio.Task[object]] = {}
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     status = 0
@@ -238,7 +229,27 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
             stop.set()
 
         loop.add_reader(master_pipe, master_gone)
-    services = await _open_services(cfg, store_damaged)
+    running: list[Listener] = []
+
+    async def start(name: str, sock: socket.socket) -> None:
+        """Build and start one front end; a failure stops the worker (the master replaces
+        it), as it would if the front end had failed to start at the worker's start."""
+        nonlocal status
+        front_end = _BY_NAME[name]
+        key = front_end.preloads(cfg)
+        try:
+            if key is not None and key not in preloaded:
+                if key not in building:
+                    building[key] = loop.create_task(asyncio.to_thread(front_end.preload, cfg))
+                preloaded[key] = await building[key]
+            context = WorkerContext(None if key is None else preloaded[key], store_damaged)
+            listener = await front_end.from_config(cfg, context)
+            running.append(listener)
+            await listener.start(sock)
+        except Exception:  # noqa: BLE001 - logged; the worker stops and is replaced
+            log.exception("worker failed: %s_listen could not be served", name)
+            status = 1
+            stop.set()
 
     def reload() -> None:
         """SIGHUP, as postgrey: re-read the greylist whitelist files (tables reload
@@ -257,47 +268,33 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
                 stop.set()
                 return
 
-        async def run() -> None:
-            try:
-                await asyncio.to_thread(services.greylister.reload_whitelists)
-                log.info("reloaded greylist whitelists on SIGHUP")
-            except Exception:  # noqa: BLE001 - keep the old lists, say why
-                log.exception("reloading greylist whitelists failed; keeping the old ones")
-        loop.create_task(run())
+        for listener in running:
+            listener.reload()
 
+    # The front ends that are ready start now, in turn; one that must first build what
+    # it preloads (one worker, no master to build it) does so meanwhile, off the loop.
+    def ready(name: str) -> bool:
+        key = _BY_NAME[name].preloads(cfg)
+        return key is None or key in preloaded
+    waiting = {name: sock for name, sock in listeners.items() if not ready(name)}
+    for name, sock in listeners.items():
+        if name not in waiting:
+            await start(name, sock)
+    starting = [loop.create_task(start(name, sock)) for name, sock in waiting.items()]
     loop.add_signal_handler(signal.SIGHUP, reload)
     # A SIGHUP sent while this worker started waited, blocked (so that it neither
     # killed the worker nor was lost): delivered now, it reloads what was just read.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-    servers: list[PolicyServer | ContentFilterServer | MilterServer] = []
-    if "policy" in listeners:
-        server = PolicyServer.from_config(cfg, PolicyService(build_engine(cfg, services)))
-        await server.start(listeners["policy"])
-        servers.append(server)
-    if "filter" in listeners:
-        from filterd.content.pipeline import ContentPipeline
-        from filterd.content.server import ContentFilterServer
-
-        pipeline = ContentPipeline.from_config(cfg, preloaded)  # type: ignore[arg-type]
-        content_filter = ContentFilterServer.from_config(cfg, pipeline)
-        await content_filter.start(listeners["filter"])
-        servers.append(content_filter)
-    if "milter" in listeners:
-        from filterd.milter.server import MilterServer
-        from filterd.milter.service import MilterService
-
-        milter = MilterServer.from_config(cfg, MilterService.from_config(cfg, build_engine(cfg, services), preloaded))
-        await milter.start(listeners["milter"])
-        servers.append(milter)
     await stop.wait()
-    grace = cfg.get("policy_shutdown_grace")
-    await asyncio.gather(*(s.stop(grace) for s in servers))
-    await services.close()
+    for task in starting:
+        task.cancel()
+    await asyncio.gather(*starting, *building.values(), return_exceptions=True)
+    await asyncio.gather(*(listener.stop() for listener in running))
     return status
 
 
 def _run_worker(cfg: Config, listeners: dict[str, socket.socket], master_pipe: int | None = None,
-                preloaded: object | None = None, reloaded: list[Config] | None = None) -> int:
+                preloaded: dict[str, object] | None = None, reloaded: list[Config] | None = None) -> int:
     try:
         with asyncio.Runner(loop_factory=WorkerLoop) as runner:
             return runner.run(worker_main(cfg, listeners, master_pipe, preloaded, reloaded))
@@ -318,13 +315,11 @@ def serve(cfg: Config) -> int:
     for warning in getattr(cfg, "warnings", []):
         log.warning("%s", warning)
     os.makedirs(cfg.get("data_directory"), exist_ok=True)
-    preloaded = _preload(cfg, None)
     workers = cfg.get("worker_processes") or os.cpu_count() or 1
     slots: list[dict[str, socket.socket]] = [{} for _ in range(workers)]
-    for name in ("policy", "filter", "milter"):
+    for front_end in enabled(FRONT_ENDS, cfg):
+        name = front_end.name
         endpoint = cfg.get(f"{name}_listen")
-        if endpoint is None:
-            continue
         try:
             socks = bind_slots(endpoint, workers)
         except OSError as exc:
@@ -333,34 +328,41 @@ def serve(cfg: Config) -> int:
         for slot, sock in zip(slots, socks):
             slot[name] = sock
     if not slots[0]:
-        log.error("nothing to serve: policy_listen, filter_listen and milter_listen are empty")
+        log.error("nothing to serve: %s are empty", ", ".join(f"{fe.name}_listen" for fe in FRONT_ENDS))
         return 1
-    if not verify_store(cfg):
+    if uses_greylist(cfg) and not verify_store(cfg):
         return 1  # the sockets close with the process: nobody is left waiting on them
-    # Everything loaded so far (configuration, tables, compiled rules, the Bayes model)
-    # lives as long as the process. Frozen, it is no longer traversed by the cyclic
-    # collector (measured: 17 µs less per policy request with the content rules loaded),
-    # and forked workers keep sharing its pages: a collection writes into every object
-    # it traverses, which makes the kernel copy the page.
-    gc.freeze()
     where = ", ".join(f"{name} on {cfg.expand(name + '_listen')}" for name in slots[0])
     log.info("daemon started -- version %s, configuration %s, %d worker(s), %s",
              _version(), cfg.source, workers, where)
     if workers == 1:
-        # Each run is given duplicates of the sockets: stopping closes what it was given,
-        # and the next run (after a reload or a repaired store) must find them open.
+        # One process: the worker builds what front ends preload itself, off its event
+        # loop, so the others serve meanwhile. Each run is given duplicates of the
+        # sockets: stopping closes what it was given, and the next run (after a reload or
+        # a repaired store) must find them open.
         reloaded: list[Config] = []
+        preloaded: dict[str, object] = {}
         status = _run_worker(cfg, _dups(slots[0]), None, preloaded, reloaded)
         while status in (STORE_DAMAGED, RELOAD):
             if status == RELOAD:
                 cfg = reloaded.pop()
                 preloaded = _preload(cfg, preloaded)
-            elif not verify_store(cfg):
+            elif uses_greylist(cfg) and not verify_store(cfg):
                 return 1
             status = _run_worker(cfg, _dups(slots[0]), None, preloaded, reloaded)
         log.info("terminating on signal")
         return status
-    return _supervise(cfg, slots, preloaded)
+    _freeze()
+    return _supervise(cfg, slots)
+
+
+def _freeze() -> None:
+    """Everything loaded so far (configuration, tables, compiled rules, the Bayes model)
+    lives as long as the process. Frozen, it is no longer traversed by the cyclic
+    collector (measured: 17 µs less per policy request with the content rules loaded),
+    and forked workers keep sharing its pages: a collection writes into every object it
+    traverses, which makes the kernel copy the page."""
+    gc.freeze()
 
 
 def _dups(listeners: dict[str, socket.socket]) -> dict[str, socket.socket]:
@@ -373,29 +375,38 @@ def _dups(listeners: dict[str, socket.socket]) -> dict[str, socket.socket]:
     return dups
 
 
-def _preload(cfg: Config, previous: object | None) -> object | None:
-    """The content pipeline's compiled rules and model for ``cfg``, built in the master
-    so that the workers share them; on a reload that cannot build them, the previous."""
-    if cfg.get("filter_listen") is None and not (cfg.get("milter_listen") is not None
-                                                 and cfg.get("milter_content_filter")):
-        return None
-    from filterd.content.pipeline import Preloaded
-
-    started = time.monotonic()
-    if previous is None:
-        preloaded = Preloaded.from_config(cfg)
-    else:
+def _preload(cfg: Config, previous: dict[str, object] | None) -> dict[str, object]:
+    """What the front ends ``cfg`` enables build once in the master (the content
+    pipeline's compiled rules and model), by :meth:`Listener.preloads` name, so that the
+    workers share them; on a reload, work that cannot be built again keeps what was built
+    before."""
+    preloaded: dict[str, object] = {}
+    for front_end in enabled(FRONT_ENDS, cfg):
+        key = front_end.preloads(cfg)
+        if key is None or key in preloaded:
+            continue
+        started = time.monotonic()
         try:
-            preloaded = Preloaded.from_config(cfg)
+            preloaded[key] = front_end.preload(cfg)
         except Exception:  # noqa: BLE001 - a reload must not stop the daemon
-            log.exception("reload: loading the content pipeline failed; keeping the one loaded before")
-            return previous
-    log.info("content pipeline loaded in %.1fs (shared by all workers)", time.monotonic() - started)
+            if previous is None or key not in previous:
+                raise
+            log.exception("reload: loading the %s pipeline failed; keeping the one loaded before", key)
+            preloaded[key] = previous[key]
+            continue
+        log.info("%s pipeline loaded in %.1fs (shared by all workers)", key, time.monotonic() - started)
     return preloaded
 
 
-def _supervise(cfg: Config, slots: list[dict[str, socket.socket]], preloaded: object | None) -> int:
-    """Fork a worker per slot, replace those that die, pass SIGTERM on, wait for all."""
+def _supervise(cfg: Config, slots: list[dict[str, socket.socket]]) -> int:
+    """Fork a worker per slot, replace those that die, pass SIGTERM on, wait for all.
+
+    Front ends with nothing to preload start at once, in a first set of workers; once the
+    master has built what the others preload (compiled content rules: up to a minute on
+    a fresh data_directory), a full set of workers replaces the first, as a reload does.
+    Meanwhile Postfix's connections to those front ends wait in their sockets' queues."""
+    preloaded: dict[str, object] = {}
+    deferred = {fe.name for fe in enabled(FRONT_ENDS, cfg) if fe.preloads(cfg) is not None}
     stopping = False
     fatal = False  # stopping because the greylist store cannot be used
     children: dict[int, tuple[int, float]] = {}  # pid -> (slot, started)
@@ -421,7 +432,8 @@ def _supervise(cfg: Config, slots: list[dict[str, socket.socket]], preloaded: ob
                     signal.signal(sig, signal.SIG_DFL)
                 # SIGHUP stays blocked until the worker's loop handles it (worker_main).
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask | {signal.SIGHUP})
-                os._exit(_run_worker(cfg, slots[slot], alive_r, preloaded))
+                listeners = {name: sock for name, sock in slots[slot].items() if name not in deferred}
+                os._exit(_run_worker(cfg, listeners, alive_r, preloaded))
             children[pid] = (slot, time.monotonic())
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -454,15 +466,7 @@ def _supervise(cfg: Config, slots: list[dict[str, socket.socket]], preloaded: ob
                     preloaded = _preload(new, preloaded)
                     cfg = new
                     log.info("reload: configuration %s read again; replacing the workers", cfg.source)
-                    for pid, (slot, _) in list(children.items()):
-                        if pid in retiring:
-                            continue
-                        retiring.add(pid)
-                        try:
-                            os.kill(pid, signal.SIGTERM)
-                        except ProcessLookupError:
-                            pass
-                        spawn(slot)
+                    replace_workers()
                 elif new is not None:
                     for pid in list(children):
                         if pid not in retiring:
@@ -475,11 +479,53 @@ def _supervise(cfg: Config, slots: list[dict[str, socket.socket]], preloaded: ob
         finally:
             reloading = False
 
+    def replace_workers() -> None:
+        """A new worker per slot; the old ones stop once what is in flight is answered."""
+        for pid, (slot, _) in list(children.items()):
+            if pid in retiring:
+                continue
+            retiring.add(pid)
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            spawn(slot)
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hup)
-    for slot in range(len(slots)):
-        spawn(slot)
+    if deferred and len(deferred) < len(slots[0]):
+        for slot in range(len(slots)):  # the front ends that are ready now
+            spawn(slot)
+    # Built in a thread, so that SIGTERM meanwhile is handled at once (the main thread
+    # only waits) and the daemon stops without waiting for the rules to compile.
+    outcome: list[dict[str, object] | BaseException] = []
+
+    def build() -> None:
+        try:
+            outcome.append(_preload(cfg, None))
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            outcome.append(exc)
+    builder = threading.Thread(target=build, name="filterd-preload", daemon=True)
+    builder.start()
+    while builder.is_alive() and not stopping:
+        builder.join(0.1)
+    fatal_preload = False
+    if stopping:
+        pass
+    elif isinstance(outcome[0], BaseException):
+        log.error("fatal: loading the front ends failed", exc_info=outcome[0])
+        on_signal(signal.SIGTERM, None)
+        fatal_preload = True
+    else:
+        preloaded = outcome[0]
+    deferred = set()
+    _freeze()
+    if children:
+        replace_workers()
+    else:
+        for slot in range(len(slots)):
+            spawn(slot)
     # Only now: a SIGHUP that came while starting (held blocked since serve() began) is
     # passed to workers that exist, instead of to none.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
@@ -520,6 +566,8 @@ def _supervise(cfg: Config, slots: list[dict[str, socket.socket]], preloaded: ob
         spawn(slot)
     if fatal:
         log.error("fatal: stopped, the greylist store cannot be used")
+        return 1
+    if fatal_preload:
         return 1
     log.info("terminating on signal")
     return 0 if stopping else status

@@ -4,6 +4,7 @@ import asyncio
 
 import pytest
 
+import filterd.registry  # noqa: F401  (installs the parameter table config reads)
 from filterd.eventloop import WorkerLoop
 from filterd.log import RateLimitedLog
 

@@ -20,7 +20,7 @@ from filterd.config.parser import ConfigError, ConfigErrors, Setting, parse_file
 from filterd.config.types import Param, split_list
 
 __all__ = ["Config", "ConfigError", "ConfigErrors", "Param", "split_list", "default_config_path",
-           "expand_macros"]
+           "expand_macros", "install_params"]
 
 SYSTEM_CONFIG = "/etc/filterd/filterd.cf"
 EMBEDDED = "<embedded default>"
@@ -37,12 +37,23 @@ class ExpansionLoop(ConfigError):
         super().__init__(f"parameter expansion loop: {' -> '.join(chain)}", file, line)
 
 
-def _params() -> dict[str, Param]:
-    """The parameter table, imported on first use: each part's params module imports
-    filterd.config.types, so importing the registry here at load time would be a cycle."""
-    from filterd.config.registry import PARAMS
+#: Every declared parameter, by name: installed by :mod:`filterd.registry`, which imports
+#: each part's ``params`` module (config itself imports no part).
+_PARAMS: dict[str, Param] = {}
 
-    return PARAMS
+
+def install_params(table: dict[str, Param]) -> None:
+    """Make ``table`` the declared parameters (called once, by filterd.registry). The
+    table itself, not a copy: a change to ``filterd.registry.PARAMS`` (a test's
+    monkeypatch of a default) is what config sees."""
+    global _PARAMS
+    _PARAMS = table
+
+
+def _params() -> dict[str, Param]:
+    if not _PARAMS:
+        raise RuntimeError("no parameter table: import filterd.registry before loading a configuration")
+    return _PARAMS
 
 
 def default_config_path() -> str | None:

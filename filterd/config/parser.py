@@ -1,7 +1,7 @@
 """Reading the main.cf dialect: logical lines, continuations, comments.
 
 This module only turns text into ``name -> (value, file, line)``; it knows nothing of
-which names exist (see :mod:`filterd.config.registry`) or what values mean.
+which names exist (see :mod:`filterd.registry`) or what values mean.
 """
 
 from __future__ import annotations

@@ -20,11 +20,11 @@ import time
 from typing import Any, TextIO
 
 from filterd.config import ConfigError
-from filterd.content.forward import Forwarder
 from filterd.content.message import Envelope, Message
 from filterd.content.pipeline import ContentPipeline
 from filterd.content.quarantine import Quarantine, QuarantineEntry, QuarantineError
 from filterd.content.verdict import Verdict, format_score
+from filterd.smtp.client import Forwarder
 
 #: ``filterd check`` exit status: the highest that applies to any of the messages.
 EXIT_CLEAN = 0  # every message CLEAN: the content filter passes it, nothing found

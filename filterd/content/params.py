@@ -8,7 +8,7 @@ from filterd.config.types import (
     Param, as_bool, as_choice, as_endpoint, as_float, as_list, as_nonneg_int, as_positive_int, as_size, as_str, as_time,
 )
 from filterd.content.bayes.bands import DEFAULT_SCORES_TEXT, as_bayes_scores
-from filterd.content.nexthop import parse_next_hop
+from filterd.smtp.nexthop import parse_next_hop
 from filterd.content.rules.paths import default_extra_rules_directories, shipped_rules_directory
 
 
@@ -145,6 +145,9 @@ PARAMS += [
     Param("filter_timeout", "300s", as_time("s"),
           "idle timeout of a content filter client, and the timeout of each command "
           "sent to filter_forward"),
+    Param("filter_shutdown_grace", "10s", as_time("s"),
+          "how long SIGTERM waits for messages in flight in the content filter before "
+          "closing its connections"),
     Param("filter_max_connections", "20", as_positive_int,
           "most simultaneous content filter connections per worker; more get 421 4.3.2"),
     Param("message_size_limit", "10240000", as_nonneg_int,

@@ -26,7 +26,7 @@ import ipaddress
 import logging
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dns.asyncresolver
 import dns.exception
@@ -37,20 +37,16 @@ import dns.rdatatype
 import dns.resolver
 from dns.rdatatype import RdataType
 
+from filterd.config import Config
+from filterd.config.types import split_list
 from filterd.dnsbl.cache import TtlCache
 from filterd.log import RateLimitedLog
-
-if TYPE_CHECKING:  # a run-time import would be a cycle through the parameter registry
-    from filterd.config import Config
 
 log = logging.getLogger("filterd.dnsbl")
 _limited = RateLimitedLog(log)  # a list that is down fails every lookup
 
 _QueryKey = tuple[str, RdataType]  # (name, record type): what is cached and shared
 
-_LIST_SPLIT = re.compile(r"[\s,]+")
-"""filterd.cf list separators (not split_list: importing filterd.config here would make
-an import cycle through the parameter registry, which imports this module)."""
 _HOST_PORT = re.compile(r"\[([^\]]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?")
 
 
@@ -81,7 +77,7 @@ def parse_nameserver(text: str) -> tuple[str, int]:
 
 def as_nameservers(value: str) -> list[tuple[str, int]]:
     """Param converter for ``dns_nameservers``; empty means the system resolver."""
-    return [parse_nameserver(item) for item in _LIST_SPLIT.split(value) if item]
+    return [parse_nameserver(item) for item in split_list(value)]
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,9 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from filterd.config.types import split_list
 from filterd.dnsbl.names import normalize_zone
 
-_LIST_SPLIT = re.compile(r"[\s,]+")
-"""filterd.cf list separators.  Not filterd.config.types.split_list: importing
-filterd.config from here would make a cycle through the parameter registry, which
-imports this module's converter."""
 _RANGE = re.compile(r"(\d{1,3})(?:\.\.(\d{1,3}))?")
 _WEIGHT = re.compile(r"[+-]?\d{1,9}")
 _SYNTAX = "zone[=d.d.d.d|&d.d.d.d][*weight]"
@@ -198,4 +195,4 @@ def parse_site(entry: str, allow_weight: bool = True) -> Site:
 
 def as_dnsbl_sites(value: str) -> list[Site]:
     """Param converter for ``postscreen_dnsbl_sites``-style lists."""
-    return [parse_site(item) for item in _LIST_SPLIT.split(value) if item]
+    return [parse_site(item) for item in split_list(value)]

@@ -20,6 +20,9 @@ PARAMS = [
     Param("milter_listen", "inet:127.0.0.1:10026", as_endpoint,
           "where the milter listens (inet:host:port or unix:/path; empty = off); in Postfix's "
           "main.cf: smtpd_milters = inet:127.0.0.1:10026, milter_protocol = 6"),
+    Param("milter_shutdown_grace", "10s", as_time("s"),
+          "how long SIGTERM waits for the milter's messages in flight before closing its "
+          "connections"),
     Param("milter_socket_mode", "0660", as_mode,
           "file mode of the milter's unix socket (Postfix's smtpd must be able to write to it)"),
     Param("milter_connect_restrictions", "", as_list,

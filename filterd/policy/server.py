@@ -36,7 +36,7 @@ from filterd import eager
 from filterd.config import Config
 from filterd.eventloop import before_poll
 from filterd.log import RateLimitedLog
-from filterd.policy.protocol import FramingError, PolicyParser, PolicyRequest, encode_reply
+from filterd.restrict.delegation.protocol import FramingError, PolicyParser, PolicyRequest, encode_reply
 from filterd.policy.service import FAILURE, PolicyService
 
 log = logging.getLogger("filterd.policy")

@@ -1,6 +1,6 @@
 """Policy requests in, actions out: the translation between Postfix and the engine.
 
-This module holds no protocol framing (see :mod:`filterd.policy.protocol`) and no
+This module holds no protocol framing (see :mod:`filterd.restrict.delegation.protocol`) and no
 sockets (see :mod:`filterd.policy.server`): it takes a parsed request, runs the
 restriction list for its protocol state, logs one Postfix-style line, and returns the
 ``action`` to answer.
@@ -12,10 +12,10 @@ import logging
 
 from filterd.log import RateLimitedLog, event
 from filterd.netaddr import is_ip
-from filterd.policy.protocol import PolicyRequest, to_transaction
-from filterd.restrict.decision import DEFER, DUNNO, PERMIT, REJECT, Decision
+from filterd.restrict.delegation.protocol import PolicyRequest, to_transaction
 from filterd.restrict.engine import RestrictionEngine
-from filterd.restrict.transaction import Stage, Transaction
+from filterd.restrict.logline import format_log_line
+from filterd.restrict.transaction import Stage
 
 log = logging.getLogger("filterd.policy")
 #: Faults in requests are the client's: a flood of them is logged once per kind and interval.
@@ -82,18 +82,3 @@ class PolicyService:
             log.warning("%s: %s: %s from %s; from=<%s> to=<%s>", txn.queue_id or "NOQUEUE",
                         warning, txn.stage.value, txn.client_label, txn.sender or "", txn.recipient or "")
         return decision.policy_action
-
-
-_RESULT_WORD = {REJECT: "reject", DEFER: "reject", PERMIT: "permit", DUNNO: "dunno"}
-
-
-def format_log_line(txn: Transaction, d: Decision) -> str:
-    """One line in Postfix's reject-log shape, plus what decided it (``by=``).
-
-    ``NOQUEUE: reject: RCPT from host[1.2.3.4]: 450 4.2.0 <b@x>: Recipient address
-    rejected: Greylisted...; from=<a@y> to=<b@x> proto=ESMTP helo=<h>; action=...; by=...``
-    """
-    what = f"{txn.queue_id or 'NOQUEUE'}: {_RESULT_WORD[d.result]}: {txn.stage.value} from {txn.client_label}"
-    reply = f": {d.reply}" if d.reply is not None else ""
-    envelope = f"from=<{txn.sender or ''}> to=<{txn.recipient or ''}> proto={txn.protocol_name} helo=<{txn.helo_name}>"
-    return f"{what}{reply}; {envelope}; action={d.policy_action}; by={d.reason}"

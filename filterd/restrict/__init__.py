@@ -1,5 +1,5 @@
 """The restriction engine and every restriction it knows (Postfix's names and meanings).
 
-Kept import-free: the parameter registry imports ``filterd.restrict.params`` while the
-configuration module is still loading. Use :mod:`filterd.restrict.registry`.
+The package itself exports nothing: ``filterd.restrict.params`` is imported by the parameter
+registry without loading the engine. :mod:`filterd.restrict.registry` builds the engine.
 """

@@ -6,10 +6,8 @@ what they would see from Postfix itself.
 
 from __future__ import annotations
 
-import re
-
 from filterd.actions import Action
-from filterd.netaddr import is_ip
+from filterd.netaddr import is_ip, valid_hostname
 from filterd.restrict.decision import Reply
 from filterd.restrict.engine import Evaluation, Outcome, Restriction, stage_subject
 
@@ -108,22 +106,6 @@ async def permit_auth_destination(ev: Evaluation, arg: str | None) -> Outcome | 
     return Outcome(_OK, why) if ok else None
 
 
-_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
-
-
-def valid_hostname(name: str) -> bool:
-    """Postfix's valid_hostname(): dot-separated labels, letters/digits/-/_ , <= 255.
-
-    A name made only of digits and dots is not a host name (it would be an address).
-    """
-    if not name or len(name) > 255 or name.endswith(".") and name.count(".") == 1:
-        return False
-    labels = name.rstrip(".").split(".")
-    if all(label.isdigit() for label in labels):
-        return False
-    return all(_LABEL.match(label) for label in labels)
-
-
 def _address_literal(helo: str) -> bool:
     if not (helo.startswith("[") and helo.endswith("]")):
         return False
@@ -135,7 +117,7 @@ def _address_literal(helo: str) -> bool:
 
 async def reject_invalid_helo_hostname(ev: Evaluation, arg: str | None) -> Outcome | None:
     helo = ev.txn.helo_name
-    if not helo or _address_literal(helo) or valid_hostname(helo):
+    if not helo or _address_literal(helo) or valid_hostname(helo, trailing_dot=True):
         return None
     code = ev.cfg.get("invalid_hostname_reject_code")
     return Outcome(Action("CODE", code), f"helo {helo!r} invalid",
@@ -143,7 +125,7 @@ async def reject_invalid_helo_hostname(ev: Evaluation, arg: str | None) -> Outco
 
 
 def _fqdn(name: str) -> bool:
-    return "." in name.rstrip(".") and valid_hostname(name)
+    return "." in name.rstrip(".") and valid_hostname(name, trailing_dot=True)
 
 
 async def reject_non_fqdn_helo_hostname(ev: Evaluation, arg: str | None) -> Outcome | None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from filterd.actions import Action, parse_action
-from filterd.policy.client import PolicyServiceError, ServiceSpec
-from filterd.policy.protocol import from_transaction
+from filterd.restrict.delegation.client import PolicyServiceError, ServiceSpec
+from filterd.restrict.delegation.protocol import from_transaction
 from filterd.restrict.decision import Reply
 from filterd.restrict.engine import Evaluation, Outcome, Restriction
 

@@ -7,7 +7,10 @@ never asks DNS never builds a resolver.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import logging
+from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -15,8 +18,12 @@ from filterd.config import Config
 from filterd.config.types import is_network
 from filterd.maps import open_table
 from filterd.maps.access import lookup_domain, lookup_ip
-from filterd.policy.client import PolicyClient, ServiceSpec
+from filterd.restrict.delegation.client import PolicyClient, ServiceSpec
 from filterd.restrict.localnets import style_networks
+
+#: SIGHUP's whitelist reload is logged as the master's work, as before front ends had
+#: services of their own.
+log = logging.getLogger("filterd.master")
 
 if TYPE_CHECKING:  # imported where first used: a process that never looks one up never loads it
     from filterd.dnsbl.check import DnsblChecker
@@ -134,3 +141,27 @@ class Services:
             client.close()
         if self._greylister is not None:
             await self._greylister.close()
+
+    async def reload_whitelists(self) -> None:
+        """postgrey's SIGHUP: the greylist whitelist files read again, off the event loop;
+        a failure keeps the old lists and says why."""
+        if self._greylister is None:
+            return
+        try:
+            await asyncio.to_thread(self._greylister.reload_whitelists)
+            log.info("reloaded greylist whitelists on SIGHUP")
+        except Exception:  # noqa: BLE001 - keep the old lists, say why
+            log.exception("reloading greylist whitelists failed; keeping the old ones")
+
+
+async def open_services(cfg: Config, damaged: Callable[[str], None] | None = None) -> Services:
+    """A worker's services with its own greylist store connection, for the front ends
+    that evaluate restriction lists (policy, milter); ``damaged`` is called if the store
+    finds itself damaged while serving."""
+    from filterd.greylist import Greylister, open_store
+
+    store = open_store(cfg)
+    store.on_damaged = damaged
+    greylister = Greylister(cfg, store, cfg.get("myhostname"))
+    await greylister.start()
+    return Services(cfg, greylister=greylister)

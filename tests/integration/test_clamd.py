@@ -81,9 +81,9 @@ async def test_stream_over_stream_max_length_is_unchecked(scanner: ClamavScanner
     assert await scanner.ping()  # clamd itself is fine afterwards
 
 
-async def test_clamd_down_is_an_error_and_recovers(clamd_server: ClamdServer) -> None:
-    unix, inet = scanner_for(clamd_server.spec_unix), scanner_for(clamd_server.spec_inet)
-    clamd_server.stop()
+async def test_clamd_down_is_an_error_and_recovers(own_clamd: ClamdServer) -> None:
+    unix, inet = scanner_for(own_clamd.spec_unix), scanner_for(own_clamd.spec_inet)
+    own_clamd.stop()
     try:
         for scanner in (unix, inet):
             result = await scanner.scan(eicar())
@@ -94,7 +94,7 @@ async def test_clamd_down_is_an_error_and_recovers(clamd_server: ClamdServer) ->
         refused = await inet.scan(b"x")
         assert "connection refused" in (refused.error or "")
     finally:
-        clamd_server.start()
+        own_clamd.start()
     for scanner in (unix, inet):
         assert await scanner.ping() is True
         assert (await scanner.scan(eicar())).status == "infected"

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from filterd.config import Config
-from filterd.content.server import ContentFilterServer
+from filterd.filter.server import ContentFilterServer
 from tests.fixtures.clamd import ClamdServer, clean_message, eicar_mime_message
 from tests.fixtures.postfix import PostfixFactory, PostfixInstance, amavis_master_cf, free_port
 

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from filterd.config import Config
-from filterd.config.registry import PARAMS
+from filterd.registry import PARAMS
 from filterd.content.message import Envelope, Message
 from filterd.content.pipeline import ContentPipeline, Preloaded
-from filterd.content.server import ContentFilterServer
+from filterd.filter.server import ContentFilterServer
 from tests.fixtures.clamd import SIGNATURE_PREFIX, STREAM_MAX_LENGTH, ClamdServer, clean_message, eicar, eicar_mime_message
 from tests.fixtures.postfix import PostfixFactory, amavis_master_cf, free_port
 

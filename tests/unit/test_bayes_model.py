@@ -170,6 +170,7 @@ def test_probability_equals_the_vectorizer_path() -> None:
 
 
 @pytest.mark.skipif(not (CORPUS / "spamassassin").is_dir(), reason=f"corpus not found at {CORPUS}")
+@pytest.mark.slow  # every corpus message through scikit-learn's vectorizer: tens of seconds
 def test_token_indices_match_hashing_vectorizer_on_corpus() -> None:
     """Every corpus message: the shortcut's indices are the vectorizer's (models stay valid)."""
     vectorizer = model_mod.make_vectorizer()

@@ -14,7 +14,8 @@ import pytest
 from aiosmtpd.smtp import SMTP
 
 from filterd.config import Config
-from filterd.content.server import LINE_LIMIT, ContentFilterServer
+from filterd.filter.server import ContentFilterServer
+from filterd.smtp.server import LINE_LIMIT
 from tests.fixtures.programs import free_port
 
 MESSAGE = (b"From: a@example.org\r\nTo: b@example.com\r\nSubject: hello\r\n"
@@ -359,7 +360,7 @@ async def test_stop_finishes_message_in_flight(tmp_path: Path, start_filter: Any
     server, port = await start_filter(slow.sockets[0].getsockname()[1])
     client, _ = await Client.connect(port)
     pending = asyncio.create_task(client.transaction(["b@example.com"]))
-    while not server.tasks:
+    while not server.handler.tasks:
         await asyncio.sleep(0.01)
     stopping = asyncio.create_task(server.stop(10))
     await asyncio.sleep(0.1)
@@ -520,7 +521,7 @@ async def test_slow_processing_is_not_the_clients_idle_time(sink: Any, start_fil
     server.pipeline.scan = slow_scan  # a content check that takes long
     client, _ = await Client.connect(port)
     pending = asyncio.create_task(client.transaction(["b@example.com"]))
-    while not server.tasks:
+    while not server.handler.tasks:
         await asyncio.sleep(0.01)
     await asyncio.sleep(2.5)  # more than the timeout passes while the message is checked
     release.set()
@@ -607,7 +608,7 @@ async def test_a_bug_in_a_command_is_a_temporary_error(sink: Any, start_filter: 
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Never a 5xx for a reason that is not a verdict: aiosmtpd's own answer to an
     exception is 500 with the exception's text."""
-    import filterd.content.server as server_module
+    import filterd.smtp.server as server_module
 
     def broken(arg: str | None, current: Any) -> Any:
         raise RuntimeError("boom\r\n250 fake")

@@ -8,8 +8,8 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
-from filterd.content.forward import Forwarder
-from filterd.content.nexthop import parse_next_hop
+from filterd.smtp.client import Forwarder
+from filterd.smtp.nexthop import parse_next_hop
 
 MESSAGE = b"Subject: t\r\n\r\nbody\r\n"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from filterd.policy.protocol import (
+from filterd.restrict.delegation.protocol import (
     MAX_LINE, MAX_REQUEST, FramingError, PolicyParser, PolicyRequest, encode_reply,
     encode_request, from_transaction, to_transaction,
 )

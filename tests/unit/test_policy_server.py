@@ -216,7 +216,7 @@ async def test_chained_policy_service_down_gives_postfix_451():
     cfg = Config.from_text(f"policy_restrictions = check_policy_service {{ inet:127.0.0.1:{port}, timeout=2s }}\n")
     services = Services(cfg)
     service = PolicyService(build_engine(cfg, services))
-    from filterd.policy.protocol import parse_block
+    from filterd.restrict.delegation.protocol import parse_block
 
     action = await service.handle(parse_block(request().rstrip(b"\n")), "test")
     assert action == "451 4.3.5 Server configuration problem"

@@ -42,6 +42,7 @@ def test_spamassassin_rules_load_completely(regex_rules: RuleSet) -> None:
     assert stats.unreferenced > 100  # sub-rules no scored rule reads are not evaluated
 
 
+@pytest.mark.slow  # the whole corpus through both engines: tens of seconds
 @pytest.mark.skipif(not hyperscan_available(), reason="hyperscan module not installed")
 def test_hyperscan_and_regex_agree_on_corpus(regex_rules: RuleSet, sample: list[bytes]) -> None:
     hs_rules = RuleSet.load([shipped_rules_directory(), str(SA_RULES)], engine="hyperscan")

@@ -9,7 +9,7 @@ from email.errors import HeaderParseError
 
 import pytest
 
-from filterd.content.smtpin import DataResult, DataState, plain_path, read_data
+from filterd.smtp.data import DataResult, DataState, plain_path, read_data
 
 
 def aiosmtpd_getaddr(arg: str) -> tuple[str | None, str | None]:

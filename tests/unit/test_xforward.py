@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from filterd.content.xforward import (
+from filterd.smtp.xforward import (
     Xforward,
     XforwardError,
     parse_xforward,

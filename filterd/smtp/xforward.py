@@ -16,6 +16,9 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from filterd.netaddr import valid_hostname
+from filterd.text import printable
+
 #: The attributes filterd accepts and advertises (``250-XFORWARD NAME ADDR ...``).
 ATTRIBUTES = ("NAME", "ADDR", "PROTO", "HELO", "SOURCE", "PORT", "IDENT")
 EHLO_KEYWORD = "XFORWARD " + " ".join(ATTRIBUTES)
@@ -25,14 +28,12 @@ TEMPUNAVAIL = "[TEMPUNAVAIL]"
 _UNKNOWN_VALUES = (UNAVAILABLE, TEMPUNAVAIL)
 _MAX_VALUE = 255
 _MAX_COMMAND = 512
-_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 # Postfix's NEUTER_CHARACTERS: characters that could break headers or macro expansion.
 _NEUTER = re.compile(r"[<>()\\\";@:\[\]]")
 # What Postfix's smtpd neuters in a HELO argument (an address literal keeps its brackets).
 _NEUTER_HELO = re.compile(r"[ <>()\\\";@]")
-#: xtext characters that stand for themselves ("!" to "~" but "="), and printable ASCII.
+#: xtext characters that stand for themselves ("!" to "~" but "=").
 _XTEXT_PLAIN = re.compile(r"[!-<>-~]*")
-_ASCII_PRINTABLE = re.compile(r"[ -~]*")
 
 
 class XforwardError(Exception):
@@ -89,29 +90,11 @@ def xtext_encode(text: str) -> str:
     return "".join(out)
 
 
-def _printable(text: str) -> str:
-    """Printable ASCII and printable non-ASCII kept; every control character (C0, DEL, C1,
-    line separators, format characters, undecodable bytes) becomes ``?``."""
-    if _ASCII_PRINTABLE.fullmatch(text):
-        return text
-    return "".join(ch if " " <= ch <= "~" or (ch >= "\xa0" and ch.isprintable()) else "?"
-                   for ch in text)
-
-
 def neuter(text: str) -> str:
     """A client-supplied name as Postfix's smtpd keeps a HELO argument: non-printable
     characters and those that could break a header or a macro expansion become ``?``,
     and the name is at most 255 characters (it goes into our Received header)."""
-    return _NEUTER_HELO.sub("?", _printable(text[:_MAX_VALUE]))
-
-
-def _valid_hostname(name: str) -> bool:
-    if not name or len(name) > 255 or name.startswith(".") or name.endswith("."):
-        return False
-    labels = name.split(".")
-    if all(label.isdigit() for label in labels):
-        return False  # Postfix refuses numeric "host names"
-    return all(_HOST_LABEL.fullmatch(label) for label in labels)
+    return _NEUTER_HELO.sub("?", printable(text[:_MAX_VALUE]))
 
 
 def _bare_address(value: str) -> str | None:
@@ -144,7 +127,7 @@ def parse_xforward(arg: str | None, current: Xforward) -> Xforward:
         if len(raw) > _MAX_VALUE:
             raise XforwardError("501 5.5.4 Error: attribute value too long")
         decoded = xtext_decode(raw)
-        value = _printable(decoded if decoded is not None else raw)
+        value = printable(decoded if decoded is not None else raw)
         key = name.upper()
         if key not in ATTRIBUTES:
             raise XforwardError(f"501 5.5.4 Bad XFORWARD attribute name: {name}")
@@ -158,7 +141,7 @@ def _check(key: str, value: str) -> str:
         return "" if key == "HELO" else ("LOCAL" if key == "SOURCE" else "unknown")
     if key == "NAME":
         value = _NEUTER.sub("?", value)
-        if not _valid_hostname(value):
+        if not valid_hostname(value):
             raise XforwardError(f"501 5.5.4 Bad NAME syntax: {value}")
     elif key == "ADDR":
         value = _NEUTER.sub("?", value) if value[:5].lower() != "ipv6:" else value

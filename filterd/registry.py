@@ -1,11 +1,17 @@
 """The table of every declared parameter, gathered from each part's ``params`` module.
 
 Each part of filterd declares its own parameters beside its code; this module only
-collects them and refuses two declarations of one name.
+collects them, refuses two declarations of one name, and hands the table to
+:mod:`filterd.config`. It sits above config (and above every part) so that config imports
+no part: an entry point (the CLI, the tests, a benchmark) imports it once before it loads
+a configuration.
 """
 
 from __future__ import annotations
 
+from types import ModuleType
+
+from filterd.config import install_params
 from filterd.config.types import Param
 from filterd import params as _core
 from filterd.maps import params as _maps
@@ -18,7 +24,7 @@ from filterd.mta import params as _mta
 from filterd.milter import params as _milter
 
 
-def _collect(*modules) -> dict[str, Param]:
+def _collect(*modules: ModuleType) -> dict[str, Param]:
     table: dict[str, Param] = {}
     for mod in modules:
         for p in mod.PARAMS:
@@ -28,4 +34,6 @@ def _collect(*modules) -> dict[str, Param]:
     return table
 
 
-PARAMS: dict[str, Param] = _collect(_core, _maps, _restrict, _dnsbl, _greylist, _policy, _content, _mta, _milter)
+PARAMS: dict[str, Param] = _collect(_core, _maps, _restrict, _dnsbl, _greylist, _policy, _content, _mta,
+                                    _milter)
+install_params(PARAMS)

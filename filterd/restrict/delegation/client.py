@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from filterd.config.types import Endpoint, as_time, parse_endpoint, split_list
-from filterd.policy.protocol import PolicyParser, PolicyRequest, encode_request
+from filterd.restrict.delegation.protocol import PolicyParser, PolicyRequest, encode_request
 
 log = logging.getLogger("filterd.policy")
 

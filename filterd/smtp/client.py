@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 
 import aiosmtplib
 
-from filterd.content.nexthop import NextHop
-from filterd.content.xforward import encode_commands
+from filterd.smtp.nexthop import NextHop
+from filterd.smtp.xforward import encode_commands
 from filterd.reply import REPLY_LINE_MAX, Reply, safe_reply
 
 log = logging.getLogger("filterd.content")
