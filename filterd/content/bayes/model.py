@@ -23,8 +23,6 @@ old or the new model, never half of one.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.naive_bayes import MultinomialNB
 from sklearn.utils import murmurhash3_32
 
+from filterd.content.bayes.npzfile import save_npz
 from filterd.content.bayes.tokenizer import tokenize
 from filterd.content.message import Message
 
@@ -226,39 +225,19 @@ class BayesModel:
     # -- storage -------------------------------------------------------------------
     def save(self, path: str) -> None:
         """Write atomically: temp file in the same directory, fsync, rename, fsync dir."""
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
         keys = np.fromiter(self.learned.keys(), dtype=np.uint64, count=len(self.learned))
         labels = np.fromiter(self.learned.values(), dtype=bool, count=len(self.learned))
-        fd, tmp = tempfile.mkstemp(prefix=".model-", suffix=".npz.tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez_compressed(
-                    fh,
-                    format=np.array(FORMAT),
-                    format_version=np.array(FORMAT_VERSION),
-                    tokenizer_version=np.array(TOKENIZER_VERSION),
-                    n_features=np.array(self.n_features),
-                    token_counts=self.nb.feature_count_.astype(np.uint32),
-                    class_counts=self.nb.class_count_.astype(np.uint64),
-                    learned_keys=keys,
-                    learned_spam=labels,
-                )
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        save_npz(
+            path, compressed=True,
+            format=np.array(FORMAT),
+            format_version=np.array(FORMAT_VERSION),
+            tokenizer_version=np.array(TOKENIZER_VERSION),
+            n_features=np.array(self.n_features),
+            token_counts=self.nb.feature_count_.astype(np.uint32),
+            class_counts=self.nb.class_count_.astype(np.uint64),
+            learned_keys=keys,
+            learned_spam=labels,
+        )
 
     @classmethod
     def load(cls, path: str) -> BayesModel:

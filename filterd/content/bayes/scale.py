@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.sparse import csr_matrix
 
+from filterd.content.bayes.npzfile import save_npz
 from filterd.content.symbols import Symbol
 
 SCALE_FILE = "scale.npz"
@@ -103,40 +103,20 @@ class Scale:
     # -- storage -------------------------------------------------------------------
     def save(self, path: str) -> None:
         """Write atomically (temp file, fsync, rename, fsync the directory)."""
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
         names = sorted(self.points)
-        fd, tmp = tempfile.mkstemp(prefix=".scale-", suffix=".npz.tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(
-                    fh,
-                    format=np.array(FORMAT),
-                    format_version=np.array(FORMAT_VERSION),
-                    names=np.array(names, dtype=np.str_),
-                    points=np.array([self.points[n] for n in names], dtype=np.float64),
-                    level=np.array(self.level),
-                    rule_paths=np.array(self.rule_paths, dtype=np.str_),
-                    report_keys=np.array(sorted(self.report), dtype=np.str_),
-                    report_values=np.array([self.report[k] for k in sorted(self.report)], dtype=np.float64),
-                    bayes_edges=np.array(BAYES_EDGES, dtype=np.float64),
-                    bayes_points=np.array(self.bayes_points, dtype=np.float64),
-                )
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        save_npz(
+            path,
+            format=np.array(FORMAT),
+            format_version=np.array(FORMAT_VERSION),
+            names=np.array(names, dtype=np.str_),
+            points=np.array([self.points[n] for n in names], dtype=np.float64),
+            level=np.array(self.level),
+            rule_paths=np.array(self.rule_paths, dtype=np.str_),
+            report_keys=np.array(sorted(self.report), dtype=np.str_),
+            report_values=np.array([self.report[k] for k in sorted(self.report)], dtype=np.float64),
+            bayes_edges=np.array(BAYES_EDGES, dtype=np.float64),
+            bayes_points=np.array(self.bayes_points, dtype=np.float64),
+        )
 
     @classmethod
     def load(cls, path: str) -> "Scale":
