@@ -285,6 +285,9 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
     # A SIGHUP sent while this worker started waited, blocked (so that it neither
     # killed the worker nor was lost): delivered now, it reloads what was just read.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+    if master_pipe is None and _held_hups:  # one worker, no master: it is the one to reload
+        _held_hups.clear()
+        reload()
     await stop.wait()
     for task in starting:
         task.cancel()
@@ -305,12 +308,24 @@ def _run_worker(cfg: Config, listeners: dict[str, socket.socket], master_pipe: i
         flush_log()  # the worker ends with os._exit, which skips logging's own shutdown
 
 
+#: SIGHUPs that came while starting, before anything could reload (see serve()).
+_held_hups: list[int] = []
+
+
+def _hold_hup(signum: int, frame: object) -> None:
+    _held_hups.append(signum)
+
+
 def serve(cfg: Config) -> int:
     """Run the configured services until SIGTERM; returns the exit status."""
     # A reload asked for while starting (loading the content rules takes seconds) waits
     # until there is something to reload, instead of killing the daemon: SIGHUP stays
     # blocked until the master (_supervise) or the single worker (worker_main) handles it.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    # The mask holds only this thread: threads that imports started (OpenBLAS's pool) do
+    # not block SIGHUP, and one of them taking it would kill the daemon. A handler runs
+    # whichever thread takes the signal, and notes it for later.
+    signal.signal(signal.SIGHUP, _hold_hup)
     check_config(cfg)
     for warning in getattr(cfg, "warnings", []):
         log.warning("%s", warning)
@@ -529,6 +544,9 @@ def _supervise(cfg: Config, slots: list[dict[str, socket.socket]]) -> int:
     # Only now: a SIGHUP that came while starting (held blocked since serve() began) is
     # passed to workers that exist, instead of to none.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+    if _held_hups:
+        _held_hups.clear()
+        on_hup(signal.SIGHUP, None)
     status = 0
     while children:
         try:
