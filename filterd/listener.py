@@ -12,12 +12,16 @@ it.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from filterd.config import Config
+
+if TYPE_CHECKING:  # the engine's services, for the type only: this module stays a leaf
+    from filterd.restrict.services import Services
 
 
 @dataclass
@@ -76,3 +80,31 @@ class Listener(Protocol):
 def enabled(front_ends: tuple[type[Listener], ...], cfg: Config) -> list[type[Listener]]:
     """The front ends ``cfg`` turns on: those whose ``<name>_listen`` is not empty."""
     return [fe for fe in front_ends if cfg.get(f"{fe.name}_listen") is not None]
+
+
+class _Server(Protocol):
+    async def start(self, sock: socket.socket) -> None: ...
+    async def stop(self, grace: float) -> None: ...
+
+
+class EngineListener:
+    """What a front end that runs the restriction engine on its own greylist store
+    connection (policy service, milter) does around its server: start it, reload the
+    whitelists on SIGHUP, stop it with its grace period, then close the services."""
+
+    uses_greylist: ClassVar[bool] = True
+
+    def __init__(self, server: _Server, services: Services, grace: float):
+        self.server = server
+        self.services = services
+        self.grace = grace
+
+    async def start(self, sock: socket.socket) -> None:
+        await self.server.start(sock)
+
+    def reload(self) -> None:
+        asyncio.get_running_loop().create_task(self.services.reload_whitelists())
+
+    async def stop(self) -> None:
+        await self.server.stop(self.grace)
+        await self.services.close()

@@ -285,8 +285,7 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
     # A SIGHUP sent while this worker started waited, blocked (so that it neither
     # killed the worker nor was lost): delivered now, it reloads what was just read.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-    if master_pipe is None and _held_hups:  # one worker, no master: it is the one to reload
-        _held_hups.clear()
+    if master_pipe is None and _take_held_hup():  # one worker, no master: it reloads
         reload()
     await stop.wait()
     for task in starting:
@@ -308,12 +307,21 @@ def _run_worker(cfg: Config, listeners: dict[str, socket.socket], master_pipe: i
         flush_log()  # the worker ends with os._exit, which skips logging's own shutdown
 
 
-#: SIGHUPs that came while starting, before anything could reload (see serve()).
-_held_hups: list[int] = []
+#: A SIGHUP came while starting, before anything could reload (see serve()); several
+#: are one reload, as in Postfix.
+_hup_held = False
 
 
 def _hold_hup(signum: int, frame: object) -> None:
-    _held_hups.append(signum)
+    global _hup_held
+    _hup_held = True
+
+
+def _take_held_hup() -> bool:
+    """Whether a SIGHUP was held while starting; it is handed out once."""
+    global _hup_held
+    held, _hup_held = _hup_held, False
+    return held
 
 
 def serve(cfg: Config) -> int:
@@ -544,8 +552,7 @@ def _supervise(cfg: Config, slots: list[dict[str, socket.socket]]) -> int:
     # Only now: a SIGHUP that came while starting (held blocked since serve() began) is
     # passed to workers that exist, instead of to none.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-    if _held_hups:
-        _held_hups.clear()
+    if _take_held_hup():
         on_hup(signal.SIGHUP, None)
     status = 0
     while children:

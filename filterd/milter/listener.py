@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import socket
 from typing import TYPE_CHECKING, ClassVar
 
 from filterd.config import Config
-from filterd.listener import WorkerContext
+from filterd.listener import EngineListener, WorkerContext
 from filterd.milter.server import MilterServer
 from filterd.milter.service import MilterService
 from filterd.restrict.registry import build_engine
@@ -17,18 +15,12 @@ if TYPE_CHECKING:  # imported where used: a milter without content checks never 
     from filterd.content.pipeline import Preloaded
 
 
-class MilterListener:
+class MilterListener(EngineListener):
     """The milter (protocol 6) on ``milter_listen``, with this worker's own greylist store
     connection; with ``milter_content_filter`` it shares the content pipeline's rules
     and model that the master built once (as the content filter does)."""
 
     name: ClassVar[str] = "milter"
-    uses_greylist: ClassVar[bool] = True
-
-    def __init__(self, server: MilterServer, services: Services, grace: float):
-        self.server = server
-        self.services = services
-        self.grace = grace
 
     @classmethod
     def check_config(cls, cfg: Config) -> None:
@@ -49,13 +41,3 @@ class MilterListener:
         services = await open_services(cfg, context.damaged)
         service = MilterService.from_config(cfg, build_engine(cfg, services), context.preloaded)
         return cls(MilterServer.from_config(cfg, service), services, cfg.get("milter_shutdown_grace"))
-
-    async def start(self, sock: socket.socket) -> None:
-        await self.server.start(sock)
-
-    def reload(self) -> None:
-        asyncio.get_running_loop().create_task(self.services.reload_whitelists())
-
-    async def stop(self) -> None:
-        await self.server.stop(self.grace)
-        await self.services.close()

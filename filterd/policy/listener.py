@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-import socket
 from typing import Any, ClassVar
 
 from filterd.config import Config
-from filterd.listener import WorkerContext
+from filterd.listener import EngineListener, WorkerContext
 from filterd.policy.server import PolicyServer
 from filterd.policy.service import PolicyService
 from filterd.restrict.registry import build_engine
 from filterd.restrict.services import Services, open_services
 
 
-class PolicyListener:
+class PolicyListener(EngineListener):
     """Postfix's policy delegation on ``policy_listen``, with this worker's own greylist
     store connection (opened here: a worker without the policy service never opens it)."""
 
     name: ClassVar[str] = "policy"
-    uses_greylist: ClassVar[bool] = True
-
-    def __init__(self, server: PolicyServer, services: Services, grace: float):
-        self.server = server
-        self.services = services
-        self.grace = grace
 
     @classmethod
     def check_config(cls, cfg: Config) -> None:
@@ -43,13 +35,3 @@ class PolicyListener:
         services = await open_services(cfg, context.damaged)
         server = PolicyServer.from_config(cfg, PolicyService(build_engine(cfg, services)))
         return cls(server, services, cfg.get("policy_shutdown_grace"))
-
-    async def start(self, sock: socket.socket) -> None:
-        await self.server.start(sock)
-
-    def reload(self) -> None:
-        asyncio.get_running_loop().create_task(self.services.reload_whitelists())
-
-    async def stop(self) -> None:
-        await self.server.stop(self.grace)
-        await self.services.close()
