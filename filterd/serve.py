@@ -41,6 +41,7 @@ from filterd.filter.listener import FilterListener
 from filterd.listener import Listener, WorkerContext, enabled
 from filterd.log import flush as flush_log
 from filterd.milter.listener import MilterListener
+from filterd.mta.qmgr import QueueManager
 from filterd.policy.listener import PolicyListener
 
 log = logging.getLogger("filterd.master")
@@ -94,6 +95,10 @@ def bind_slots(endpoint: Endpoint, slots: int) -> list[socket.socket]:
     return [bind(endpoint, reuseport=True) for _ in range(slots)]
 
 
+#: Seconds the queue manager's deliveries in flight get to finish when its worker stops;
+#: those still running stay in ``active`` and are delivered again at the next start.
+QMGR_GRACE = 10.0
+
 #: A worker's exit status when its greylist store turned out damaged or deleted while it
 #: served: the master repairs the store (GreylistStore.verify) and starts a new worker.
 STORE_DAMAGED = 3
@@ -104,7 +109,7 @@ RELOAD = 4
 #: Parameters only the master reads, when the daemon starts (the sockets, the workers,
 #: where state and the log are): a reload keeps their values, and says that a change of
 #: them needs a restart -- as Postfix needs one for inet_interfaces.
-RESTART_ONLY = ("policy_listen", "filter_listen", "milter_listen", "worker_processes", "data_directory",
+RESTART_ONLY = ("policy_listen", "filter_listen", "milter_listen", "smtpd_listen", "worker_processes", "data_directory",
                 "maillog_file", "syslog_name", "log_level", "greylist_store")
 
 
@@ -191,13 +196,22 @@ def check_config(cfg: Config) -> None:
         front_end.check_config(cfg)
 
 
+def runs_queue_manager(cfg: Config) -> bool:
+    """Whether ``cfg`` makes filterd an MTA with a queue (smtpd on): then worker slot 0
+    also runs the queue manager, as Postfix's master always runs one qmgr. When that
+    worker is replaced, its successor's queue manager waits for the lock until the old
+    one has finished its deliveries in flight."""
+    return bool(cfg.get("smtpd_listen"))
+
+
 def uses_greylist(cfg: Config) -> bool:
     """Whether a front end ``cfg`` enables keeps greylist state (checked by the master)."""
     return any(fe.uses_greylist for fe in enabled(FRONT_ENDS, cfg))
 
 
 async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_pipe: int | None = None,
-                      preloaded: dict[str, object] | None = None, reloaded: list[Config] | None = None) -> int:
+                      preloaded: dict[str, object] | None = None, reloaded: list[Config] | None = None,
+                      queue_manager: bool = False) -> int:
     """One worker: start its front ends, serve until SIGTERM, finish requests in flight, exit.
 
     ``listeners`` maps front-end names to their sockets. ``master_pipe`` is the read end
@@ -208,6 +222,9 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
     what is missing is built here, once, off the event loop, and the front ends that need
     none of it start without waiting (the entry is added, so that a worker run again in
     this process reuses it).
+
+    ``queue_manager``: this worker also runs the queue manager (one per queue directory,
+    in worker slot 0; see :func:`runs_queue_manager`).
     """
     preloaded = {} if preloaded is None else preloaded
     building: dict[str, asyncio.Task[object]] = {}
@@ -287,7 +304,24 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     if master_pipe is None and _take_held_hup():  # one worker, no master: it reloads
         reload()
+    qmgr: QueueManager | None = None
+    qmgr_task: asyncio.Task[None] | None = None
+    if queue_manager:
+        qmgr = QueueManager.from_config(cfg, {})
+
+        def qmgr_ended(task: asyncio.Task[None]) -> None:
+            nonlocal status
+            if not task.cancelled() and task.exception() is not None and not stop.is_set():
+                log.error("queue manager failed: %r; this worker stops so that it is replaced",
+                          task.exception())
+                status = 1
+                stop.set()
+        qmgr_task = loop.create_task(qmgr.run(QMGR_GRACE))
+        qmgr_task.add_done_callback(qmgr_ended)
     await stop.wait()
+    if qmgr is not None and qmgr_task is not None:
+        qmgr.stop()
+        await asyncio.gather(qmgr_task, return_exceptions=True)
     for task in starting:
         task.cancel()
     await asyncio.gather(*starting, *building.values(), return_exceptions=True)
@@ -296,10 +330,11 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
 
 
 def _run_worker(cfg: Config, listeners: dict[str, socket.socket], master_pipe: int | None = None,
-                preloaded: dict[str, object] | None = None, reloaded: list[Config] | None = None) -> int:
+                preloaded: dict[str, object] | None = None, reloaded: list[Config] | None = None,
+                queue_manager: bool = False) -> int:
     try:
         with asyncio.Runner(loop_factory=WorkerLoop) as runner:
-            return runner.run(worker_main(cfg, listeners, master_pipe, preloaded, reloaded))
+            return runner.run(worker_main(cfg, listeners, master_pipe, preloaded, reloaded, queue_manager))
     except Exception:  # noqa: BLE001 - logged; the master restarts the worker
         log.exception("worker failed")
         return 1
@@ -365,14 +400,14 @@ def serve(cfg: Config) -> int:
         # a repaired store) must find them open.
         reloaded: list[Config] = []
         preloaded: dict[str, object] = {}
-        status = _run_worker(cfg, _dups(slots[0]), None, preloaded, reloaded)
+        status = _run_worker(cfg, _dups(slots[0]), None, preloaded, reloaded, runs_queue_manager(cfg))
         while status in (STORE_DAMAGED, RELOAD):
             if status == RELOAD:
                 cfg = reloaded.pop()
                 preloaded = _preload(cfg, preloaded)
             elif uses_greylist(cfg) and not verify_store(cfg):
                 return 1
-            status = _run_worker(cfg, _dups(slots[0]), None, preloaded, reloaded)
+            status = _run_worker(cfg, _dups(slots[0]), None, preloaded, reloaded, runs_queue_manager(cfg))
         log.info("terminating on signal")
         return status
     _freeze()
@@ -456,7 +491,8 @@ def _supervise(cfg: Config, slots: list[dict[str, socket.socket]]) -> int:
                 # SIGHUP stays blocked until the worker's loop handles it (worker_main).
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask | {signal.SIGHUP})
                 listeners = {name: sock for name, sock in slots[slot].items() if name not in deferred}
-                os._exit(_run_worker(cfg, listeners, alive_r, preloaded))
+                os._exit(_run_worker(cfg, listeners, alive_r, preloaded,
+                                     queue_manager=slot == 0 and runs_queue_manager(cfg)))
             children[pid] = (slot, time.monotonic())
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)

@@ -8,12 +8,15 @@ filterd has (smtp, lmtp).
 
 from __future__ import annotations
 
-from filterd.config.types import Param, as_bool, as_float, as_list, as_nonneg_int, as_positive_int, as_size, as_str, as_time
+from filterd.config.types import Param, as_bool, as_endpoint, as_float, as_list, as_nonneg_int, as_positive_int, as_size, as_str, as_time
 
 TRANSPORTS = ("smtp", "lmtp")
 """Transports with their own ``<transport>_destination_*`` parameters."""
 
 PARAMS: list[Param] = [
+    Param("smtpd_listen", "", as_endpoint,
+          "where the gateway MTA's smtpd listens (inet:host:port); empty = the MTA is off "
+          "(port 25 belongs to Postfix on most machines)"),
     Param("queue_directory", "$data_directory/queue", as_str,
           "where the mail queue lives (incoming, active, deferred, hold, corrupt)"),
     Param("initial_destination_concurrency", "5", as_positive_int,

@@ -46,6 +46,7 @@ from filterd.mta.queuefile import (
     CONTENT_CHUNK, Envelope, QueueFileError, Recipient, iter_content, mark_done, mark_warned, read_envelope,
 )
 from filterd.mta.scheduler import ActiveMessage, Delivery, Outcome, Scheduler
+from filterd.mta.trigger import TriggerListener
 
 if TYPE_CHECKING:
     from filterd.config import Config
@@ -59,6 +60,8 @@ MTIME_SLACK = 1.0
 """Seconds within which a directory change and a scan may share one mtime value."""
 TAKE_BATCH = 100
 """Messages activated per thread hop."""
+LOCK_POLL = 0.5
+"""How often a queue manager waiting for the queue lock tries again."""
 
 Router = Callable[[str], Route]
 Lines = list[tuple[str, str]]
@@ -134,8 +137,17 @@ class QueueManager:
     async def run(self, grace: float = 30.0) -> None:
         """Deliver until stop(); deliveries in flight get ``grace`` seconds to finish
         (the rest stay in ``active`` and are taken again at the next start)."""
-        await asyncio.to_thread(self._start)
+        if not await self._lock():
+            return
+        trigger = TriggerListener(self.queue.directory, self.trigger)
+        loop = asyncio.get_running_loop()
         try:
+            trigger.open(loop)
+        except OSError as exc:  # e.g. a path too long for a unix socket: polling still works
+            log.warning("cannot listen for wake-ups on %s (%s); new mail is found by polling",
+                        trigger.path, exc.strerror or exc)
+        try:
+            await asyncio.to_thread(self._recover)
             while not self._stopping:
                 now = self.clock()
                 # A scan still under way (no room yet) is continued, not restarted.
@@ -159,6 +171,7 @@ class QueueManager:
                 await asyncio.wait(set(self._tasks), timeout=grace)
             for task in list(self._tasks):
                 task.cancel()
+            trigger.close(loop)
             self._release_lock()
 
     def _delivery_ended(self, task: "asyncio.Task[None]") -> None:
@@ -167,16 +180,34 @@ class QueueManager:
             # The message stays in active; the next start takes it again.
             log.error("delivery task failed: %r", task.exception())
 
-    def _start(self) -> None:
-        self.queue.setup()
+    async def _lock(self) -> bool:
+        """Take the queue lock: one queue manager per queue directory. A previous one
+        still finishing its deliveries (a worker replaced by a reload) holds it for its
+        grace period, so this one waits for it, unless stopped first (then False)."""
+        await asyncio.to_thread(self.queue.setup)
         path = os.path.join(self.queue.directory, "qmgr.lock")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RuntimeError(f"another queue manager is running on {self.queue.directory}") from None
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if self._stopping:
+                    os.close(fd)
+                    return False
+                if not waited:
+                    log.info("waiting for the queue manager that holds %s to finish", path)
+                    waited = True
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), LOCK_POLL)
+                except asyncio.TimeoutError:
+                    pass
         self._lock_fd = fd
+        return True
+
+    def _recover(self) -> None:
         result = self.queue.recover()
         if result.discarded or result.requeued:
             log.info("queue recovery: %d incomplete file(s) discarded, %d active message(s) requeued",

@@ -88,7 +88,8 @@ def route(address: str, lookups: Sequence[Lookup], default_transport: str = "smt
     transport = (found[0] if found and found[0] else default_name) or "smtp"
     nexthop = found[1] if found and found[1] else ""
     if transport in NO_MX_TRANSPORTS:
-        return Route(transport, nexthop)
+        # error:/retry:/discard: carry their text; default_transport's when it is theirs
+        return Route(transport, nexthop or ("" if found and found[0] else default_hop))
     domain = address.rpartition("@")[2].lower().rstrip(".")
     return Route(transport, nexthop or default_hop or relayhost.strip() or domain)
 

@@ -32,6 +32,7 @@ from filterd.config import Config
 from filterd.mta import maillog
 from filterd.mta.queue import ACTIVE, DEFERRED, FLUSHED_MTIME, HOLD, INCOMING, QUEUE_NAMES, Queue, QueueEntry, QueueError
 from filterd.mta.queuefile import Envelope, QueueFileError, iter_content, read_envelope
+from filterd.mta.trigger import Waker
 
 LISTED = (INCOMING, ACTIVE, DEFERRED, HOLD)
 """Queues that postqueue -p shows, in its order."""
@@ -241,6 +242,14 @@ def cat(queue: Queue, qid: str, out: IO[bytes]) -> int:
     return 0
 
 
+def _wake(queue: Queue) -> None:
+    """Tell a running queue manager that ``incoming`` changed (postqueue -f triggers
+    qmgr the same way); without one, the mail waits for its start."""
+    waker = Waker(queue.directory)
+    waker.wake()
+    waker.close()
+
+
 def queue_command(cfg: Config, args: argparse.Namespace) -> int:
     """Run one ``filterd queue`` action (``args.queue_command``, parsed by filterd.cli)
     with the configuration the daemon would use."""
@@ -260,11 +269,14 @@ def queue_command(cfg: Config, args: argparse.Namespace) -> int:
             return cat(queue, args.id, sys.stdout.buffer)
         if action in ("flush", "flush-site"):
             moved = flush(queue, args.site if action == "flush-site" else None)
+            _wake(queue)
             print(f"filterd: flushed {moved} message{'' if moved == 1 else 's'}", file=sys.stderr)
             return 0
         setup_logging(cfg)
         run = {"hold": hold, "release": release, "delete": delete, "requeue": requeue}[action]
         count = run(queue, args.targets)
+        if action == "requeue":
+            _wake(queue)
         flush_log()
         verb = {"hold": "Placed on hold", "release": "Released from hold", "delete": "Deleted",
                 "requeue": "Requeued"}[action]

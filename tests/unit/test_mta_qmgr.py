@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import email
 import os
 import time
@@ -248,17 +249,77 @@ async def test_expired_mail_is_returned(queue: Queue, logged: list[str]) -> None
     assert per_rcpt["Action"] == "failed" and per_rcpt["Status"] == "4.4.1"
 
 
-async def test_one_queue_manager_per_queue(queue: Queue, logged: list[str]) -> None:
-    first = manager(queue, Agent())
+async def test_one_queue_manager_per_queue_the_second_waits_for_the_first(
+        queue: Queue, logged: list[str], caplog: pytest.LogCaptureFixture) -> None:
+    """A worker replaced by a reload starts a new queue manager while the old one still
+    finishes its deliveries: the new one waits for the lock, and takes over after."""
+    caplog.set_level(logging.INFO, "filterd.qmgr")
+    agent = Agent()
+    first = manager(queue, agent)
     task = asyncio.create_task(first.run())
+    second = manager(queue, agent)
+    waiting: asyncio.Task[None] | None = None
     try:
         while first._lock_fd < 0:
             assert not task.done()
             await asyncio.sleep(0.01)
-        with pytest.raises(RuntimeError, match="another queue manager"):
-            await manager(queue, Agent()).run()
+        waiting = asyncio.create_task(second.run())
+        while "waiting for the queue manager" not in caplog.text:
+            assert not waiting.done()
+            await asyncio.sleep(0.01)
+        assert second._lock_fd < 0
+        first.stop()
+        await task
+        qid = enqueue(queue, "alice@example.com", ["bob@example.net"])
+        while not empty(queue):
+            assert not waiting.done()
+            await asyncio.sleep(0.01)
+        assert [call[0] for call in agent.calls] == [qid]
     finally:
         first.stop()
+        second.stop()
+        await task
+        if waiting is not None:
+            await waiting
+
+
+async def test_a_queue_manager_stopped_while_waiting_for_the_lock_ends(queue: Queue, logged: list[str]) -> None:
+    first = manager(queue, Agent())
+    task = asyncio.create_task(first.run())
+    try:
+        while first._lock_fd < 0:
+            await asyncio.sleep(0.01)
+        second = manager(queue, Agent())
+        waiting = asyncio.create_task(second.run())
+        await asyncio.sleep(0.05)
+        second.stop()
+        await asyncio.wait_for(waiting, 10)
+        assert second._lock_fd < 0
+    finally:
+        first.stop()
+        await task
+
+
+async def test_new_mail_from_another_process_wakes_the_queue_manager(
+        queue: Queue, logged: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A receiver's wake-up datagram makes the queue manager take the file at once,
+    long before its next look at the incoming directory."""
+    from filterd.mta.trigger import Waker
+
+    monkeypatch.setattr(qmgr_module, "INCOMING_POLL", 3600.0)
+    agent = Agent()
+    qm = manager(queue, agent)
+    task = asyncio.create_task(qm.run())
+    try:
+        while qm._lock_fd < 0:
+            await asyncio.sleep(0.01)
+        qid = enqueue(queue, "alice@example.com", ["bob@example.net"])
+        Waker(queue.directory).wake()
+        while not empty(queue):
+            await asyncio.sleep(0.01)
+        assert [call[0] for call in agent.calls] == [qid]
+    finally:
+        qm.stop()
         await task
 
 

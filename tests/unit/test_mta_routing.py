@@ -43,6 +43,11 @@ def test_error_retry_discard_carry_their_text() -> None:
     assert rt.route("x@moving.example", maps) == Route("retry", "4.2.0 moving")
     assert rt.route("x@null.example", maps) == Route("discard", "")
     assert rt.route("x@quiet.example", maps) == Route("discard", "silenced")
+    # default_transport = error:text (a gateway refusing everything it does not route)
+    assert rt.route("x@else.example", [], default_transport="error:5.7.1 not routed here") == \
+        Route("error", "5.7.1 not routed here")
+    assert rt.route("x@else.example", maps[:0], default_transport="discard:gone") == Route("discard", "gone")
+    assert rt.route("x@null.example", maps, default_transport="discard:gone") == Route("discard", "")
 
 
 @pytest.mark.parametrize("text, hop", [
