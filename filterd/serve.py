@@ -41,12 +41,13 @@ from filterd.filter.listener import FilterListener
 from filterd.listener import Listener, WorkerContext, enabled
 from filterd.log import flush as flush_log
 from filterd.milter.listener import MilterListener
+from filterd.mta.listener import SmtpdListener
 from filterd.policy.listener import PolicyListener
 
 log = logging.getLogger("filterd.master")
 
 #: Every front end ``serve`` can start, each on its ``<name>_listen``.
-FRONT_ENDS: tuple[type[Listener], ...] = (PolicyListener, FilterListener, MilterListener)
+FRONT_ENDS: tuple[type[Listener], ...] = (PolicyListener, FilterListener, MilterListener, SmtpdListener)
 _BY_NAME: dict[str, type[Listener]] = {fe.name: fe for fe in FRONT_ENDS}
 
 
@@ -104,7 +105,7 @@ RELOAD = 4
 #: Parameters only the master reads, when the daemon starts (the sockets, the workers,
 #: where state and the log are): a reload keeps their values, and says that a change of
 #: them needs a restart -- as Postfix needs one for inet_interfaces.
-RESTART_ONLY = ("policy_listen", "filter_listen", "milter_listen", "worker_processes", "data_directory",
+RESTART_ONLY = ("policy_listen", "filter_listen", "milter_listen", "smtpd_listen", "worker_processes", "data_directory",
                 "maillog_file", "syslog_name", "log_level", "greylist_store")
 
 
