@@ -413,3 +413,30 @@ def test_postfix_as_the_sending_mta(smtpd, postfix_factory):
     env, content = found
     assert env.sender == "alice@sender.example" and [r.address for r in env.recipients] == [f"dave@{RELAY}"]
     assert content.count(b"Received: ") == 2  # ours on top of Postfix's
+
+
+def test_a_queue_file_write_error_is_a_451_and_leaves_nothing(tmp_path):
+    """Files the daemon writes are limited to 2 MB (RLIMIT_FSIZE, inherited): a 3 MB message
+    fails to be written (EFBIG, as a full disk would fail it) and must not be accepted."""
+    import resource
+
+    server = Smtpd(tmp_path, "message_size_limit = 10000000\n")
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2_000_000, old[1]))
+    try:
+        server.start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+    try:
+        with server.client() as c:
+            c.ehlo()
+            c.mail("a@sender.example")
+            c.rcpt(f"bob@{RELAY}")
+            code, text = c.data(b"Subject: big\r\n\r\n" + (b"z" * 998 + b"\r\n") * 3000)
+            assert (code, text) == (451, b"4.3.0 Error: queue file write error")
+            assert server.queued() == []
+            c.mail("a@sender.example")
+            c.rcpt(f"bob@{RELAY}")
+            assert c.data(MESSAGE)[0] == 250
+    finally:
+        server.daemon.stop()
