@@ -125,12 +125,16 @@ class Raw:
         self.sock.close()
 
 
+SENDER_CHECK = "smtpd_sender_restrictions = check_sender_access inline:{ spammer@bad.example=REJECT }\n"
+
+
 @pytest.fixture(scope="module")
 def smtpd(tmp_path_factory: pytest.TempPathFactory):
     server = Smtpd(tmp_path_factory.mktemp("smtpd"), (
         "smtpd_recipient_limit = 5\n"
         "message_size_limit = 200000\n"
         "smtpd_data_restrictions = reject_unauth_pipelining\n"
+        f"{SENDER_CHECK}"
         "smtpd_client_connection_count_limit = 30\n")).start()
     yield server
     server.daemon.stop()
@@ -438,5 +442,29 @@ def test_a_queue_file_write_error_is_a_451_and_leaves_nothing(tmp_path):
             c.mail("a@sender.example")
             c.rcpt(f"bob@{RELAY}")
             assert c.data(MESSAGE)[0] == 250
+    finally:
+        server.daemon.stop()
+
+
+def test_delay_reject_reports_a_sender_reject_at_rcpt(smtpd):
+    c = smtpd.raw()
+    c.cmd("EHLO client.example")
+    assert c.cmd("MAIL FROM:<spammer@bad.example>") == "250 2.1.0 Ok"
+    reply = c.cmd(f"RCPT TO:<bob@{RELAY}>")
+    assert reply == "554 5.7.1 <spammer@bad.example>: Sender address rejected: Access denied"
+    c.close()
+    smtpd.wait_log(r"NOQUEUE: reject: RCPT from \S+\[127\.0\.0\.1\]: 554 5\.7\.1 <spammer@bad\.example>: "
+                   r"Sender address rejected: Access denied; from=<spammer@bad\.example> to=<bob@relay\.example>")
+
+
+def test_without_delay_reject_the_sender_is_refused_at_mail(tmp_path):
+    server = Smtpd(tmp_path, SENDER_CHECK + "smtpd_delay_reject = no\n").start()
+    try:
+        c = server.raw()
+        c.cmd("EHLO client.example")
+        assert c.cmd("MAIL FROM:<spammer@bad.example>") == (
+            "554 5.7.1 <spammer@bad.example>: Sender address rejected: Access denied")
+        assert c.cmd("MAIL FROM:<good@sender.example>") == "250 2.1.0 Ok"
+        c.close()
     finally:
         server.daemon.stop()
