@@ -468,3 +468,24 @@ def test_without_delay_reject_the_sender_is_refused_at_mail(tmp_path):
         c.close()
     finally:
         server.daemon.stop()
+
+
+def test_pflogsumm_counts_smtpd(tmp_path):
+    pflogsumm = shutil.which("pflogsumm")
+    if pflogsumm is None:
+        pytest.skip("pflogsumm is not installed")
+    server = Smtpd(tmp_path).start()
+    try:
+        with server.client() as c:
+            c.ehlo()
+            c.mail("a@sender.example")
+            assert c.rcpt("x@other.example")[0] == 450
+            c.rcpt(f"bob@{RELAY}")
+            assert c.data(MESSAGE)[0] == 250
+        server.wait_log(r"disconnect from .* commands=5/6")
+    finally:
+        server.daemon.stop()
+    out = subprocess.run([pflogsumm, "--syslog-name=filterd", str(server.daemon.log)],
+                         capture_output=True, text=True, timeout=60).stdout
+    assert re.search(r"^\s+1\s+received$", out, re.M), out
+    assert re.search(r"^\s+1\s+rejected", out, re.M), out
