@@ -30,12 +30,14 @@ ASCII; client text in a reply or a log line is made printable first.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import logging
 import re
 import socket
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from filterd.config import Config, split_list
 from filterd.content.mailid import new_mail_id
@@ -62,6 +64,10 @@ from filterd.smtp.server import ServerSMTP, SmtpHandler, SmtpServer
 from filterd.smtp.xforward import neuter
 
 log = logging.getLogger("filterd.smtpd")
+T = TypeVar("T")
+#: Threads writing queue files per worker: several sessions' fsyncs overlap (the disk
+#: takes them together), while the loop goes on with the others.
+DISK_THREADS = 4
 
 #: Which parameter holds the restriction list of each stage.
 STAGE_PARAM = {
@@ -150,6 +156,15 @@ class SmtpdHandler(SmtpHandler):
         self.rewriting = Rewriting.from_config(cfg)
         self.waker = Waker(queue.directory)
         self.per_client: dict[str, int] = {}
+        #: Queue file work runs on threads of its own: the loop's default executor also
+        #: does the clients' name lookups, and clients whose DNS is slow must not make
+        #: every other session wait for its fsync.
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=DISK_THREADS,
+                                                              thread_name_prefix="filterd-queue")
+
+    async def disk(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking queue file work off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def check_config(self) -> None:
         """Compile every list now: an unknown restriction fails at start-up."""
@@ -158,6 +173,7 @@ class SmtpdHandler(SmtpHandler):
 
     async def close(self) -> None:
         self.waker.close()
+        self.executor.shutdown(wait=True)
         if self.quarantine is not None:
             await self.quarantine.close()
         if self.pipeline is not None:
@@ -671,7 +687,7 @@ class SmtpdProtocol(ServerSMTP):
         handler = self.handler_
         arrival = time.time()
         try:
-            new = await asyncio.to_thread(handler.queue.create)
+            new = await handler.disk(handler.queue.create)
         except Exception as exc:  # noqa: BLE001 - disk full, permissions: the client retries
             log.error("warning: cannot create a queue file: %s", exc)
             return WRITE_ERROR
@@ -681,7 +697,7 @@ class SmtpdProtocol(ServerSMTP):
             log.exception("%s: internal error while receiving", new.qid)
             reply = str(FAILURE)
         if not new.committed:
-            await asyncio.to_thread(new.abort)
+            await self.handler_.disk(new.abort)
         return reply
 
     async def _judge_and_write(self, new: NewMessage, content: bytes, arrival: float) -> str:
@@ -734,7 +750,7 @@ class SmtpdProtocol(ServerSMTP):
                             bool(handler.engine.services.mynetworks.match(self.base.client_address)),
                             arrival, attributes, prepend)
         try:
-            written = await asyncio.to_thread(write_message, new, handler.rewriting, incoming, content,
+            written = await handler.disk(write_message, new, handler.rewriting, incoming, content,
                                               handler.settings.hostname)
         except WriteError as exc:
             log.error("warning: %s", exc)
@@ -743,7 +759,7 @@ class SmtpdProtocol(ServerSMTP):
             event("cleanup", maillog.message_id(qid, written.message_id))
         if hold is not None:
             try:
-                await asyncio.to_thread(handler.queue.move, qid, INCOMING, HOLD)
+                await handler.disk(handler.queue.move, qid, INCOMING, HOLD)
                 event("cleanup", f"{qid}: hold: END-OF-MESSAGE from {label}: {maillog.printable(hold)}; "
                                  f"from=<{maillog.printable(sender)}> proto={self.base.protocol_name}")
             except OSError as exc:  # the queue manager took it first: it is delivered, not held
@@ -833,7 +849,7 @@ class SmtpdServer(SmtpServer):
     async def start(self, sock: socket.socket) -> None:
         if self.handler.quarantine is not None:
             await self.handler.quarantine.open()
-        await asyncio.to_thread(self.handler.queue.setup)
+        await self.handler.disk(self.handler.queue.setup)
         await super().start(sock)
 
     async def stop(self, grace: float = 10.0) -> None:
