@@ -57,7 +57,6 @@ from filterd.reply import Reply
 from filterd.restrict.decision import DEFER, REJECT, Decision
 from filterd.restrict.engine import RestrictionEngine
 from filterd.restrict.logline import format_log_line
-from filterd.restrict.resolve import strip_source_route
 from filterd.restrict.transaction import Stage, Transaction
 from filterd.smtp.data import DataState, address_problem, read_data
 from filterd.smtp.server import ServerSMTP, SmtpHandler, SmtpServer
@@ -114,6 +113,58 @@ def decode_xtext(text: str) -> str | None:
     return out if out.isprintable() and out.isascii() else None
 
 
+_ROUTE = re.compile(r"@[^,:@\s<>]+(?:,@[^,:@\s<>]+)*:")
+_SPECIALS = frozenset(' \t<>(),;:"\\')
+
+
+def parse_path(text: str) -> tuple[str, str] | None:
+    """(address, ESMTP parameters) of a MAIL FROM / RCPT TO argument, or None when its
+    syntax is broken. ``<>`` is ``""``; a source route is dropped (RFC 5321 4.1.2); a
+    trailing dot of the domain is dropped (``user@example.com.``), as Postfix's cleanup
+    does; quotes stay (the next hop gets the address as sent). ``<`` ``>`` may be left
+    out, as Postfix allows when strict_rfc821_envelopes is off."""
+    text = text.lstrip(" \t")
+    if text.startswith("<"):
+        quoted = escaped = False
+        for i in range(1, len(text)):
+            ch = text[i]
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                quoted = not quoted
+            elif ch == ">" and not quoted:
+                inner, rest = text[1:i], text[i + 1:]
+                break
+        else:
+            return None
+        if rest and rest[0] not in " \t":
+            return None
+    else:
+        inner, _, rest = text.partition(" ")
+    route = _ROUTE.match(inner)
+    if route is not None:
+        inner = inner[route.end():]
+    if route is not None and not inner:
+        return None
+    quoted = escaped = False
+    for ch in inner:
+        if escaped:
+            escaped = False
+        elif ch == "\\" and quoted:
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif not quoted and ch in _SPECIALS:
+            return None
+    if quoted or escaped:
+        return None
+    if "@" in inner and inner.endswith(".") and not inner.endswith(("..", "@.")):
+        inner = inner[:-1]
+    return inner, rest.strip()
+
+
 def parse_esmtp_params(text: str) -> list[tuple[str, str | None]]:
     """``KEY=value KEY`` words as (upper-case key, value as sent or None)."""
     out: list[tuple[str, str | None]] = []
@@ -139,6 +190,7 @@ class Settings:
         self.per_client: int = cfg.get("smtpd_client_connection_count_limit")
         self.bare_newline: str = cfg.get("smtpd_forbid_bare_newline")
         self.peername_lookup: bool = cfg.get("smtpd_peername_lookup")
+        self.myorigin: str = cfg.get("myorigin")
         self.active = frozenset(p for p in ALL_PARAMS if split_list(cfg.expand(p)))
 
 
@@ -427,14 +479,19 @@ class SmtpdProtocol(ServerSMTP):
         if rest is None:
             await self.push(syntax)
             return
-        address, params = self._getaddr(rest)
-        if address is None or (not address and not rest.startswith("<")):
-            await self.push("501 5.1.7 Bad sender address syntax" if address is None else syntax)
+        path = parse_path(rest)
+        if path is None:
+            await self.push("501 5.1.7 Bad sender address syntax")
+            return
+        sender, params = path
+        if not sender and not rest.lstrip().startswith("<"):
+            await self.push(syntax)
             return
         if params and not self.esmtp:
             await self.push(syntax)
             return
-        sender = "" if address in ("<>", "") else strip_source_route(address)
+        if sender and "@" not in sender:
+            sender = f"{sender}@{self.settings.myorigin}"  # Postfix's append_at_myorigin
         size, smtputf8, ret, envid = 0, False, "", ""
         for key, value in parse_esmtp_params(params or ""):
             if key == "SIZE" and value is not None and value.isdigit() and len(value) < 20:
@@ -509,15 +566,14 @@ class SmtpdProtocol(ServerSMTP):
         if rest is None:
             await self.push("501 5.5.4 Syntax: RCPT TO:<address>")
             return
-        address, params = self._getaddr(rest)
-        if not address or address == "<>":
-            await self.push("501 5.1.3 Bad recipient address syntax" if address is None or address == "<>"
-                            else "501 5.5.4 Syntax: RCPT TO:<address>")
+        path = parse_path(rest)
+        if path is None or not path[0]:
+            await self.push("501 5.1.3 Bad recipient address syntax")
             return
+        recipient, params = path
         if params and not self.esmtp:
             await self.push("501 5.5.4 Syntax: RCPT TO:<address>")
             return
-        recipient = strip_source_route(address)
         notify, orcpt = "", ""
         for key, value in parse_esmtp_params(params or ""):
             if key == "NOTIFY" and value is not None and not notify:
@@ -550,6 +606,8 @@ class SmtpdProtocol(ServerSMTP):
         if refusal is not None:
             await self.push(refusal)
             return
+        if "@" not in recipient:
+            recipient = f"{recipient}@{self.settings.myorigin}"  # Postfix's append_at_myorigin
         cleaned = rewrite_envelope(self.handler_.rewriting, self.sender, [Recipient(recipient, orcpt, notify)])
         if cleaned.refused:
             r = cleaned.refused[0]

@@ -489,3 +489,18 @@ def test_pflogsumm_counts_smtpd(tmp_path):
                          capture_output=True, text=True, timeout=60).stdout
     assert re.search(r"^\s+1\s+received$", out, re.M), out
     assert re.search(r"^\s+1\s+rejected", out, re.M), out
+
+
+def test_addresses_for_us_are_stored_as_delivery_reads_them(smtpd):
+    c = smtpd.raw()
+    c.cmd("EHLO client.example")
+    assert c.cmd("MAIL FROM:<@hop.example:a@sender.example.>") == "250 2.1.0 Ok"
+    assert c.cmd(f"RCPT TO:<bob@{RELAY}.>").startswith("250")
+    assert c.cmd(f"RCPT TO:<@hop1.example,@hop2.example:carol@{RELAY}>").startswith("250")
+    assert c.cmd("RCPT TO:<postmaster>").startswith("250")  # RFC 5321 4.5.1
+    c.cmd("DATA")
+    qid = QUEUED.match(c.cmd(b"Subject: s\r\n\r\nx\r\n.")).group(1)
+    c.close()
+    env, _ = smtpd.read(qid)
+    assert env.sender == "a@sender.example"
+    assert [r.address for r in env.recipients] == [f"bob@{RELAY}", f"carol@{RELAY}", "postmaster@gw.filterd.test"]

@@ -11,7 +11,7 @@ from filterd.mta.cleanup import Rewriting
 from filterd.mta.queue import INCOMING, Queue
 from filterd.mta.queuefile import Recipient, read_content, read_envelope
 from filterd.mta.receive import Incoming, WriteError, header_section, parse_header, split_header, write_message
-from filterd.mta.smtpd import decode_xtext, parse_esmtp_params
+from filterd.mta.smtpd import decode_xtext, parse_esmtp_params, parse_path
 
 
 def incoming(**kw) -> Incoming:
@@ -114,3 +114,25 @@ def test_decode_xtext(text, decoded):
 def test_parse_esmtp_params():
     assert parse_esmtp_params("size=10 BODY=8BITMIME SMTPUTF8 ENVID=Ab") == [
         ("SIZE", "10"), ("BODY", "8BITMIME"), ("SMTPUTF8", None), ("ENVID", "Ab")]
+
+
+@pytest.mark.parametrize("text, parsed", [
+    ("<a@b.example>", ("a@b.example", "")),
+    ("<a@b.example> SIZE=10 BODY=8BITMIME", ("a@b.example", "SIZE=10 BODY=8BITMIME")),
+    ("<>", ("", "")),
+    ("<> SIZE=1", ("", "SIZE=1")),
+    ("a@b.example", ("a@b.example", "")),
+    ("<@r1.example,@r2.example:a@b.example>", ("a@b.example", "")),
+    ("<a@b.example.>", ("a@b.example", "")),
+    ('<"a b>c"@b.example>', ('"a b>c"@b.example', "")),
+    ("<a@other.example@b.example>", ("a@other.example@b.example", "")),
+    ("<user>", ("user", "")),
+    ("<a b@c>", None),
+    ("<a@b", None),
+    ("<a@b>x", None),
+    ('<"a@b>', None),
+    ("<@r1.example:>", None),
+    ("<a(comment)@b>", None),
+])
+def test_parse_path(text, parsed):
+    assert parse_path(text) == parsed
