@@ -125,7 +125,8 @@ class Raw:
         self.sock.close()
 
 
-SENDER_CHECK = "smtpd_sender_restrictions = check_sender_access inline:{ spammer@bad.example=REJECT }\n"
+SENDER_CHECK = ("smtpd_sender_restrictions = check_sender_access inline:{ spammer@bad.example=REJECT, "
+                "{ holdme@sender.example=HOLD held for review }, { dropme@sender.example=DISCARD } }\n")
 
 
 @pytest.fixture(scope="module")
@@ -504,3 +505,19 @@ def test_addresses_for_us_are_stored_as_delivery_reads_them(smtpd):
     env, _ = smtpd.read(qid)
     assert env.sender == "a@sender.example"
     assert [r.address for r in env.recipients] == [f"bob@{RELAY}", f"carol@{RELAY}", "postmaster@gw.filterd.test"]
+
+
+def test_restriction_hold_and_discard(smtpd):
+    c = smtpd.raw()
+    c.cmd("EHLO client.example")
+    replies = []
+    for sender in ("holdme@sender.example", "dropme@sender.example"):
+        c.cmd(f"MAIL FROM:<{sender}>")
+        assert c.cmd(f"RCPT TO:<bob@{RELAY}>").startswith("250")
+        c.cmd("DATA")
+        replies.append(c.cmd(b"Subject: s\r\n\r\nx\r\n."))
+    c.close()
+    held, dropped = (QUEUED.match(r).group(1) for r in replies)
+    assert Queue(str(smtpd.queue_dir)).find(held) == "hold"
+    assert dropped not in smtpd.queued()
+    smtpd.wait_log(rf"{dropped}: discard: END-OF-MESSAGE from ")
