@@ -95,7 +95,6 @@ _BASE_REPLIES = {
     "500 Error: strict ASCII mode": "500 5.5.2 Error: bad syntax",
     "221 Bye": "221 2.0.0 Bye",
     "250 OK": "250 2.0.0 Ok",
-    "502 5.5.1 Too many unrecognized commands, goodbye.": "421 4.7.0 Error: too many errors",
 }
 _UNKNOWN_COMMAND = "502 5.5.2 Error: command not recognized"
 
@@ -371,6 +370,8 @@ class SmtpdProtocol(ServerSMTP):
         elif status.startswith('500 Error: command "'):
             self._count("UNKNOWN", False)
             status = _UNKNOWN_COMMAND
+        elif status.startswith("502 5.5.1 Too many unrecognized commands"):
+            status = f"421 4.7.0 {self.settings.hostname} Error: too many errors"  # aiosmtpd closes now
         else:
             status = _BASE_REPLIES.get(status, status)
         error = status[:1] in ("4", "5") and not status.startswith("421")

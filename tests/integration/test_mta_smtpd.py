@@ -521,3 +521,12 @@ def test_restriction_hold_and_discard(smtpd):
     assert Queue(str(smtpd.queue_dir)).find(held) == "hold"
     assert dropped not in smtpd.queued()
     smtpd.wait_log(rf"{dropped}: discard: END-OF-MESSAGE from ")
+
+
+def test_a_run_of_unknown_commands_ends_the_session(smtpd):
+    c = smtpd.raw()
+    replies = [c.cmd(f"BOGUS{i}") for i in range(5)]
+    assert replies[:4] == ["502 5.5.2 Error: command not recognized"] * 4
+    assert replies[4] == "421 4.7.0 gw.filterd.test Error: too many errors"
+    assert c.reply() == ""
+    c.close()
