@@ -180,7 +180,7 @@ class FilterdMta(Mta):
         self.server.stop()
 
 
-CONTENT_OFF = "content_checks = no"
+CONTENT_OFF = "smtpd_content_filter = no"
 """The line that turns the content pipeline off in front of the queue."""
 
 

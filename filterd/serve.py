@@ -42,12 +42,13 @@ from filterd.listener import Listener, WorkerContext, enabled
 from filterd.log import flush as flush_log
 from filterd.milter.listener import MilterListener
 from filterd.mta.qmgr import QueueManager
+from filterd.mta.listener import SmtpdListener
 from filterd.policy.listener import PolicyListener
 
 log = logging.getLogger("filterd.master")
 
 #: Every front end ``serve`` can start, each on its ``<name>_listen``.
-FRONT_ENDS: tuple[type[Listener], ...] = (PolicyListener, FilterListener, MilterListener)
+FRONT_ENDS: tuple[type[Listener], ...] = (PolicyListener, FilterListener, MilterListener, SmtpdListener)
 _BY_NAME: dict[str, type[Listener]] = {fe.name: fe for fe in FRONT_ENDS}
 
 

@@ -8,15 +8,15 @@ filterd has (smtp, lmtp).
 
 from __future__ import annotations
 
-from filterd.config.types import Param, as_bool, as_endpoint, as_float, as_list, as_nonneg_int, as_positive_int, as_size, as_str, as_time
+from filterd.config.types import (
+    Param, as_bool, as_choice, as_endpoint, as_float, as_list, as_nonneg_int, as_positive_int, as_size, as_str,
+    as_time,
+)
 
 TRANSPORTS = ("smtp", "lmtp")
 """Transports with their own ``<transport>_destination_*`` parameters."""
 
 PARAMS: list[Param] = [
-    Param("smtpd_listen", "", as_endpoint,
-          "where the gateway MTA's smtpd listens (inet:host:port); empty = the MTA is off "
-          "(port 25 belongs to Postfix on most machines)"),
     Param("queue_directory", "$data_directory/queue", as_str,
           "where the mail queue lives (incoming, active, deferred, hold, corrupt)"),
     Param("initial_destination_concurrency", "5", as_positive_int,
@@ -90,6 +90,44 @@ PARAMS: list[Param] = [
     Param("always_add_missing_headers", "no", as_bool,
           "add Message-Id, Date, From, To to mail from remote clients too, not only local ones"),
 ]
+
+# -- smtpd: the gateway's SMTP server (filterd/mta/smtpd.py) ------------------------------
+PARAMS += [
+    Param("smtpd_listen", "", as_endpoint,
+          "where the gateway's SMTP server listens (inet:host:port or unix:/path; empty = off, "
+          "the default: port 25 belongs to Postfix on most machines)"),
+    Param("mail_name", "filterd", as_str, "the mail system's name in the greeting and Received headers"),
+    Param("smtpd_banner", "$myhostname ESMTP $mail_name", as_str,
+          "text after 220 in the greeting (start it with $myhostname, as RFC 5321 asks)"),
+    Param("smtpd_content_filter", "yes", as_bool,
+          "run the content pipeline at the end of each message, before the 250 (no: only "
+          "the restriction lists and cleanup; the MTA path alone)"),
+    Param("smtpd_delay_reject", "yes", as_bool,
+          "report client, helo and sender rejects at RCPT TO, as Postfix does (so the "
+          "log names the recipient, and clients that ignore a MAIL reject are handled)"),
+    Param("smtpd_recipient_limit", "1000", as_positive_int,
+          "most recipients per message; the excess gets 452 4.5.3"),
+    Param("smtpd_timeout", "300s", as_time("s"),
+          "how long smtpd waits for the client: a command, each piece of a message"),
+    Param("smtpd_error_sleep_time", "1s", as_time("s"),
+          "pause before each reply once the client made smtpd_soft_error_limit errors"),
+    Param("smtpd_soft_error_limit", "10", as_nonneg_int,
+          "errors in a session after which each reply is delayed by smtpd_error_sleep_time"),
+    Param("smtpd_hard_error_limit", "20", as_positive_int,
+          "errors in a session after which the client is disconnected (421 4.7.0)"),
+    Param("smtpd_client_connection_count_limit", "50", as_nonneg_int,
+          "most simultaneous connections from one client address, per worker process "
+          "(0 = no limit; mynetworks are exempt, as Postfix's smtpd_client_event_limit_exceptions)"),
+    Param("smtpd_forbid_bare_newline", "normalize", as_choice("normalize", "yes", "no"),
+          "what a bare LF (without CR) in DATA means: normalize = a line end, stored as CRLF; "
+          "yes = 521 5.5.2 and disconnect; no = kept as received. Whatever the value, DATA "
+          "ends only at CRLF.CRLF (SMTP smuggling)"),
+    Param("smtpd_peername_lookup", "yes", as_bool,
+          "look up the client's name (reverse, then forward-confirmed); no = always unknown"),
+    Param("smtpd_shutdown_grace", "10s", as_time("s"),
+          "how long SIGTERM waits for smtpd's messages in flight before closing its connections"),
+]
+
 for _t in TRANSPORTS:
     PARAMS += [
         Param(f"{_t}_destination_concurrency_limit", "$default_destination_concurrency_limit",

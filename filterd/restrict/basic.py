@@ -10,6 +10,7 @@ from filterd.actions import Action
 from filterd.netaddr import is_ip, valid_hostname
 from filterd.restrict.decision import Reply
 from filterd.restrict.engine import Evaluation, Outcome, Restriction, stage_subject
+from filterd.restrict.resolve import resolve
 
 _OK = Action("OK")
 
@@ -56,23 +57,25 @@ async def permit_sasl_authenticated(ev: Evaluation, arg: str | None) -> Outcome 
 
 
 def _is_auth_destination(ev: Evaluation) -> tuple[bool, str]:
-    """Postfix's relay test: is the recipient's domain one we may accept mail for?"""
+    """Postfix's relay test (permit_auth_destination): is the recipient, *resolved* as
+    delivery will read it (:mod:`filterd.restrict.resolve`), for a domain we may accept
+    mail for? Sender-specified routing (``user%host@relay``, ``host!user@relay``,
+    ``"user@host"@relay``, ``user@host@relay``) is refused unless allow_untrusted_routing:
+    the next hop might route it on."""
     rcpt = ev.txn.recipient or ""
-    local, at, domain = rcpt.rpartition("@")
-    if not at:
-        return True, "recipient without domain (local)"
-    domain = domain.lower().rstrip(".")
+    if rcpt.lower() == "postmaster":
+        return True, "postmaster without a domain (RFC 5321 4.5.1: always accepted)"
+    cfg = ev.cfg
     dest = ev.services.destinations
-    if any(ch in local for ch in "@!%"):
-        # Sender-specified routing (user%host@relay, host!user@relay) is a classic
-        # relay trick: Postfix refuses it unless allow_untrusted_routing is set.
-        if dest.is_relay_domain(domain):
-            return False, f"sender-specified routing in {rcpt}"
-    if dest.is_local_domain(domain):
-        return True, f"{domain} in mydestination"
-    if dest.is_relay_domain(domain):
-        return True, f"{domain} in relay_domains"
-    return False, f"{domain} not in mydestination or relay_domains"
+    where = resolve(rcpt, dest.is_local_domain, cfg.get("myorigin"),
+                    percent_hack=cfg.get("allow_percent_hack"), swap_bangpath=cfg.get("swap_bangpath"))
+    if where.routed and not cfg.get("allow_untrusted_routing"):
+        return False, f"sender-specified routing in {rcpt}"
+    if where.local:
+        return True, f"{where.domain} in mydestination"
+    if where.domain and dest.is_relay_domain(where.domain):
+        return True, f"{where.domain} in relay_domains"
+    return False, f"{where.domain or rcpt} not in mydestination or relay_domains"
 
 
 def _relay_reply(ev: Evaluation, code: int) -> Reply:
@@ -160,6 +163,16 @@ async def reject_non_fqdn_recipient(ev: Evaluation, arg: str | None) -> Outcome 
     return _non_fqdn_address(ev, ev.txn.recipient, "Recipient address", "5.2")
 
 
+async def reject_unauth_pipelining(ev: Evaluation, arg: str | None) -> Outcome | None:
+    """Postfix's reject_unauth_pipelining: a client that talks ahead of the server's
+    replies where SMTP does not allow it is a spam engine, not a mail server."""
+    if not ev.txn.unauth_pipelining:
+        return None
+    name, cls = stage_subject(ev.txn)
+    return Outcome(Action("CODE", 503), "improper command pipelining",
+                   reply=Reply(503, "5.5.0", f"<{name}>: {cls} rejected: Improper use of SMTP command pipelining"))
+
+
 async def warn_if_reject(ev: Evaluation, arg: str | None) -> None:
     """Handled by the engine loop (it changes how the next restriction applies)."""
     return None
@@ -181,4 +194,5 @@ RESTRICTIONS = [
     Restriction("reject_non_fqdn_helo_hostname", reject_non_fqdn_helo_hostname),
     Restriction("reject_non_fqdn_sender", reject_non_fqdn_sender),
     Restriction("reject_non_fqdn_recipient", reject_non_fqdn_recipient),
+    Restriction("reject_unauth_pipelining", reject_unauth_pipelining),
 ]

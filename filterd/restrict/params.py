@@ -19,6 +19,14 @@ PARAMS = [
     Param("mydestination", "", as_list, "domains this host is final destination for"),
     Param("relay_domains", "", as_list,
           "domains filterd's gateway relays mail to (permit_auth_destination)"),
+    Param("myorigin", "$myhostname", as_str,
+          "domain given to addresses without one (an unqualified recipient is for this domain)"),
+    Param("allow_untrusted_routing", "no", as_bool,
+          "relay mail with sender-specified routing (user%host@relay, host!user@relay, "
+          "user@host@relay) to relay_domains from untrusted clients"),
+    Param("allow_percent_hack", "yes", as_bool,
+          "read user%domain in a local address as user@domain"),
+    Param("swap_bangpath", "yes", as_bool, "read site!user in a local address as user@site"),
     Param("parent_domain_matches_subdomains",
           "debug_peer_list fast_flush_domains mynetworks permit_mx_backup_networks "
           "qmqpd_authorized_clients relay_domains smtpd_access_maps", as_list,

@@ -70,6 +70,10 @@ class Transaction:
     etrn_domain: str = ""
     stress: str = ""
     policy_context: str = ""
+    #: The client sent commands ahead of time where that is not allowed (before the
+    #: greeting, after a command that must end a group, or with no PIPELINING offered):
+    #: what ``reject_unauth_pipelining`` refuses. Only an SMTP server can see it.
+    unauth_pipelining: bool = False
     #: Attributes the front end received but filterd has no field for; passed on
     #: unchanged to chained policy services.
     extra: dict[str, str] = field(default_factory=dict)
