@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -463,8 +464,12 @@ class SmtpAgent:
         try:
             conn = await self._connect(peer)
         except (OSError, asyncio.TimeoutError) as exc:
-            what = "Connection timed out" if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) \
-                else (exc.strerror or str(exc) or type(exc).__name__)
+            if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+                what = "Connection timed out"
+            elif isinstance(exc, OSError) and exc.errno:
+                what = os.strerror(exc.errno)  # asyncio's own text names the address again
+            else:
+                what = str(exc) or type(exc).__name__
             raise fail(reason=f"connect to {peer.relay}: {what}") from None
         try:
             greeting = await conn.read_reply(s.helo_timeout, "receiving the initial server greeting")
