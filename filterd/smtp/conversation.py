@@ -31,6 +31,8 @@ MAX_REPLY_LINE = 4096
 """Longest reply line read, CRLF included; a longer one is a protocol error."""
 MAX_REPLY_LINES = 200
 """Most lines in one (multi-line) reply."""
+MAX_REPLY_TEXT = 4000
+"""Longest reply text quoted in a result (a log line, a bounce's Diagnostic-Code)."""
 LONG_LINE_FLUSH = 1 << 20
 """A message line longer than this is passed on in pieces (it is still one line)."""
 
@@ -71,8 +73,10 @@ class ServerReply:
     @property
     def text(self) -> str:
         """The whole reply on one line, as Postfix quotes it: the lines joined by a
-        space, their code prefixes kept (``550-5.1.1 The account ... 550 5.1.1 ...``)."""
-        return " ".join(self.lines)
+        space, their code prefixes kept (``550-5.1.1 The account ... 550 5.1.1 ...``);
+        cut at MAX_REPLY_TEXT characters for the log line and the bounce that quote it."""
+        text = " ".join(self.lines)
+        return text if len(text) <= MAX_REPLY_TEXT else text[:MAX_REPLY_TEXT - 3] + "..."
 
     @property
     def enhanced(self) -> str | None:

@@ -14,7 +14,8 @@ import pytest
 from filterd.config import Config
 from filterd.mta.delivery import BOUNCED, DEFERRED, SENT, DeliveryReport, OutgoingMessage
 from filterd.mta.queuefile import Recipient
-from filterd.mta.smtp_agent import LmtpAgent, SmtpAgent, network_agents
+from filterd.mta.routing import Target
+from filterd.mta.smtp_agent import ClientSettings, LmtpAgent, SmtpAgent, network_agents
 from tests.fixtures.postfix import PostfixFactory
 from tests.fixtures.programs import free_port
 from tests.fixtures.smtp_sink import Sink, sinks  # noqa: F401  (fixture)
@@ -325,4 +326,77 @@ async def test_tls_encrypt_level_defers_without_starttls(sinks: list[Sink], tmp_
     [r] = report.results
     assert (r.status, r.dsn) == (DEFERRED, "4.7.4")
     assert r.reason == "TLS is required, but was not offered by host 127.0.0.1[127.0.0.1]"
+    assert sink.messages() == []
+
+
+# -- several addresses (Postfix's backup MX behaviour) -----------------------------------------
+class Addresses:
+    """A resolver that answers a fixed address list (the MX lookups themselves are
+    tested against dnsmasq in test_mta_mx_dnsmasq.py)."""
+
+    def __init__(self, *targets: tuple[str, int]):
+        self.targets = [Target(host, "127.0.0.1", port) for host, port in targets]
+
+    async def resolve(self, nexthop: str, default_port: int = 25) -> list[Target]:
+        return list(self.targets)
+
+
+def agent_over(resolver: Addresses, **params: str) -> SmtpAgent:
+    return SmtpAgent(ClientSettings.from_config(config(**params), "smtp"), resolver)  # type: ignore[arg-type]
+
+
+async def test_next_address_after_a_refused_connection(sinks: list[Sink], tmp_path: Path) -> None:
+    sink = start(sinks, tmp_path)
+    dead = free_port()
+    report = await agent_over(Addresses(("mx1.example.net", dead), ("mx2.example.net", sink.port))).deliver(
+        message(), "example.net", rcpts("bob"))
+    assert statuses(report) == [SENT] and not report.site_failure
+    assert report.results[0].relay == f"mx2.example.net[127.0.0.1]:{sink.port}"
+    assert len(sink.messages()) == 1
+
+
+async def test_recipients_deferred_by_one_server_go_to_the_next(sinks: list[Sink], tmp_path: Path) -> None:
+    busy = start(sinks, tmp_path, "-r", "RCPT")
+    good = start(sinks, tmp_path)
+    report = await agent_over(Addresses(("mx1.example.net", busy.port), ("mx2.example.net", good.port))).deliver(
+        message(), "example.net", rcpts("bob", "carol"))
+    assert statuses(report) == [SENT, SENT]
+    [got] = good.messages()
+    assert got.rcpt_to == ("bob@example.net", "carol@example.net")
+
+
+async def test_session_limit_stops_after_two_sessions(sinks: list[Sink], tmp_path: Path) -> None:
+    busy = [start(sinks, tmp_path, "-r", "RCPT") for _ in range(2)]
+    good = start(sinks, tmp_path)
+    resolver = Addresses(("mx1.example.net", busy[0].port), ("mx2.example.net", busy[1].port),
+                         ("mx3.example.net", good.port))
+    report = await agent_over(resolver).deliver(message(), "example.net", rcpts("bob"))
+    [r] = report.results
+    assert r.status == DEFERRED and r.relay == f"mx2.example.net[127.0.0.1]:{busy[1].port}"
+    assert good.messages() == []
+    report = await agent_over(resolver, smtp_mx_session_limit="0").deliver(message(), "example.net", rcpts("bob"))
+    assert statuses(report) == [SENT]
+
+
+async def test_a_5xx_is_final_and_not_tried_elsewhere(sinks: list[Sink], tmp_path: Path) -> None:
+    refusing = start(sinks, tmp_path, "-f", "RCPT")
+    good = start(sinks, tmp_path)
+    report = await agent_over(Addresses(("mx1.example.net", refusing.port), ("mx2.example.net", good.port))).deliver(
+        message(), "example.net", rcpts("bob"))
+    assert statuses(report) == [BOUNCED] and good.messages() == []
+
+
+async def test_queue_file_failing_mid_body_sends_no_final_dot(sinks: list[Sink], tmp_path: Path) -> None:
+    sink = start(sinks, tmp_path)
+
+    def content() -> Iterator[bytes]:
+        yield BODY
+        raise OSError(5, "Input/output error")
+
+    big = OutgoingMessage("4AgentsQ2", "alice@example.org", time.time(), 2 << 20, {"encoding": "7bit"}, content)
+    report = await smtp_agent().deliver(big, sink.hop, rcpts("bob"))
+    [r] = report.results
+    assert (r.status, r.dsn) == (DEFERRED, "4.3.0") and not report.site_failure
+    assert r.reason.startswith("cannot read the queue file")
+    await asyncio.sleep(0.5)  # let the sink notice the dropped connection
     assert sink.messages() == []

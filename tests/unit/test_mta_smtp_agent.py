@@ -135,6 +135,12 @@ def test_safe_text_leaves_nothing_that_can_break_a_line() -> None:
     assert safe_text(b"550 bad\x00\x1b[31m\xc2\x85\xe2\x80\xa8text\xff") == "550 bad??[31m??text?"
 
 
+def test_a_huge_reply_is_quoted_cut() -> None:
+    from filterd.smtp.conversation import MAX_REPLY_TEXT
+    rep = reply(*(["550-" + "x" * 1000] * 50), "550 end")
+    assert len(rep.text) == MAX_REPLY_TEXT and rep.text.endswith("...")
+
+
 async def read(data: bytes) -> ServerReply:
     reader = asyncio.StreamReader(limit=MAX_REPLY_LINE)
     reader.feed_data(data)
