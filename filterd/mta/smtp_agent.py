@@ -50,9 +50,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("filterd.smtp")
 
-PREFETCH = 1 << 20
+PREFETCH = 256 * 1024
 """Messages up to this size are read whole before connecting (one thread hop); larger
-ones are streamed from the queue file in batches of STREAM_BATCH bytes."""
+ones are streamed from the queue file in batches of STREAM_BATCH bytes. Either way a
+delivery holds at most about this much of its message (times default_process_limit)."""
 STREAM_BATCH = 256 * 1024
 
 ENVID_ATTR = "envelope_id"
@@ -229,13 +230,11 @@ def _bad_address(address: str) -> bool:
 # -- the session --------------------------------------------------------------------------------
 class _SessionFailed(Exception):
     """A session could not be opened: ``results`` has every pending recipient's result;
-    ``handshake`` says whether it got past EHLO, ``tls_failed`` that the TLS handshake
-    failed (at ``may``, the address is tried again in plain text)."""
+    ``tls_failed`` says the TLS handshake failed (at ``may``, the address is then tried
+    again in plain text)."""
 
-    def __init__(self, results: dict[int, RecipientResult], handshake: bool = False,
-                 tls_failed: bool = False):
+    def __init__(self, results: dict[int, RecipientResult], tls_failed: bool = False):
         self.results = results
-        self.handshake = handshake
         self.tls_failed = tls_failed
 
 
@@ -433,7 +432,7 @@ class SmtpAgent:
                     continue
                 results.update(failed.results)
                 session_level.update(failed.results)
-                return failed.handshake
+                return False
             self._transaction_done(nexthop, session, await self._run(session, message, content, pending,
                                                                      results, session_level))
             return True
@@ -454,12 +453,12 @@ class SmtpAgent:
         s = self.settings
 
         def fail(*, status: str = DEFERRED, dsn: str = "4.4.1",
-                 reason: str = "", reply: ServerReply | None = None, handshake: bool = False,
+                 reason: str = "", reply: ServerReply | None = None,
                  tls_failed: bool = False) -> _SessionFailed:
             res = {id(r): RecipientResult(r, status, dsn, reason, peer.relay if reply else "none",
                                           peer.host if reply else "", reply.text if reply else "")
                    for r in pending}
-            return _SessionFailed(res, handshake, tls_failed)
+            return _SessionFailed(res, tls_failed)
 
         try:
             conn = await self._connect(peer)
