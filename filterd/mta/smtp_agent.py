@@ -605,48 +605,59 @@ class SmtpAgent:
         accepted: list[Recipient] = []
         decided: set[int] = set()
         """Recipients with a reply of their own in this transaction."""
+        closing: tuple[ServerReply, str] | None = None
+        """A 421 (the server ends the session) and its command: if the connection then
+        ends, the undecided recipients get this reply rather than "lost connection"."""
+
+        def seen(reply: ServerReply, command: str) -> ServerReply:
+            nonlocal closing
+            if reply.code == 421 and closing is None:
+                closing = (reply, command)
+            return reply
+
+        pipelining = "PIPELINING" in ext
         stage = "sending MAIL FROM"
         try:
-            if "PIPELINING" in ext:
+            if pipelining:  # MAIL, every RCPT and DATA in one write; replies in order
                 for command in commands:
                     conn.queue(command)
                 conn.queue(b"DATA")
                 await conn.flush(s.mail_timeout, stage)
-                mail_reply = await conn.read_reply(s.mail_timeout, stage)
-                stage = "sending RCPT TO"
-                rcpt_replies = [await conn.read_reply(s.rcpt_timeout, stage) for _ in rcpts]
-                stage = "sending DATA command"
-                data_reply: ServerReply | None = await conn.read_reply(s.data_init_timeout, stage)
+                mail_reply = seen(await conn.read_reply(s.mail_timeout, stage), "MAIL FROM")
             else:
-                mail_reply = await conn.command(commands[0], s.mail_timeout, stage)
-                rcpt_replies = []
-                if mail_reply.code // 100 == 2:
-                    stage = "sending RCPT TO"
-                    rcpt_replies = [await conn.command(c, s.rcpt_timeout, stage) for c in commands[1:]]
-                data_reply = None
-            if mail_reply.code // 100 != 2:
+                mail_reply = seen(await conn.command(commands[0], s.mail_timeout, stage), "MAIL FROM")
+            mail_ok = mail_reply.code // 100 == 2
+            if not mail_ok:
                 for r in rcpts:
                     results[id(r)] = reply_result(r, mail_reply, "MAIL FROM", peer)
-                if data_reply is not None and data_reply.code == 354:
-                    await self._empty_data(conn)
-                return True
-            for r, reply in zip(rcpts, rcpt_replies):
-                if reply.code // 100 == 2:
-                    accepted.append(r)
-                else:
-                    results[id(r)] = reply_result(r, reply, "RCPT TO", peer)
                     decided.add(id(r))
+            stage = "sending RCPT TO"
+            if mail_ok or pipelining:
+                for r, command in zip(rcpts, commands[1:]):
+                    reply = seen(await conn.read_reply(s.rcpt_timeout, stage) if pipelining
+                                 else await conn.command(command, s.rcpt_timeout, stage), "RCPT TO")
+                    if not mail_ok:
+                        continue  # the replies of a refused transaction, read and ignored
+                    if reply.code // 100 == 2:
+                        accepted.append(r)
+                    else:
+                        results[id(r)] = reply_result(r, reply, "RCPT TO", peer)
+                        decided.add(id(r))
+            data_reply: ServerReply | None = None
+            if pipelining:
+                stage = "sending DATA command"
+                data_reply = seen(await conn.read_reply(s.data_init_timeout, stage), "DATA")
             if not accepted:
                 if data_reply is not None and data_reply.code == 354:
                     await self._empty_data(conn)
-                return True
+                return closing is None
             if data_reply is None:
                 stage = "sending DATA command"
-                data_reply = await conn.command(b"DATA", s.data_init_timeout, stage)
+                data_reply = seen(await conn.command(b"DATA", s.data_init_timeout, stage), "DATA")
             if data_reply.code != 354:
                 for r in accepted:
                     results[id(r)] = reply_result(r, data_reply, "DATA", peer)
-                return True
+                return closing is None
             stage = "sending message body"
             try:
                 await conn.send_body(self._body(message, content), s.data_xfer_timeout, stage)
@@ -672,7 +683,9 @@ class SmtpAgent:
             conn.close()
             for r in rcpts:
                 if id(r) not in decided:
-                    results[id(r)] = session_result(r, error, peer)
+                    results[id(r)] = (reply_result(r, closing[0], closing[1], peer) if closing
+                                      else session_result(r, error, peer))
+                if id(r) not in decided or closing:  # a 421 ends the session: a site failure
                     session_level.add(id(r))
             return False
 

@@ -121,6 +121,16 @@ async def test_greeting_421_is_a_site_failure(sinks: list[Sink], tmp_path: Path)
     assert r.reason.startswith("host 127.0.0.1[127.0.0.1] refused to talk to me: 421 ")
 
 
+@pytest.mark.parametrize("command, words", [("MAIL", "MAIL FROM"), ("RCPT", "RCPT TO")])
+async def test_a_421_then_disconnect_quotes_the_421(sinks: list[Sink], tmp_path: Path,
+                                                    command: str, words: str) -> None:
+    sink = start(sinks, tmp_path, "-Q", command)
+    report = await smtp_agent().deliver(message(), sink.hop, rcpts("bob", "carol"))
+    assert statuses(report) == [DEFERRED, DEFERRED] and report.site_failure
+    r = report.results[0]
+    assert r.diagnostic.startswith("421 ") and r.reason.endswith(f"(in reply to {words} command)")
+
+
 async def test_helo_refused_is_a_site_failure(sinks: list[Sink], tmp_path: Path) -> None:
     sink = start(sinks, tmp_path, "-r", "EHLO,HELO")
     report = await smtp_agent().deliver(message(), sink.hop, rcpts("bob"))
