@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -178,9 +178,9 @@ async def test_dsn_parameters_are_passed_on(sinks: list[Sink], tmp_path: Path) -
 
 
 async def test_connection_reuse(sinks: list[Sink], tmp_path: Path) -> None:
-    """smtp-sink -n 1 ends after one session: three messages go through it only when
-    the agent reuses its connection (RSET between them)."""
-    sink = start(sinks, tmp_path, "-n", "1")
+    """Three messages, one session: smtp-sink -c counts the sessions (plus one: the
+    fixture's readiness probe connects once)."""
+    sink = start(sinks, tmp_path, "-c")
     agent = smtp_agent()
     for name in ("bob", "carol", "dave"):
         report = await agent.deliver(message(), sink.hop, rcpts(name))
@@ -188,14 +188,35 @@ async def test_connection_reuse(sinks: list[Sink], tmp_path: Path) -> None:
     await agent.close()
     assert sorted(m.rcpt_to for m in sink.messages()) == [("bob@example.net",), ("carol@example.net",),
                                                           ("dave@example.net",)]
+    await until(lambda: sink.counters().get("quit") == 1)
+    assert sink.counters()["sess"] == 1 + 1 and sink.counters()["mesg"] == 3
 
 
 async def test_no_reuse_when_the_cache_is_off(sinks: list[Sink], tmp_path: Path) -> None:
-    sink = start(sinks, tmp_path)
+    sink = start(sinks, tmp_path, "-c")
     agent = smtp_agent(smtp_connection_cache_on_demand="no")
-    assert statuses(await agent.deliver(message(), sink.hop, rcpts("bob"))) == [SENT]
-    assert agent.cache.take(sink.hop) is None
+    for name in ("bob", "carol"):
+        assert statuses(await agent.deliver(message(), sink.hop, rcpts(name))) == [SENT]
     await agent.close()
+    await until(lambda: sink.counters().get("quit") == 2)
+    assert sink.counters()["sess"] == 2 + 1  # and the readiness probe
+
+
+async def test_an_idle_cached_connection_is_closed_after_its_time(sinks: list[Sink], tmp_path: Path) -> None:
+    """The cache's timer ends an idle session (smtp_connection_cache_time_limit) without
+    another delivery or close()."""
+    sink = start(sinks, tmp_path, "-c")
+    agent = smtp_agent(smtp_connection_cache_time_limit="0.2s")
+    assert statuses(await agent.deliver(message(), sink.hop, rcpts("bob"))) == [SENT]
+    await until(lambda: sink.counters().get("quit") == 1)
+    assert agent.cache.take(sink.hop) is None
+
+
+async def until(done: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 30  # a guard, not a timing assertion
+    while not done():
+        assert time.monotonic() < deadline, "never got there"
+        await asyncio.sleep(0.05)
 
 
 async def test_a_dead_cached_connection_is_replaced(sinks: list[Sink], tmp_path: Path) -> None:
