@@ -431,3 +431,54 @@ async def test_queue_file_failing_mid_body_sends_no_final_dot(sinks: list[Sink],
     assert r.reason.startswith("cannot read the queue file")
     await asyncio.sleep(0.5)  # let the sink notice the dropped connection
     assert sink.messages() == []
+
+
+# -- MX lookups through a real DNS server ---------------------------------------------------------
+MX_RECORDS = ["--mx-host=mx.test,mx1.mx.test,10", "--host-record=mx1.mx.test,127.0.0.1",
+              "--mx-host=nullmx.test,.,0"]
+
+
+@pytest.fixture
+def mx_dns(tmp_path: Path) -> Iterator[int]:
+    import subprocess
+
+    from tests.fixtures.dnsmasq import dnsmasq_binary, free_udp_tcp_port
+    from tests.fixtures.programs import stop_process
+
+    binary = dnsmasq_binary()
+    if binary is None:
+        pytest.skip("dnsmasq is not installed (Debian package dnsmasq-base)")
+    port = free_udp_tcp_port()
+    process = subprocess.Popen(
+        [binary, "--keep-in-foreground", "--conf-file=/dev/null", "--pid-file=", f"--port={port}",
+         "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts", "--local=/test/",
+         *MX_RECORDS], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield port
+    finally:
+        stop_process(process, 10.0)
+
+
+async def dns_agent(port: int) -> SmtpAgent:
+    agent = smtp_agent(dns_nameservers=f"127.0.0.1:{port}")
+    for _ in range(200):  # until dnsmasq answers
+        if (await agent.resolver.mx("mx.test")).status == "ok":
+            return agent
+        await asyncio.sleep(0.05)
+    raise RuntimeError("dnsmasq never answered")
+
+
+async def test_delivery_by_mx(mx_dns: int, sinks: list[Sink], tmp_path: Path) -> None:
+    sink = start(sinks, tmp_path)
+    agent = await dns_agent(mx_dns)
+    report = await agent.deliver(message(), f"mx.test:{sink.port}", rcpts("bob"))
+    assert statuses(report) == [SENT]
+    assert report.results[0].relay == f"mx1.mx.test[127.0.0.1]:{sink.port}"
+    assert report.results[0].remote_mta == "mx1.mx.test"
+
+
+async def test_null_mx_bounces_without_connecting(mx_dns: int) -> None:
+    report = await (await dns_agent(mx_dns)).deliver(message(), "nullmx.test", rcpts("bob"))
+    [r] = report.results
+    assert (r.status, r.dsn, r.relay) == (BOUNCED, "5.1.10", "none") and not report.site_failure
+    assert r.reason == "Domain nullmx.test does not accept mail (nullMX)"
