@@ -344,9 +344,11 @@ class SmtpAgent:
             if session is None:
                 break
             try:
-                await session.conn.command(b"RSET", self.settings.rset_timeout, "sending RSET")
+                reset = await session.conn.command(b"RSET", self.settings.rset_timeout, "sending RSET")
             except ConversationError:
-                session.conn.close()  # died while idle: nothing was sent, try another
+                reset = None
+            if reset is None or reset.code // 100 != 2:
+                _abandon(session)  # died or closing while idle: nothing was sent, try another
                 continue
             self._transaction_done(nexthop, session, await self._run(session, message, content, pending,
                                                                      results, session_level))

@@ -212,6 +212,16 @@ async def test_an_idle_cached_connection_is_closed_after_its_time(sinks: list[Si
     assert agent.cache.take(sink.hop) is None
 
 
+async def test_a_cached_connection_whose_rset_is_refused_is_not_used(sinks: list[Sink], tmp_path: Path) -> None:
+    sink = start(sinks, tmp_path, "-c", "-r", "RSET")
+    agent = smtp_agent()
+    for name in ("bob", "carol"):
+        assert statuses(await agent.deliver(message(), sink.hop, rcpts(name))) == [SENT]
+    await agent.close()
+    await until(lambda: sink.counters().get("quit") == 2)
+    assert sink.counters()["sess"] == 2 + 1  # and the readiness probe
+
+
 async def until(done: Callable[[], bool]) -> None:
     deadline = time.monotonic() + 30  # a guard, not a timing assertion
     while not done():
