@@ -72,6 +72,20 @@ async def test_all_recipients_sent(sinks: list[Sink], tmp_path: Path) -> None:
     assert got.data == BODY  # dot-stuffed on the wire, unstuffed by the sink: the same text
 
 
+async def test_a_large_message_is_streamed_intact(sinks: list[Sink], tmp_path: Path) -> None:
+    """Over PREFETCH, the body comes from the queue file in batches: chunks of odd sizes,
+    lines of dots falling on every boundary, must arrive as they were."""
+    sink = start(sinks, tmp_path)
+    lines = [b"." * (i % 5) + b"line %d" % i for i in range(60000)]
+    body = b"Subject: big\n\n" + b"\n".join(lines) + b"\n"
+    chunks = [body[i:i + 7777] for i in range(0, len(body), 7777)]
+    big = OutgoingMessage("4AgentsQ3", "alice@example.org", time.time(), len(body), {}, lambda: iter(chunks))
+    report = await smtp_agent().deliver(big, sink.hop, rcpts("bob"))
+    assert statuses(report) == [SENT]
+    [got] = sink.messages()
+    assert len(body) > 256 * 1024 and got.data == body
+
+
 async def test_rcpt_4xx_defers_without_a_site_failure(sinks: list[Sink], tmp_path: Path) -> None:
     sink = start(sinks, tmp_path, "-r", "RCPT")
     report = await smtp_agent().deliver(message(), sink.hop, rcpts("bob"))
