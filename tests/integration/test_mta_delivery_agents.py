@@ -285,6 +285,33 @@ async def test_lmtp_per_recipient_failure_after_the_dot(sinks: list[Sink], tmp_p
     assert all(r.reason.endswith("(in reply to end of DATA command)") for r in report.results)
 
 
+async def test_lmtp_one_reply_per_recipient_after_the_dot() -> None:
+    """An LMTP server (aiosmtpd's) that stores the message for one recipient and not the
+    other, in RCPT order after the dot (RFC 2033)."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.lmtp import LMTP
+
+    class PerRecipient:
+        async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+            return "\r\n".join("452 4.2.2 Mailbox full" if r.startswith("carol@") else "250 2.0.0 Saved"
+                                 for r in getattr(envelope, "rcpt_tos"))
+
+    class LmtpController(Controller):
+        def factory(self) -> LMTP:
+            return LMTP(self.handler)
+
+    port = free_port()
+    controller = LmtpController(PerRecipient(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        report = await lmtp_agent().deliver(message(), f"inet:127.0.0.1:{port}", rcpts("bob", "carol", "dave"))
+    finally:
+        controller.stop()
+    assert statuses(report) == [SENT, DEFERRED, SENT] and not report.site_failure
+    assert report.results[1].reason == ("host 127.0.0.1[127.0.0.1] said: 452 4.2.2 Mailbox full "
+                                        "(in reply to end of DATA command)")
+
+
 # -- a real Postfix as the next hop ------------------------------------------------------------
 async def test_postfix_next_hop_refuses_one_recipient(postfix_factory: PostfixFactory) -> None:
     pf = postfix_factory({"smtpd_recipient_restrictions":
