@@ -240,6 +240,9 @@ class _SessionFailed(Exception):
 
 @dataclass
 class _Session:
+    """An open session past EHLO (and STARTTLS), with what the server offers; its ages
+    decide whether the cache may keep and reuse it."""
+
     conn: Connection
     peer: Peer
     extensions: dict[str, str]
@@ -249,6 +252,8 @@ class _Session:
 
 @dataclass
 class _Content:
+    """What is known of the message before MAIL FROM (BODY=8BITMIME needs it)."""
+
     data: bytes | None
     """The whole message when small enough to hold, else None (streamed)."""
     eight_bit: bool
@@ -263,6 +268,7 @@ class _ConnectionCache:
         self._idle: dict[str, list[_Session]] = {}
 
     def take(self, key: str) -> _Session | None:
+        """The most recently used idle session to ``key`` still young enough, if any."""
         pool = self._idle.get(key)
         now = time.monotonic()
         while pool:
@@ -274,12 +280,15 @@ class _ConnectionCache:
         return None
 
     def put(self, key: str, session: _Session) -> bool:
-        pool = self._idle.setdefault(key, [])
+        """Keep ``session`` for the next message to ``key``; False when it may not be
+        kept (the caller closes it)."""
+        pool = self._idle.get(key, [])
         if len(pool) >= self.settings.cache_size or session.conn.closed \
                 or time.monotonic() - session.opened >= self.settings.reuse_time_limit:
             return False
         session.idle_since = time.monotonic()
         pool.append(session)
+        self._idle[key] = pool
         asyncio.get_running_loop().call_later(self.settings.cache_time_limit + 0.1, self._expire, key)
         return True
 
@@ -299,6 +308,7 @@ class _ConnectionCache:
             del self._idle[key]
 
     def clear(self) -> list[_Session]:
+        """Empty the cache, handing its sessions to the caller (to QUIT them)."""
         sessions = [s for pool in self._idle.values() for s in pool]
         self._idle.clear()
         return sessions
