@@ -8,7 +8,7 @@ filterd has (smtp, lmtp).
 
 from __future__ import annotations
 
-from filterd.config.types import Param, as_bool, as_choice, as_float, as_list, as_nonneg_int, as_positive_int, as_size, as_str, as_time
+from filterd.config.types import Param, as_bool, as_float, as_list, as_nonneg_int, as_positive_int, as_size, as_str, as_time
 
 TRANSPORTS = ("smtp", "lmtp")
 """Transports with their own ``<transport>_destination_*`` parameters."""
@@ -105,6 +105,15 @@ TLS_LEVELS = ("none", "may", "encrypt")
 back to plain text when the handshake fails; always, unverified (deferred otherwise)."""
 
 
+def _tls_level(value: str) -> str:
+    """A TLS security level filterd's clients have ("" is Postfix's way to say none)."""
+    level = value.strip().lower()
+    if level not in ("", *TLS_LEVELS):
+        raise ValueError(f"expected none, may or encrypt (levels that verify certificates are not "
+                         f"supported yet), got {value!r}")
+    return level
+
+
 def _client_params(t: str, helo: str, tls_default: str, connect_default: str) -> list[Param]:
     """One transport's parameters: Postfix's names with its defaults, except where
     filterd must differ (said in the description)."""
@@ -127,7 +136,7 @@ def _client_params(t: str, helo: str, tls_default: str, connect_default: str) ->
               "time limit for the RSET that checks a cached connection before it is reused"),
         Param(f"{t}_quit_timeout", "300s", as_time("s"), "time limit for the QUIT reply"),
         Param(f"{t}_{helo}_name", "$myhostname", as_str, f"the name the {t} client sends in {helo.upper()}"),
-        Param(f"{t}_tls_security_level", tls_default, as_choice("", *TLS_LEVELS),
+        Param(f"{t}_tls_security_level", tls_default, _tls_level,
               "STARTTLS: none, may (when offered; certificates not verified; a failed "
               "handshake is retried in plain text) or encrypt (required, not verified)"
               + ("; Postfix's default is empty (none), filterd's is may" if t == "smtp" else "")),

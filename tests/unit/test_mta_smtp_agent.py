@@ -103,6 +103,14 @@ def test_settings_from_config_use_postfix_names() -> None:
     assert smtp.families == ("ipv4",)
 
 
+def test_unsupported_tls_levels_are_refused_by_name() -> None:
+    from filterd.config import Config, ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        Config.from_text("smtp_tls_security_level = dane\n")
+    assert "smtp_tls_security_level" in str(e.value) and "expected none, may or encrypt" in str(e.value)
+
+
 def test_xtext() -> None:
     assert xtext("a+b=c d") == "a+2Bb+3Dc+20d"
     assert xtext("é") == "+C3+A9"
