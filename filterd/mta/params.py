@@ -62,6 +62,8 @@ PARAMS: list[Param] = [
           "shuffle MX hosts of equal preference and a host's addresses"),
     Param("inet_protocols", "all", as_list,
           "address families for delivery: ipv4, ipv6, all"),
+    # The SMTP and LMTP clients' own parameters are declared with the agents below
+    # (CLIENT_PARAMS), one smtp_ and one lmtp_ name each, as Postfix has them.
     Param("bounce_size_limit", "50000", as_size,
           "largest original message returned whole in a bounce; larger ones return headers only"),
     Param("notify_classes", "resource, software", as_list,
@@ -137,3 +139,66 @@ for _t in TRANSPORTS:
         Param(f"{_t}_initial_destination_concurrency", "$initial_destination_concurrency",
               as_positive_int, f"initial_destination_concurrency for the {_t} transport"),
     ]
+
+# -- the SMTP and LMTP delivery agents (Postfix smtp(8) and lmtp(8)) -------------------
+TLS_LEVELS = ("none", "may", "encrypt")
+"""What filterd's clients do with STARTTLS: never; when offered, unverified, falling
+back to plain text when the handshake fails; always, unverified (deferred otherwise)."""
+
+
+def _tls_level(value: str) -> str:
+    """A TLS security level filterd's clients have ("" is Postfix's way to say none)."""
+    level = value.strip().lower()
+    if level not in ("", *TLS_LEVELS):
+        raise ValueError(f"expected none, may or encrypt (levels that verify certificates are not "
+                         f"supported yet), got {value!r}")
+    return level
+
+
+def _client_params(t: str, helo: str, tls_default: str, connect_default: str) -> list[Param]:
+    """One transport's parameters: Postfix's names with its defaults, except where
+    filterd must differ (said in the description)."""
+    return [
+        Param(f"{t}_connect_timeout", connect_default, as_time("s"),
+              f"time limit for the {t} client to open a connection"
+              + (" (Postfix: 0s, the kernel's limit; filterd always bounds it)" if t == "lmtp" else "")),
+        Param(f"{t}_{helo}_timeout", "300s", as_time("s"),
+              f"time limit for the server greeting and the {helo.upper()} reply"),
+        Param(f"{t}_starttls_timeout", "300s", as_time("s"),
+              "time limit for the STARTTLS reply and the TLS handshake"),
+        Param(f"{t}_mail_timeout", "300s", as_time("s"), "time limit for the MAIL FROM reply"),
+        Param(f"{t}_rcpt_timeout", "300s", as_time("s"), "time limit for each RCPT TO reply"),
+        Param(f"{t}_data_init_timeout", "120s", as_time("s"), "time limit for the DATA reply"),
+        Param(f"{t}_data_xfer_timeout", "180s", as_time("s"),
+              "time limit for each write of the message body"),
+        Param(f"{t}_data_done_timeout", "600s", as_time("s"),
+              "time limit for the reply(ies) to the final dot"),
+        Param(f"{t}_rset_timeout", "20s", as_time("s"),
+              "time limit for the RSET that checks a cached connection before it is reused"),
+        Param(f"{t}_quit_timeout", "300s", as_time("s"), "time limit for the QUIT reply"),
+        Param(f"{t}_{helo}_name", "$myhostname", as_str, f"the name the {t} client sends in {helo.upper()}"),
+        Param(f"{t}_tls_security_level", tls_default, _tls_level,
+              "STARTTLS: none, may (when offered; certificates not verified; a failed "
+              "handshake is retried in plain text) or encrypt (required, not verified)"
+              + ("; Postfix's default is empty (none), filterd's is may" if t == "smtp" else "")),
+        Param(f"{t}_mx_address_limit", "5", as_nonneg_int,
+              "most addresses tried for one delivery (MX hosts' and a host's own); 0 = no limit"),
+        Param(f"{t}_mx_session_limit", "2", as_nonneg_int,
+              "most sessions (past the greeting and " + helo.upper()
+              + ") for one delivery before the rest is deferred; 0 = no limit"),
+        Param(f"{t}_skip_5xx_greeting", "yes", as_bool,
+              "a server that greets with 5xx is skipped (next address, else deferred) "
+              "instead of bouncing the mail"),
+        Param(f"{t}_connection_cache_on_demand", "yes", as_bool,
+              "keep a connection open after a delivery and reuse it for the next message "
+              "to the same next hop (RSET first)"),
+        Param(f"{t}_connection_cache_time_limit", "2s", as_time("s"),
+              "how long an unused connection stays in the cache"),
+        Param(f"{t}_connection_reuse_time_limit", "300s", as_time("s"),
+              "no reuse of a connection older than this"),
+    ]
+
+
+CLIENT_PARAMS = (_client_params("smtp", "helo", "may", "30s")
+                 + _client_params("lmtp", "lhlo", "", "30s"))
+PARAMS += CLIENT_PARAMS
