@@ -42,6 +42,7 @@ from filterd.listener import Listener, WorkerContext, enabled
 from filterd.log import flush as flush_log
 from filterd.milter.listener import MilterListener
 from filterd.mta.qmgr import QueueManager
+from filterd.mta.smtp_agent import network_agents
 from filterd.mta.listener import SmtpdListener
 from filterd.policy.listener import PolicyListener
 
@@ -307,8 +308,9 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
         reload()
     qmgr: QueueManager | None = None
     qmgr_task: asyncio.Task[None] | None = None
+    agents = network_agents(cfg) if queue_manager else {}
     if queue_manager:
-        qmgr = QueueManager.from_config(cfg, {})
+        qmgr = QueueManager.from_config(cfg, agents)
 
         def qmgr_ended(task: asyncio.Task[None]) -> None:
             nonlocal status
@@ -323,6 +325,7 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
     if qmgr is not None and qmgr_task is not None:
         qmgr.stop()
         await asyncio.gather(qmgr_task, return_exceptions=True)
+        await asyncio.gather(*(agent.close() for agent in agents.values()), return_exceptions=True)
     for task in starting:
         task.cancel()
     await asyncio.gather(*starting, *building.values(), return_exceptions=True)

@@ -741,7 +741,7 @@ class LmtpAgent(SmtpAgent):
         return await super()._connect(peer)
 
 
-def network_agents(cfg: "Config") -> dict[str, DeliveryAgent]:
+def network_agents(cfg: "Config") -> dict[str, SmtpAgent]:
     """The network transports for ``QueueManager.from_config(cfg, agents)``: ``smtp``
     and ``lmtp``, sharing one resolver."""
     resolver = MxResolver.from_config(cfg)
