@@ -33,6 +33,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -219,6 +220,10 @@ def xtext(value: str) -> str:
     for byte in value.encode("utf-8", "surrogateescape"):
         out.append(chr(byte) if 0x21 <= byte <= 0x7E and byte not in (0x2B, 0x3D) else f"+{byte:02X}")
     return "".join(out)
+
+
+_NOTIFY = re.compile(r"NEVER|(?:SUCCESS|FAILURE|DELAY)(?:,(?:SUCCESS|FAILURE|DELAY))*")
+"""A NOTIFY value as RFC 3461 has it; anything else in the queue file is not passed on."""
 
 
 def _bad_address(address: str) -> bool:
@@ -607,8 +612,9 @@ class SmtpAgent:
         commands = [" ".join(mail).encode(enc, "surrogateescape")]
         for r in rcpts:
             line = f"RCPT TO:<{r.address}>"
-            if dsn and r.notify:
-                line += f" NOTIFY={r.notify.upper().replace(' ', '')}"
+            notify = r.notify.upper().replace(" ", "")
+            if dsn and _NOTIFY.fullmatch(notify):
+                line += f" NOTIFY={notify}"
             if dsn and r.orcpt and r.orcpt.isprintable():
                 kind, sep, addr = r.orcpt.partition(";")
                 line += f" ORCPT={kind};{xtext(addr)}" if sep and kind.isalnum() else f" ORCPT=rfc822;{xtext(r.orcpt)}"

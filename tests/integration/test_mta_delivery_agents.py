@@ -183,12 +183,14 @@ async def test_dsn_parameters_are_passed_on(sinks: list[Sink], tmp_path: Path) -
     sink = start(sinks, tmp_path)
     body = BODY + "caf\u00e9\n".encode()
     msg = message(body, attributes={"envelope_id": "id+1", "ret_flags": "HDRS"})
-    rs = [Recipient("bob@example.net", "rfc822;Bob@Example.NET", "SUCCESS,FAILURE")]
+    rs = [Recipient("bob@example.net", "rfc822;Bob@Example.NET", "SUCCESS,FAILURE"),
+          Recipient("carol@example.net", "", "SUCCESS\r\nRSET")]  # not a NOTIFY value: left out
     report = await smtp_agent().deliver(msg, sink.hop, rs)
-    assert statuses(report) == [SENT]
+    assert statuses(report) == [SENT, SENT]
     dump = next(sink.dump_dir.glob("msg.*")).read_text(errors="replace")
     assert f"X-Mail-Args: <alice@example.org> BODY=8BITMIME RET=HDRS ENVID=id+2B1" in dump
     assert "X-Rcpt-Args: <bob@example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Bob@Example.NET" in dump
+    assert "X-Rcpt-Args: <carol@example.net>\n" in dump
 
 
 async def test_connection_reuse(sinks: list[Sink], tmp_path: Path) -> None:
