@@ -74,6 +74,16 @@ _ENVELOPE_TYPES = {REC_TIME, REC_SENDER, REC_ATTR, REC_RCPT, REC_DONE, REC_WARN,
 _ENCODING = "utf-8"
 _ERRORS = "surrogateescape"
 
+ENVID_ATTR = "envelope_id"
+"""Message attribute holding the DSN ENVID as given (xtext decoded): Postfix's name."""
+RET_ATTR = "ret_flags"
+"""Message attribute holding the DSN RET value, ``FULL`` or ``HDRS`` (Postfix's name)."""
+ENCODING_ATTR = "encoding"
+"""Message attribute: ``8bit`` or ``7bit`` as the client declared (Postfix's name);
+when absent the content itself is looked at."""
+SMTPUTF8_ATTR = "smtputf8"
+"""Message attribute: ``yes`` when the client asked for SMTPUTF8."""
+
 
 class QueueFileError(ValueError):
     """The file is not a usable queue file; the text says what is wrong and where."""

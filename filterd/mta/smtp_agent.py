@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 
 from filterd.log import event
 from filterd.mta.delivery import BOUNCED, DEFERRED, SENT, DeliveryAgent, DeliveryReport, OutgoingMessage, RecipientResult
-from filterd.mta.queuefile import Recipient
+from filterd.mta.queuefile import ENCODING_ATTR, ENVID_ATTR, RET_ATTR, SMTPUTF8_ATTR, Recipient
 from filterd.mta.routing import Failure, MxResolver, Target
 from filterd.smtp.conversation import LOST, TIMEOUT, Connection, ConversationError, ServerReply, parse_extensions
 
@@ -57,15 +57,6 @@ ones are streamed from the queue file in batches of STREAM_BATCH bytes. Either w
 delivery holds at most about this much of its message (times default_process_limit)."""
 STREAM_BATCH = 256 * 1024
 
-ENVID_ATTR = "envelope_id"
-"""Queue file attribute holding the DSN ENVID as given (xtext decoded): Postfix's name."""
-RET_ATTR = "ret_flags"
-"""Queue file attribute holding the DSN RET value, ``FULL`` or ``HDRS`` (Postfix's name)."""
-ENCODING_ATTR = "encoding"
-"""Queue file attribute: ``8bit`` or ``7bit`` as the client declared (Postfix's name);
-when absent the content itself is looked at."""
-SMTPUTF8_ATTR = "smtputf8"
-"""Queue file attribute: ``yes`` when the client asked for SMTPUTF8."""
 
 
 # -- settings ----------------------------------------------------------------------------

@@ -50,7 +50,7 @@ from filterd.log import event
 from filterd.mta import maillog
 from filterd.mta.cleanup import Rewriting, rewrite_envelope
 from filterd.mta.queue import HOLD, INCOMING, NewMessage, Queue
-from filterd.mta.queuefile import Recipient
+from filterd.mta.queuefile import ENCODING_ATTR, ENVID_ATTR, RET_ATTR, SMTPUTF8_ATTR, Recipient
 from filterd.mta.receive import Incoming, WriteError, write_message
 from filterd.mta.trigger import Waker
 from filterd.reply import Reply
@@ -271,6 +271,8 @@ class SmtpdProtocol(ServerSMTP):
         self.smtputf8 = False
         self.dsn_ret = ""
         self.dsn_envid = ""
+        self.body_type = ""
+        """BODY= of MAIL: ``8bit``, ``7bit`` or "" (not declared)."""
         self.recipients: list[Recipient] = []
         self.effects: list[Decision] = []
         self.delayed: Decision | None = None
@@ -493,12 +495,12 @@ class SmtpdProtocol(ServerSMTP):
             return
         if sender and "@" not in sender:
             sender = f"{sender}@{self.settings.myorigin}"  # Postfix's append_at_myorigin
-        size, smtputf8, ret, envid = 0, False, "", ""
+        size, smtputf8, ret, envid, body = 0, False, "", "", ""
         for key, value in parse_esmtp_params(params or ""):
             if key == "SIZE" and value is not None and value.isdigit() and len(value) < 20:
                 size = int(value)
             elif key == "BODY" and value is not None and value.upper() in ("7BIT", "8BITMIME"):
-                pass
+                body = "8bit" if value.upper() == "8BITMIME" else "7bit"
             elif key == "SMTPUTF8" and value is None:
                 smtputf8 = True
             elif key == "RET" and value is not None and value.upper() in ("FULL", "HDRS") and not ret:
@@ -524,7 +526,7 @@ class SmtpdProtocol(ServerSMTP):
             await self.push("552 5.3.4 Message size exceeds fixed limit")
             return
         self.sender, self.mail_size, self.smtputf8 = sender, size, smtputf8
-        self.dsn_ret, self.dsn_envid = ret, envid
+        self.dsn_ret, self.dsn_envid, self.body_type = ret, envid, body
         if not self.settings.delay_reject:
             reject = self._session_reject() or await self._check_sender()
             if reject is not None:
@@ -800,10 +802,15 @@ class SmtpdProtocol(ServerSMTP):
         rewritten_sender = handler.rewriting.sender(sender) if sender else ""
         attributes = {"client_name": self.base.client_name, "client_address": self.base.client_address,
                       "helo_name": self.base.helo_name, "protocol_name": self.base.protocol_name}
+        # Postfix's attribute names, read by the delivery agents (DSN and 8BITMIME passed on)
         if self.dsn_ret:
-            attributes["dsn_ret"] = self.dsn_ret
+            attributes[RET_ATTR] = self.dsn_ret
         if self.dsn_envid:
-            attributes["dsn_envid"] = self.dsn_envid
+            attributes[ENVID_ATTR] = self.dsn_envid
+        if self.body_type:
+            attributes[ENCODING_ATTR] = self.body_type
+        if self.smtputf8:
+            attributes[SMTPUTF8_ATTR] = "yes"
         incoming = Incoming(rewritten_sender, recipients, self.base.client_name, self.base.client_address,
                             self.base.helo_name, self.base.protocol_name,
                             bool(handler.engine.services.mynetworks.match(self.base.client_address)),

@@ -152,7 +152,7 @@ def test_a_message_is_queued_with_its_envelope_dsn_and_a_received_header(smtpd):
         for keyword in ("pipelining", "size", "8bitmime", "smtputf8", "enhancedstatuscodes", "dsn"):
             assert c.has_extn(keyword), keyword
         assert c.esmtp_features["size"] == "200000"
-        assert c.mail("a@sender.example", ["RET=HDRS", "ENVID=id+2B1"]) == (250, b"2.1.0 Ok")
+        assert c.mail("a@sender.example", ["RET=HDRS", "ENVID=id+2B1", "BODY=8BITMIME"]) == (250, b"2.1.0 Ok")
         assert c.rcpt(f"bob@{RELAY}", ["NOTIFY=SUCCESS,FAILURE", f"ORCPT=rfc822;Bob@{RELAY}"])[0] == 250
         assert c.rcpt(f"carol@{RELAY}")[0] == 250
         code, text = c.data(MESSAGE)
@@ -162,7 +162,8 @@ def test_a_message_is_queued_with_its_envelope_dsn_and_a_received_header(smtpd):
     assert env.sender == "a@sender.example"
     assert [(r.address, r.orcpt, r.notify) for r in env.recipients] == [
         (f"bob@{RELAY}", f"Bob@{RELAY}", "FAILURE,SUCCESS"), (f"carol@{RELAY}", "", "")]
-    assert env.attributes["dsn_ret"] == "HDRS" and env.attributes["dsn_envid"] == "id+1"
+    assert env.attributes["ret_flags"] == "HDRS" and env.attributes["envelope_id"] == "id+1"
+    assert env.attributes["encoding"] == "8bit"
     assert env.attributes["client_address"] == "127.0.0.1"
     assert content.startswith(b"Received: from client.example (")
     assert f"by gw.filterd.test (filterd) with ESMTP id {qid};".encode() in content

@@ -63,7 +63,7 @@ def test_write_message_commits_a_readable_file(tmp_path):
     queue = Queue(str(tmp_path))
     queue.setup()
     new = queue.create()
-    written = write_message(new, Rewriting(), incoming(attributes={"dsn_ret": "HDRS"}),
+    written = write_message(new, Rewriting(), incoming(attributes={"ret_flags": "HDRS"}),
                             b"Message-Id: <m@x>\r\n\r\n" + b"y" * 200000, "gw.example")
     assert written.message_id == "<m@x>"
     fd = queue.open(INCOMING, written.qid)
@@ -72,7 +72,7 @@ def test_write_message_commits_a_readable_file(tmp_path):
         content = read_content(fd, env)
     finally:
         os.close(fd)
-    assert env.attributes == {"dsn_ret": "HDRS"} and env.content_size == written.size == len(content)
+    assert env.attributes == {"ret_flags": "HDRS"} and env.content_size == written.size == len(content)
     assert content.startswith(b"Received: ") and content.endswith(b"y" * 200000)
 
 
