@@ -32,6 +32,7 @@ Usage: python bench/mta_bench.py [--messages M] [--size B ...] [--sessions S ...
 from __future__ import annotations
 
 import argparse
+from abc import ABC, abstractmethod
 import json
 import os
 import re
@@ -77,7 +78,36 @@ class Sink(Daemon):
 SENT = re.compile(r"\]: [0-9A-F]+: to=<[^>]*>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+, .*status=sent ")
 
 
-class Mta:
+def process_tree_rss(root_pid: int) -> dict[int, int]:
+    """Resident memory in KB of a process and each of its descendants, by pid."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    parents[int(entry)] = int(stat.read().rsplit(b")", 1)[1].split()[1])
+            except OSError:
+                continue
+    tree, grew = {root_pid}, True
+    while grew:
+        grew = False
+        for pid, ppid in parents.items():
+            if ppid in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    rss = {}
+    for pid in tree:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        m = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+        if m:
+            rss[pid] = int(m.group(1))
+    return rss
+
+
+class Mta(ABC):
     """One MTA under test: where it listens, its processes, how to flush its queue."""
 
     name: str
@@ -89,14 +119,21 @@ class Mta:
     def delivered(self) -> int:
         return self.sent.poll()["sent"]
 
+    @abstractmethod
+    def pid(self) -> int:
+        """The root of the MTA's process tree."""
+
+    @abstractmethod
     def flush(self) -> None:
-        raise NotImplementedError
+        """Deliver the deferred queue now (defer_transports yield to it)."""
 
+    @abstractmethod
     def queued(self) -> int:
-        raise NotImplementedError
+        """Messages in the queue, not yet delivered."""
 
+    @abstractmethod
     def stop(self) -> None:
-        raise NotImplementedError
+        """Stop the MTA."""
 
 
 def _count_files(queue_dir: Path, names: tuple[str, ...]) -> int:
@@ -127,6 +164,9 @@ class PostfixMta(Mta):
         self.port = self.instance.smtp_port
         self.server = PostfixProcesses(self.instance)
         self.sent = LogCounter(self.instance.maillog, {"sent": SENT})
+
+    def pid(self) -> int:
+        return self.server.pid
 
     def flush(self) -> None:
         subprocess.run([self.instance.postqueue, "-c", str(self.instance.config_dir), "-f"], check=True)
@@ -169,6 +209,10 @@ class FilterdMta(Mta):
                              home).start()
         wait_until(lambda: port_open(self.port), self.server, "listening", timeout=300.0)
 
+    def pid(self) -> int:
+        assert self.server.process is not None
+        return self.server.process.pid
+
     def flush(self) -> None:
         subprocess.run([sys.executable, "-m", "filterd", "queue", "flush", "--config", str(self.config)],
                        check=True, capture_output=True)
@@ -201,6 +245,10 @@ class Delivering:
     system: str
     messages: int
     delivered_per_s: float
+    rss_total_mb: float
+    """Resident memory of the MTA's whole process tree with the queue full."""
+    rss_largest_mb: float
+    """Of its largest process (filterd: the worker running the queue manager)."""
     ratio_to_postfix: float | None = None
 
 
@@ -246,11 +294,13 @@ def delivering(mta: Mta, messages: int) -> Delivering:
             raise RuntimeError(f"{mta.name}: {mta.queued()} of {messages} queued")
         time.sleep(0.1)
     time.sleep(1.0)
+    rss = process_tree_rss(mta.pid())
     before = mta.delivered()
     started = time.monotonic()
     mta.flush()
     wait_count(before + messages, mta)
-    return Delivering(mta.name, messages, messages / (time.monotonic() - started))
+    return Delivering(mta.name, messages, messages / (time.monotonic() - started),
+                      sum(rss.values()) / 1024, max(rss.values(), default=0) / 1024)
 
 
 def report(acc: list[Accepting], dlv: list[Delivering]) -> str:
@@ -262,10 +312,12 @@ def report(acc: list[Accepting], dlv: list[Delivering]) -> str:
                    f"{r.cpu_ms_per_msg:>10.2f} {r.all_delivered_s:>13.1f} {ratio:>9}")
     if dlv:
         out.append("")
-        out.append(f"{'delivering a full queue':24} {'msgs':>6} {'msgs/s':>8} {'x postfix':>9}")
+        out.append(f"{'delivering a full queue':24} {'msgs':>6} {'msgs/s':>8} {'x postfix':>9} "
+                   f"{'RSS MB all/largest, queue full':>31}")
         for d in dlv:
             ratio = f"{d.ratio_to_postfix:.2f}" if d.ratio_to_postfix is not None else "-"
-            out.append(f"{d.system:24} {d.messages:>6} {d.delivered_per_s:>8.1f} {ratio:>9}")
+            out.append(f"{d.system:24} {d.messages:>6} {d.delivered_per_s:>8.1f} {ratio:>9} "
+                       f"{d.rss_total_mb:>22.1f} / {d.rss_largest_mb:.1f}")
     return "\n".join(out)
 
 
