@@ -12,7 +12,7 @@ It does what the sans-IO :class:`~filterd.mta.scheduler.Scheduler` decides:
    recipients routed; an unreadable file goes to ``corrupt``.
 3. Starts the deliveries the scheduler hands out, each with its transport's agent,
    logs one ``to=<...>`` line per recipient, and marks delivered recipients done in the
-   file at once (a crash after that never delivers them twice).
+   file at once (a crash of filterd after that never delivers them twice).
 4. When a message's pass is over: queues the notifications (bounce, delay warning,
    postmaster notices) before marking the failed recipients done, then either moves
    the file to ``deferred`` with its retry time or removes it.
