@@ -42,6 +42,7 @@ from filterd.reply import Reply
 from filterd.restrict.decision import DEFER, DUNNO, REJECT, Decision
 from filterd.restrict.engine import RestrictionEngine
 from filterd.restrict.transaction import Stage, Transaction
+from filterd.text import printable
 
 log = logging.getLogger("filterd.milter")
 
@@ -229,7 +230,7 @@ class MilterService:
         parts.append(f"Queue-ID: {session.queue_id or 'NOQUEUE'}")
         message_id = msg.get("Message-ID")
         if message_id:
-            parts.append(f"Message-ID: {_printable(message_id)[:200]}")
+            parts.append(f"Message-ID: {printable(message_id)[:200]}")
         parts += [f"Hits: {verdict.hits}", f"size: {len(msg.raw)}"]
         tests = ", ".join(f"{s.name}={format_score(s.score)}" for s in sorted(verdict.symbols, key=lambda s: s.name))
         parts.append(f"Tests: [{tests}]")
@@ -260,7 +261,3 @@ def _envelope(session: MilterSession, message: MilterMessage) -> Envelope:
     return Envelope(sender=message.sender, recipients=list(message.recipients),
                     client_address=txn.client_address, client_name=txn.client_name,
                     helo_name=txn.helo_name, protocol=txn.protocol_name, queue_id=session.queue_id)
-
-
-def _printable(text: str) -> str:
-    return "".join(ch if ch >= " " and ch != "\x7f" else "?" for ch in text)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from filterd.mta.delivery import RecipientResult
-from filterd.mta.maillog import printable
+from filterd.text import printable_ascii
 
 MAILER_DAEMON = "MAILER-DAEMON"
 _LONE_LF = re.compile(rb"(?<!\r)\n")
@@ -58,7 +58,7 @@ class Notice:
 
 def fold(name: str, value: str) -> str:
     """One header field, folded at spaces to FOLD_WIDTH columns; CRLF-terminated."""
-    words = printable(value).split(" ")
+    words = printable_ascii(value).split(" ")
     lines: list[str] = []
     line = f"{name}:"
     for word in words:
@@ -79,7 +79,7 @@ def wrap(text: str, indent: str = "    ") -> str:
 def address_type(address: str) -> str:
     """``rfc822; addr`` for ASCII addresses, RFC 6533 ``utf-8; addr`` (\\x{HEX}) otherwise."""
     if address.isascii():
-        return f"rfc822; {printable(address)}"
+        return f"rfc822; {printable_ascii(address)}"
     encoded = "".join(c if 0x20 < ord(c) < 0x7f and c != "\\" else f"\\x{{{ord(c):X}}}" for c in address)
     return f"utf-8; {encoded}"
 
@@ -98,7 +98,7 @@ class _Report:
     """The parts every notice shares."""
 
     def __init__(self, hostname: str, original: Original, now: float):
-        self.hostname = printable(hostname)
+        self.hostname = printable_ascii(hostname)
         self.original = original
         self.now = now
         self.boundary = f"{original.qid}.{int(now)}/{self.hostname}"
@@ -110,7 +110,7 @@ class _Report:
         return (
             f"From: {MAILER_DAEMON}@{self.hostname} (Mail Delivery System)\r\n"
             f"Subject: {subject}\r\n"
-            + fold("To", f"<{printable(to)}>")
+            + fold("To", f"<{printable_ascii(to)}>")
             + "Auto-Submitted: auto-replied\r\n"
             "MIME-Version: 1.0\r\n"
             f"Content-Type: multipart/report; report-type=delivery-status;\r\n"
@@ -138,7 +138,7 @@ class _Report:
         out = "\r\n" + fold("Final-Recipient", address_type(r.address))
         if r.orcpt:
             out += fold("Original-Recipient", address_type(r.orcpt))
-        out += f"Action: {action}\r\nStatus: {printable(result.dsn)}\r\n"
+        out += f"Action: {action}\r\nStatus: {printable_ascii(result.dsn)}\r\n"
         if result.remote_mta:
             out += fold("Remote-MTA", f"dns; {result.remote_mta}")
         if result.diagnostic:
@@ -185,7 +185,7 @@ def failure_report(hostname: str, original: Original, failed: Sequence[Recipient
         intro = (f"This is the mail system at host {rep.hostname}.\r\n\r\n"
                  "Enclosed is a copy of the headers of a message that could not be\r\n"
                  f"delivered to one or more recipients (queue id {original.qid}, sender\r\n"
-                 f"<{printable(original.sender)}>).\r\n")
+                 f"<{printable_ascii(original.sender)}>).\r\n")
     else:
         subject = "Undelivered Mail Returned to Sender"
         intro = (f"This is the mail system at host {rep.hostname}.\r\n\r\n"
