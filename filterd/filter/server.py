@@ -181,7 +181,7 @@ class FilterHandler(SmtpHandler):
             return True
         report = refusal_report(hostname=self.hostname, sender=sender, refused=refused,
                                 original=msg.raw, queue_id=msg.envelope.queue_id,
-                                mail_id=mail_id, boundary=f"{mail_id}.{new_mail_id()}")
+                                mail_id=mail_id)
         result = await self.forwarder.send("", [sender], report, smtputf8=smtputf8)
         summary = result.summary()
         if summary.temporary:
