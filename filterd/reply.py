@@ -9,15 +9,13 @@ its own, which a pipelining client takes as the answers to its next commands.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from filterd.text import printable_ascii
+
 #: RFC 5321 4.5.3.1.5: a reply line is at most 512 octets, its CRLF included.
 REPLY_LINE_MAX = 510
-#: Everything but printable ASCII: CR, LF, NUL, the other C0 controls, DEL, and all
-#: non-ASCII (C1 controls, U+2028 and friends, and undecodable bytes kept as surrogates).
-_UNSAFE = re.compile(r"[^\x20-\x7e]")
 
 
 class Reply(NamedTuple):
@@ -47,8 +45,7 @@ def safe_reply(line: str) -> str:
     """``line`` as one safe reply line: every character outside printable ASCII becomes
     ``?`` (as Postfix's smtpd prints client text), and the line is cut to 510 characters.
     """
-    if not (line.isascii() and line.isprintable()):
-        line = _UNSAFE.sub("?", line)
+    line = printable_ascii(line)
     return line if len(line) <= REPLY_LINE_MAX else line[:REPLY_LINE_MAX - 3] + "..."
 
 

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from filterd.netaddr import parse_host_port
+
 Converter = Callable[[str], Any]
 
 
@@ -177,15 +179,10 @@ def parse_endpoint(value: str) -> Endpoint:
         if not path:
             raise ValueError(f"expected unix:/path/to/socket, got {value!r}")
         return Endpoint("unix", "", 0, path)
-    if v.startswith("inet:"):
-        v = v[5:]
-    m = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\s]*):(\d+)", v)
-    if not m:
-        raise ValueError(f"expected inet:host:port or unix:/path, got {value!r}")
-    host = m.group(1) or m.group(3) or "127.0.0.1"
-    port = int(m.group(2) or m.group(4))
-    if not 0 < port < 65536:
-        raise ValueError(f"port out of range in {value!r}")
+    try:  # an empty host (inet::10023) is the loopback, never every address
+        host, port, _ = parse_host_port(v.removeprefix("inet:"), default_host="127.0.0.1")
+    except ValueError as exc:
+        raise ValueError(f"expected inet:host:port or unix:/path, got {value!r}: {exc}") from None
     return Endpoint("inet", host, port, "")
 
 

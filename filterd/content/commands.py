@@ -25,6 +25,7 @@ from filterd.content.pipeline import ContentPipeline
 from filterd.content.quarantine import Quarantine, QuarantineEntry, QuarantineError
 from filterd.content.verdict import Verdict, format_score
 from filterd.smtp.client import Forwarder
+from filterd.text import printable
 
 #: ``filterd check`` exit status: the highest that applies to any of the messages.
 EXIT_CLEAN = 0  # every message CLEAN: the content filter passes it, nothing found
@@ -132,11 +133,6 @@ def entry_json(entry: QuarantineEntry) -> dict[str, Any]:
     }
 
 
-def _printable(text: str) -> str:
-    """Control characters from a message (sender, subject, reason) shown as ``?`` on a terminal."""
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
-
-
 async def _quarantine(cfg: Any, action: str, ids: list[str], kind: str | None, limit: int,
                       out: TextIO, json_out: bool = False) -> int:
     quarantine = Quarantine(cfg)
@@ -154,7 +150,7 @@ async def _quarantine(cfg: Any, action: str, ids: list[str], kind: str | None, l
                 when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time))
                 released = " released" if e.released_at else ""
                 score = format_score(e.score) if e.score is not None else "-"
-                out.write(_printable(f"{e.id}  {when}  <{e.sender}> -> {','.join(f'<{r}>' for r in e.recipients)}  "
+                out.write(printable(f"{e.id}  {when}  <{e.sender}> -> {','.join(f'<{r}>' for r in e.recipients)}  "
                                      f"score={score}  {e.reason}{released}") + "\n")
             return 0
         for qid in ids:
@@ -178,9 +174,9 @@ async def _one(cfg: Any, quarantine: Quarantine, action: str, qid: str, out: Tex
         return 0
     entry, raw = await quarantine.get(qid)
     if action == "show":
-        out.write(f"Quarantine-ID: {entry.id}\nKind: {entry.kind}\nReason: {_printable(entry.reason)}\n"
-                  f"Sender: <{_printable(entry.sender)}>\n"
-                  f"Recipients: {_printable(', '.join(f'<{r}>' for r in entry.recipients))}\n"
+        out.write(f"Quarantine-ID: {entry.id}\nKind: {entry.kind}\nReason: {printable(entry.reason)}\n"
+                  f"Sender: <{printable(entry.sender)}>\n"
+                  f"Recipients: {printable(', '.join(f'<{r}>' for r in entry.recipients))}\n"
                   f"Client: [{entry.client_address}]\n\n")
         if out is sys.stdout:
             out.flush()

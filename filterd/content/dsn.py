@@ -4,86 +4,44 @@ Over SMTP Postfix gets one reply for the whole message, so when the next hop acc
 some recipients and permanently refuses others, the content filter does what
 amavisd-new does: it passes the message to the accepted ones, answers 250, and tells
 the sender itself about the refused ones with a DSN, sent from the null sender (so it
-can never cause a bounce loop) and never to the null sender. Its text follows the
-shape of Postfix's bounce(8) notices, which administrators and users know.
+can never cause a bounce loop) and never to the null sender. Its words are this
+module's; the report is built by :mod:`filterd.smtp.dsn`, as the MTA's bounces are.
 """
 
 from __future__ import annotations
 
-import email.utils
+import time
 
 from filterd.reply import Reply, safe_reply
+from filterd.smtp.dsn import Original, RecipientStatus, delivery_report, header_section
 
 #: The original header section is returned (``text/rfc822-headers``) up to this size.
 HEADERS_MAX = 64 * 1024
 
 
-def _address_type(address: str) -> str:
-    """RFC 3464 address type: ``rfc822`` for ASCII, ``utf-8`` (RFC 6533) otherwise."""
-    return "rfc822" if address.isascii() else "utf-8"
-
-
 def refusal_report(*, hostname: str, sender: str, refused: dict[str, Reply], original: bytes,
-                   queue_id: str, mail_id: str, boundary: str) -> bytes:
+                   queue_id: str, mail_id: str) -> bytes:
     """The DSN to ``sender`` for the ``refused`` recipients of the message ``original``.
 
-    Every text from the message or the next hop goes through :func:`safe_reply` (one
-    line, printable ASCII), so nothing can add headers or MIME parts to the report.
+    Each refusal is one line of the human-readable part, made safe by :func:`safe_reply`
+    (one line, printable ASCII), as the next hop's reply is quoted whole there.
     """
-    date = email.utils.format_datetime(email.utils.localtime())
-    headers = original.split(b"\r\n\r\n", 1)[0][:HEADERS_MAX]
-    if not headers.endswith(b"\r\n"):
-        headers += b"\r\n"
+    now = time.time()
     lines = [
-        f"From: MAILER-DAEMON@{hostname} (Mail Delivery System)",
-        f"To: <{sender}>",
-        "Subject: Undelivered Mail Returned to Sender",
-        f"Date: {date}",
-        f"Message-ID: <DSN{mail_id}@{hostname}>",
-        "Auto-Submitted: auto-replied",
-        "MIME-Version: 1.0",
-        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
-        "",
-        "This is a MIME-encapsulated message.",
-        "",
-        f"--{boundary}",
-        "Content-Description: Notification",
-        "Content-Type: text/plain; charset=us-ascii",
-        "",
         f"This is the mail system at host {hostname}.",
         "",
         "I'm sorry to have to inform you that your message could not",
         "be delivered to one or more recipients. It's attached below.",
         "The other recipients were sent the message.",
         "",
-    ]
-    for rcpt, reply in refused.items():
-        lines.append(safe_reply(f"<{rcpt}>: host refused the recipient: {reply}"))
-    lines += [
-        "",
-        f"--{boundary}",
-        "Content-Description: Delivery report",
-        "Content-Type: message/delivery-status",
-        "",
-        f"Reporting-MTA: dns; {hostname}",
-        f"X-Postfix-Queue-ID: {safe_reply(queue_id) or mail_id}",
-        f"X-Postfix-Sender: {_address_type(sender)}; {sender}",
-        f"Arrival-Date: {date}",
-    ]
-    for rcpt, reply in refused.items():
-        lines += [
-            "",
-            f"Final-Recipient: {_address_type(rcpt)}; {rcpt}",
-            "Action: failed",
-            f"Status: {reply.dsn}",
-            safe_reply(f"Diagnostic-Code: smtp; {reply}"),
-        ]
-    lines += [
-        "",
-        f"--{boundary}",
-        "Content-Description: Undelivered Message Headers",
-        "Content-Type: text/rfc822-headers",
+        *(safe_reply(f"<{rcpt}>: host refused the recipient: {reply}") for rcpt, reply in refused.items()),
         "",
     ]
-    body = "\r\n".join(lines).encode("utf-8") + b"\r\n"
-    return body + headers + f"\r\n--{boundary}--\r\n".encode("ascii")
+    headers = header_section(original)[:HEADERS_MAX]
+    return delivery_report(
+        hostname=hostname,
+        original=Original(queue_id or mail_id, sender, now, headers, len(original)),
+        recipients=[RecipientStatus(rcpt, "failed", reply.dsn, str(reply), diagnostic=str(reply))
+                    for rcpt, reply in refused.items()],
+        to=sender, subject="Undelivered Mail Returned to Sender", text="\r\n".join(lines),
+        now=now, return_whole=False, size_limit=0)

@@ -3,7 +3,8 @@
 The content filter, the milter and the MTA each carry out a :class:`Verdict` in their own
 protocol, but they name the message the same way (amavisd-new's ``mail_id``), keep it in
 the quarantine the same way, log the same amavisd-new line, and send the same notice to
-``virus_admin``. Nothing here speaks SMTP.
+``virus_admin``. Nothing here speaks SMTP itself: the notice goes through the front
+end's :class:`~filterd.smtp.client.Forwarder`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from filterd.content.message import Message
 from filterd.content.quarantine import Quarantine, QuarantineError
 from filterd.content.verdict import Reply, Verdict, format_score
+from filterd.smtp.client import Forwarder
 from filterd.text import printable
 
 log = logging.getLogger("filterd.content")
@@ -116,6 +118,19 @@ def virus_report(msg: Message, verdict: Verdict, mail_id: str, quarantine_id: st
         "",
     ]
     return "\r\n".join(lines).encode("utf-8", "replace")
+
+
+async def notify_virus_admin(forwarder: Forwarder, msg: Message, verdict: Verdict, mail_id: str,
+                             quarantine_id: str | None, hostname: str, admin: str) -> None:
+    """Send :func:`virus_report` to ``admin`` from the null sender (a notice is never
+    bounced) through ``forwarder``; a failure is logged, the message's fate is not
+    changed by it (amavisd-new's admin notifications are best effort too)."""
+    report = virus_report(msg, verdict, mail_id, quarantine_id, hostname, admin)
+    result = await forwarder.send("", [admin], report)
+    reply = result.replies.get(admin)
+    if reply is None or not reply.ok:
+        log.warning("(%s) virus notification to <%s> failed: %s", verdict.log_id, admin,
+                    reply or "no reply from the next hop")
 
 
 #: Longest text of one log field taken from a message or a client (Message-ID, sender,

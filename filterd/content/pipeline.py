@@ -56,8 +56,9 @@ from filterd.content.postfix_checks import (
 )
 from filterd.content.rules import RuleSet, ruleset_from_config
 from filterd.content.symbols import Symbol
-from filterd.content.verdict import Findings, Verdict, VerdictPolicy, decide, safe_text
+from filterd.content.verdict import Findings, Verdict, VerdictPolicy, decide
 from filterd.maps import MapTempError
+from filterd.text import printable_ascii
 
 log = logging.getLogger("filterd.content")
 
@@ -248,11 +249,11 @@ class ContentPipeline:
         if self.clamav is not None:
             result = await self.clamav.scan(msg.raw)
             if result.status == "unchecked":  # too large for clamd: the same on every retry
-                error = safe_text(result.error or "clamd could not scan it", 300)
+                error = printable_ascii((result.error or "clamd could not scan it")[:300])
                 found.symbols.append(Symbol("CLAMAV_LIMIT", 0.0, "too large for clamd to scan", error))
                 found.unchecked.append("larger than clamd scans (StreamMaxLength)")
             elif result.status == "error":
-                error = safe_text(result.error or "clamd unavailable", 300)
+                error = printable_ascii((result.error or "clamd unavailable")[:300])
                 found.symbols.append(Symbol("CLAMAV_FAILURE", 0.0, "clamd could not scan the message", error))
                 if self.clamav_failure_action == "defer":
                     tempfail(f"virus_scan FAILED: {error}")
@@ -263,7 +264,7 @@ class ContentPipeline:
             else:
                 found.virus = result
                 for name in result.virus_names:
-                    found.symbols.append(Symbol("CLAMAV_VIRUS", 0.0, "ClamAV found a virus", safe_text(name)))
+                    found.symbols.append(Symbol("CLAMAV_VIRUS", 0.0, "ClamAV found a virus", printable_ascii(name[:200])))
         if (settled or self._blocked(found)) and not full:
             return
         found.symbols += await self._cpu(self._score, msg, list(found.symbols), found)

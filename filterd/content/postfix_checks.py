@@ -47,6 +47,7 @@ from filterd.actions import Action, parse_action
 from filterd.content.message import HeaderEdits, Message
 from filterd.content.symbols import Symbol
 from filterd.maps import LookupTable, MapTempError, open_table
+from filterd.text import printable
 
 log = logging.getLogger("filterd.content.postfix_checks")
 
@@ -73,7 +74,6 @@ _CLASS_OF_STATE = {_PRIMARY: HEADER, _MULTIPART: MIME_HEADER, _NESTED: NESTED_HE
 _IS_HEADER = re.compile(rb"([!-9;-~]+)[ \t]*(?=:)")
 _CT_MAIN = re.compile(rb"^:[ \t\r\n]*([!#-'*+.0-9A-Z^-~-]+)[ \t\r\n]*(?:/[ \t\r\n]*([!#-'*+.0-9A-Z^-~-]+))?", re.IGNORECASE)
 _CT_BOUNDARY = re.compile(rb";[ \t\r\n]*boundary[ \t\r\n]*=[ \t\r\n]*(?:\"([^\"]*)\"|([^ \t\r\n;\"]+))", re.IGNORECASE)
-_PRINTABLE = re.compile(r"[^\x20-\x7e\u00a0-\ud7ff\ue000-\uffff\U00010000-\U0010ffff]")
 
 # Default cleanup_stat_detail(CLEANUP_STAT_CONT) and (CLEANUP_STAT_DEFER) replies.
 _REJECT_CODE, _REJECT_DSN, _REJECT_TEXT = 550, "5.7.1", "message content rejected"
@@ -333,11 +333,6 @@ def inspected_lines(checks: PostfixChecks, msg: Message) -> Iterator[Line]:
 def is_header_text(text: str) -> bool:
     """Postfix's is_header(): does ``text`` start with ``Name:``?"""
     return _IS_HEADER.match(text.encode("utf-8", "surrogateescape")) is not None
-
-
-def printable(text: str) -> str:
-    """Text as Postfix logs it: control characters and undecodable bytes become '?'."""
-    return _PRINTABLE.sub("?", text)
 
 
 def _log_origin(msg: Message) -> str:

@@ -49,6 +49,7 @@ from filterd.content.message import HeaderEdits, Message
 from filterd.content.postfix_checks import ContentCheckResult
 from filterd.content.symbols import Symbol
 from filterd.reply import Reply
+from filterd.text import printable_ascii
 
 #: Existing headers of these names are removed when filterd writes its own (amavisd-new's
 #: remove_existing_spam_headers): a spammer's "X-Spam-Flag: NO" must not survive.
@@ -60,13 +61,6 @@ ALERT_HEADER = "X-Filterd-Alert"
 SPAM_LEVEL_MAX = 64
 
 _UNFOLD = re.compile(r"\r?\n(?=[ \t])")
-_UNSAFE = re.compile(r"[^\x20-\x7e]")
-
-
-def safe_text(text: str, limit: int = 200) -> str:
-    """Printable ASCII only, at most ``limit`` characters: file names and scanner texts
-    reach SMTP replies, headers and log lines, where a CR or LF would start a new one."""
-    return _UNSAFE.sub("?", text[:limit])
 
 
 @dataclass(frozen=True)
@@ -190,18 +184,18 @@ def _categories(policy: VerdictPolicy, findings: Findings, score: float) -> list
     found: list[_Category] = []
     virus = findings.virus
     if virus is not None and virus.status == "infected":
-        names = ", ".join(safe_text(n, 100) for n in virus.virus_names)
+        names = ", ".join(printable_ascii(n[:100]) for n in virus.virus_names)
         found.append(_Category("INFECTED", policy.virus_action, "INFECTED: " + names, "virus",
                                VIRUS_SUBJECT_TAG))
     banned = findings.banned
     if banned is not None and banned.banned:
-        part = safe_text(banned.names[0].rsplit(" | ", 1)[-1])
+        part = printable_ascii(banned.names[0].rsplit(" | ", 1)[-1][:200])
         found.append(_Category("BANNED", policy.banned_action, "BANNED: " + part, "banned",
                                BANNED_SUBJECT_TAG))
     unchecked = _unchecked_reasons(findings)
     if unchecked:
         found.append(_Category("UNCHECKED", policy.unchecked_action,
-                               "UNCHECKED: " + safe_text(unchecked[0]), "unchecked",
+                               "UNCHECKED: " + printable_ascii(unchecked[0][:200]), "unchecked",
                                UNCHECKED_SUBJECT_TAG))
     if findings.spam_checked and score >= policy.kill_level:
         found.append(_Category("SPAM", policy.spam_action, "spam", "spam", policy.subject_tag))
@@ -229,7 +223,7 @@ def decide(policy: VerdictPolicy, msg: Message, findings: Findings, log_id: str)
         verdict.redirect, verdict.bcc, verdict.next_hop = pf.redirect, list(pf.bcc), pf.filter
     if findings.tempfail is not None:
         verdict.action, verdict.category, verdict.reason = "tempfail", "TEMPFAIL", findings.tempfail
-        verdict.reply = Reply(451, "4.5.0", f"Error in processing, id={log_id}, {safe_text(findings.tempfail)}")
+        verdict.reply = Reply(451, "4.5.0", f"Error in processing, id={log_id}, {printable_ascii(findings.tempfail[:200])}")
         return verdict
     if pf is not None and (pf.reject is not None or pf.discard or pf.hold):
         _postfix_decision(verdict, pf)
@@ -309,13 +303,13 @@ def _add_headers(verdict: Verdict, policy: VerdictPolicy, msg: Message, findings
             tags = tags + [policy.subject_tag]
     unchecked = _unchecked_reasons(findings)
     if unchecked:
-        reasons = "; ".join(safe_text(r, 100) for r in unchecked[:5])
+        reasons = "; ".join(printable_ascii(r[:100]) for r in unchecked[:5])
         edits.add(ALERT_HEADER, f"UNCHECKED, not fully checked: {reasons}")
     if findings.banned is not None and findings.banned.banned:
-        edits.add(ALERT_HEADER, f"BANNED, message contains {safe_text(findings.banned.names[0].rsplit(' | ', 1)[-1])}")
+        edits.add(ALERT_HEADER, f"BANNED, message contains {printable_ascii(findings.banned.names[0].rsplit(' | ', 1)[-1][:200])}")
     if verdict.virus_names:
         edits.add(ALERT_HEADER, "INFECTED, message contains virus: "
-                  + ", ".join(safe_text(n, 100) for n in verdict.virus_names))
+                  + ", ".join(printable_ascii(n[:100]) for n in verdict.virus_names))
     if findings.virus is not None and policy.x_header_tag:
         edits.add(policy.x_header_tag, policy.x_header_line)
     elif findings.virus_unchecked is not None and policy.x_header_tag:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,14 +40,12 @@ from filterd.config import Config
 from filterd.config.types import split_list
 from filterd.dnsbl.cache import TtlCache
 from filterd.log import RateLimitedLog
+from filterd.netaddr import parse_host_port
 
 log = logging.getLogger("filterd.dnsbl")
 _limited = RateLimitedLog(log)  # a list that is down fails every lookup
 
 _QueryKey = tuple[str, RdataType]  # (name, record type): what is cached and shared
-
-_HOST_PORT = re.compile(r"\[([^\]]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?")
-
 
 def parse_nameserver(text: str) -> tuple[str, int]:
     """``host[:port]``, ``[v6]:port`` or a bare IPv6 address; the host must be an IP address.
@@ -56,22 +53,14 @@ def parse_nameserver(text: str) -> tuple[str, int]:
     Names are refused, as in resolv.conf: resolving the resolver's own name would need
     a resolver.
     """
-    item = text.strip()
-    if item.count(":") >= 2 and not item.startswith("["):
-        host, port = item, 53
-    else:
-        m = _HOST_PORT.fullmatch(item)
-        if m is None:
-            raise ValueError(f"expected a name server as ip, ip:port or [ipv6]:port, got {text!r}")
-        host = m.group(1) or m.group(3)
-        port_text = m.group(2) or m.group(4)
-        port = int(port_text) if port_text else 53
+    try:
+        host, port, _ = parse_host_port(text, 53, bare_ipv6=True)
+    except ValueError as exc:
+        raise ValueError(f"expected a name server as ip, ip:port or [ipv6]:port, got {text!r}: {exc}") from None
     try:
         ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"name server {text!r} is not an IP address") from None
-    if not 0 < port < 65536:
-        raise ValueError(f"name server {text!r} has a port outside 1..65535")
     return host, port
 
 

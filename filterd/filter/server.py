@@ -53,7 +53,7 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from filterd.content.dsn import refusal_report
 from filterd.content.message import Envelope, Message
 from filterd.content.mailid import new_mail_id
-from filterd.content.outcome import REFUSED_FLAGS, keep, log_line, virus_report
+from filterd.content.outcome import REFUSED_FLAGS, keep, log_line, notify_virus_admin
 from filterd.content.pipeline import ContentPipeline, new_log_id
 from filterd.content.quarantine import Quarantine
 from filterd.content.verdict import Reply, Verdict
@@ -117,7 +117,8 @@ class FilterHandler(SmtpHandler):
         log.info("%s", log_line(msg, verdict, mail_id, envelope.xforward.get("PORT"), flags, queued_as,
                                 quarantine_id, None if final.ok else final, started))
         if verdict.virus_names and self.virus_admin:
-            self._track(self._notify_admin(msg, verdict, mail_id, quarantine_id))
+            self._track(notify_virus_admin(self.forwarder, msg, verdict, mail_id, quarantine_id,
+                                           self.hostname, self.virus_admin))
         if lmtp:
             return [str(replies[r]) for r in recipients]
         return str(final)
@@ -181,7 +182,7 @@ class FilterHandler(SmtpHandler):
             return True
         report = refusal_report(hostname=self.hostname, sender=sender, refused=refused,
                                 original=msg.raw, queue_id=msg.envelope.queue_id,
-                                mail_id=mail_id, boundary=f"{mail_id}.{new_mail_id()}")
+                                mail_id=mail_id)
         result = await self.forwarder.send("", [sender], report, smtputf8=smtputf8)
         summary = result.summary()
         if summary.temporary:
@@ -205,15 +206,6 @@ class FilterHandler(SmtpHandler):
         edits = copy.copy(verdict.edits)
         edits.prepend = [line, *verdict.edits.prepend]
         return edits.apply(msg)
-
-    async def _notify_admin(self, msg: Message, verdict: Verdict, mail_id: str,
-                            quarantine_id: str | None) -> None:
-        """A short report to ``virus_admin``, sent from the null sender through the next hop."""
-        report = virus_report(msg, verdict, mail_id, quarantine_id, self.hostname, self.virus_admin)
-        result = await self.forwarder.send("", [self.virus_admin], report)
-        summary = _summary(result.replies, [self.virus_admin])
-        if not summary.ok:
-            log.warning("(%s) virus notification to <%s> failed: %s", verdict.log_id, self.virus_admin, summary)
 
 
 class ContentFilterServer(SmtpServer):

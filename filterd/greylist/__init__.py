@@ -5,7 +5,7 @@
 at shutdown.
 """
 
-from filterd.greylist.greylister import Greylister, GreylistResult
+from filterd.greylist.greylister import Greylister, GreylistResult, greylist_clock
 from filterd.greylist.store import GreylistStore, open_store
 
-__all__ = ["GreylistResult", "GreylistStore", "Greylister", "open_store"]
+__all__ = ["GreylistResult", "GreylistStore", "Greylister", "greylist_clock", "open_store"]

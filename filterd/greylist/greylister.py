@@ -29,9 +29,10 @@ import asyncio
 import functools
 import importlib.metadata
 import logging
+import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, TypeVar
 
 from filterd.actions import split_dsn
@@ -105,6 +106,35 @@ def header_date(when: float) -> str:
     t = time.localtime(when)
     return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
             f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} {t.tm_zone}")
+
+
+#: A test hook, honoured only when set (never set it in production): the name of a file
+#: holding a number of seconds that the greylist adds to the wall clock. Integration
+#: tests move the daemon's time on by writing it, instead of sleeping through a delay
+#: with a fraction of a second to spare. The file is read at every look at the clock
+#: (a small synchronous read: acceptable for a test hook, which is why it is one).
+TEST_CLOCK_FILE = "FILTERD_TEST_CLOCK_FILE"
+
+
+def greylist_clock(environ: Mapping[str, str] = os.environ) -> Callable[[], float]:
+    """The clock a daemon's greylist reads: ``time.time``, or with :data:`TEST_CLOCK_FILE`
+    set, ``time.time`` plus the offset in that file (0 while it does not exist)."""
+    path = environ.get(TEST_CLOCK_FILE)
+    if not path:
+        return time.time
+
+    def clock() -> float:
+        try:
+            with open(path, encoding="ascii") as f:
+                text = f.read(64).strip()
+        except FileNotFoundError:
+            return time.time()
+        try:
+            return time.time() + float(text or 0)
+        except ValueError:
+            raise ValueError(f"{TEST_CLOCK_FILE} file {path}: expected a number of seconds, got {text!r}") from None
+
+    return clock
 
 
 class Greylister:

@@ -21,6 +21,7 @@ import struct
 from dataclasses import dataclass
 
 from filterd.reply import Reply
+from filterd.text import printable_ascii
 
 # -- commands, MTA to milter (SMFIC_*) ------------------------------------------------
 SMFIC_ABORT = b"A"
@@ -429,17 +430,11 @@ DISCARD = frame(SMFIR_DISCARD)
 REPLY_LINE = 480
 
 
-def _printable(text: str) -> str:
-    """Text from a client made harmless: control characters become spaces."""
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else " " for ch in text)
-
-
 def _safe(text: str) -> str:
-    """Reply text: printable, and ``%`` doubled (Sendmail reads the reply as a format
+    """Reply text: printable ASCII, as every other reply filterd sends (Postfix passes
+    it on to an SMTP client), and ``%`` doubled (Sendmail reads the reply as a format
     string; Postfix turns ``%%`` back into ``%`` and drops a single one)."""
-    return _printable(text).replace("%", "%%")
+    return printable_ascii(text).replace("%", "%%")
 
 
 def reply_lines(reply: Reply) -> list[str]:
@@ -493,7 +488,7 @@ def encode_chgheader(index: int, name: str, value: str) -> bytes:
 
 def encode_quarantine(reason: str) -> bytes:
     """SMFIR_QUARANTINE: Postfix puts the message in its hold queue."""
-    return frame(SMFIR_QUARANTINE, _printable(reason).encode("utf-8", "replace") + b"\0")
+    return frame(SMFIR_QUARANTINE, printable_ascii(reason).encode("utf-8", "replace") + b"\0")
 
 
 def encode_addrcpt(address: str) -> bytes:

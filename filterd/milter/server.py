@@ -245,12 +245,13 @@ class MilterServer:
             conn.close_when_idle()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        while (self.connections or self.tasks) and loop.time() < deadline:
+        while (self.connections or self.tasks or self.service.tasks) and loop.time() < deadline:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()
-        for task in list(self.tasks):
+        pending = [*self.tasks, *self.service.tasks]  # steps, and the notices they started
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
         await self.service.close()

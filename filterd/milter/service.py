@@ -18,12 +18,16 @@ changes). The content verdict maps as the content filter's does:
   ``postsuper -H`` releases it).
 
 Anything that goes wrong inside filterd is a 4xx (tempfail); a message filterd could
-not judge is never accepted. One log line per message, in amavisd-new's shape, with
-Postfix's queue id.
+not judge is never accepted. The work after the verdict is the content filter's
+(:mod:`filterd.content.outcome`): the quarantine store, one log line per message in
+amavisd-new's shape with Postfix's queue id, and the notice to ``virus_admin``, sent
+from the null sender through ``filter_forward`` (the reinjection point quarantine
+release uses too).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -31,9 +35,10 @@ from typing import Any
 from filterd.config import split_list
 from filterd.content.mailid import new_mail_id
 from filterd.content.message import Envelope, Message
+from filterd.content.outcome import REFUSED_FLAGS, keep, log_line, notify_virus_admin
 from filterd.content.pipeline import ContentPipeline, new_log_id
-from filterd.content.quarantine import Quarantine, QuarantineError
-from filterd.content.verdict import Verdict, format_score
+from filterd.content.quarantine import Quarantine
+from filterd.content.verdict import Verdict
 from filterd.log import event
 from filterd.milter import protocol as p
 from filterd.milter.edits import fold, header_actions
@@ -42,6 +47,7 @@ from filterd.reply import Reply
 from filterd.restrict.decision import DEFER, DUNNO, REJECT, Decision
 from filterd.restrict.engine import RestrictionEngine
 from filterd.restrict.transaction import Stage, Transaction
+from filterd.smtp.client import Forwarder
 
 log = logging.getLogger("filterd.milter")
 
@@ -66,11 +72,18 @@ class MilterService:
     """Answers a milter session's questions with the shared engines."""
 
     def __init__(self, engine: RestrictionEngine, pipeline: ContentPipeline | None,
-                 quarantine: Quarantine | None):
+                 quarantine: Quarantine | None, *, notifier: Forwarder | None = None,
+                 virus_admin: str = ""):
         self.engine = engine
         self.cfg = engine.cfg
         self.pipeline = pipeline
         self.quarantine = quarantine
+        #: Where notices to ``virus_admin`` go (None: no notices).
+        self.notifier = notifier if virus_admin else None
+        self.virus_admin = virus_admin
+        self.hostname: str = self.cfg.get("myhostname")
+        #: Notices under way: the server's stop waits for them within its grace period.
+        self.tasks: set[asyncio.Task[None]] = set()
         answers = frozenset(_STAGE_COMMAND[stage] for stage, param in STAGE_PARAM.items()
                             if split_list(self.cfg.expand(param)))
         steps = {p.SMFIC_CONNECT, p.SMFIC_HELO, p.SMFIC_MAIL, p.SMFIC_RCPT} | answers
@@ -80,11 +93,15 @@ class MilterService:
 
     @classmethod
     def from_config(cls, cfg: Any, engine: RestrictionEngine, preloaded: object | None = None) -> "MilterService":
-        pipeline = quarantine = None
+        pipeline = quarantine = notifier = None
+        virus_admin = ""
         if cfg.get("milter_content_filter"):
             pipeline = ContentPipeline.from_config(cfg, preloaded)  # type: ignore[arg-type]
             quarantine = Quarantine(cfg)
-        return cls(engine, pipeline, quarantine)
+            virus_admin = cfg.get("virus_admin").strip()
+            if virus_admin:
+                notifier = Forwarder(cfg.get("filter_forward"), cfg.get("filter_timeout"), cfg.get("myhostname"))
+        return cls(engine, pipeline, quarantine, notifier=notifier, virus_admin=virus_admin)
 
     def check_config(self) -> None:
         """Compile every stage's list now: an unknown restriction fails at start-up."""
@@ -96,6 +113,10 @@ class MilterService:
             await self.quarantine.open()
 
     async def close(self) -> None:
+        """Release everything, once the server has waited for (or cancelled) the work in
+        flight, notices included."""
+        if self.notifier is not None:
+            await self.notifier.close()
         if self.quarantine is not None:
             await self.quarantine.close()
         if self.pipeline is not None:
@@ -137,46 +158,50 @@ class MilterService:
         if self.pipeline is None:
             return self._restriction_effects(session, message, effects, None) + [p.CONTINUE]
         msg = Message(message.raw(session.leading_space), _envelope(session, message))
+        mail_id = new_mail_id()
         try:
             verdict = await self.pipeline.scan(msg, log_id)
-            out, flags, quarantine_id = await self._carry_out(session, message, msg, verdict, effects)
+            out, flags, quarantine_id, failure = await self._carry_out(session, message, msg, verdict,
+                                                                       effects, mail_id)
         except Exception:  # noqa: BLE001 - a bug must never accept a message
             log.exception("(%s) %s: internal error while filtering", log_id, queue_id)
             return [p.encode_reply(Reply(451, "4.5.0", f"Error in processing, id={log_id}, internal error"))]
-        self._log(session, message, msg, verdict, flags, quarantine_id, started)
+        port = session.client.port
+        event("milter", log_line(msg, verdict, mail_id, str(port) if port else None, flags, None,
+                                 quarantine_id, failure, started))
+        if verdict.virus_names and self.notifier is not None:
+            task = asyncio.ensure_future(notify_virus_admin(self.notifier, msg, verdict, mail_id, quarantine_id,
+                                                            self.hostname, self.virus_admin))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
         return out
 
     # -- the verdict --------------------------------------------------------------------
     async def _carry_out(self, session: MilterSession, message: MilterMessage, msg: Message,
-                         verdict: Verdict, effects: list[Decision]) -> tuple[list[bytes], str, str | None]:
-        """The packets for ``verdict``, the log flags, and the quarantine id if one was stored."""
+                         verdict: Verdict, effects: list[Decision],
+                         mail_id: str) -> tuple[list[bytes], str, str | None, Reply | None]:
+        """The packets for ``verdict``, the log flags, the quarantine id if one was
+        stored, and the failure reply if the client is refused."""
         action = verdict.action
         if action in ("tempfail", "reject"):
             assert verdict.reply is not None
-            return [p.encode_reply(verdict.reply)], "Tempfailed" if action == "tempfail" else "Rejected", None
+            return [p.encode_reply(verdict.reply)], REFUSED_FLAGS[action], None, verdict.reply
         if action == "discard":
-            return [p.DISCARD], "Discarded", None
+            return [p.DISCARD], REFUSED_FLAGS[action], None, None
         if action == "quarantine" or (action == "hold" and not session.may(p.SMFIF_QUARANTINE)):
-            assert self.quarantine is not None and verdict.quarantine_kind is not None
-            try:
-                qid = await self.quarantine.store(
-                    verdict.edits.apply(msg), mail_id=new_mail_id(), kind=verdict.quarantine_kind,
-                    sender=message.sender,
-                    recipients=list(message.recipients), reason=verdict.reason,
-                    score=verdict.score if verdict.spam_checked else None,
-                    subject=msg.subject[:200], client_address=session.client.address)
-            except QuarantineError as exc:
-                log.error("(%s) %s", verdict.log_id, exc)
-                reply = Reply(451, "4.5.0", f"Error in processing, id={verdict.log_id}, quarantine FAILED")
-                return [p.encode_reply(reply)], "Tempfailed", None
-            return [p.DISCARD], "Discarded,Quarantined", qid
+            assert self.quarantine is not None
+            reply, qid, flags = await keep(self.quarantine, msg, verdict, verdict.edits.apply(msg),
+                                           list(message.recipients), mail_id)
+            if qid is None:
+                return [p.encode_reply(reply)], flags, None, reply
+            return [p.DISCARD], flags, qid, None
         out = header_actions(msg, verdict.edits, session.leading_space,
                              session.may(p.SMFIF_CHGHDRS), session.may(p.SMFIF_ADDHDRS))
         out += self._restriction_effects(session, message, effects, verdict)
         if action == "hold":
             out.append(p.encode_quarantine(verdict.reason or "held"))
-            return out + [p.CONTINUE], "Held", None
-        return out + [p.CONTINUE], "Accepted", None
+            return out + [p.CONTINUE], "Held", None, None
+        return out + [p.CONTINUE], "Accepted", None, None
 
     def _restriction_effects(self, session: MilterSession, message: MilterMessage,
                              effects: list[Decision], verdict: Verdict | None) -> list[bytes]:
@@ -210,34 +235,6 @@ class MilterService:
             out.append(p.encode_quarantine(hold))
         return out
 
-    # -- logging ------------------------------------------------------------------------
-    def _log(self, session: MilterSession, message: MilterMessage, msg: Message, verdict: Verdict,
-             flags: str, quarantine_id: str | None, started: float) -> None:
-        """amavisd-new's per-message line, with Postfix's queue id."""
-        status = "Passed" if verdict.action == "pass" else (
-            "Tempfailed" if verdict.action == "tempfail" else "Blocked")
-        category = verdict.category
-        if verdict.virus_names:
-            category += f" ({', '.join(verdict.virus_names)})"
-        client = session.client
-        port = f":{client.port}" if client.port else ""
-        parts = [f"({verdict.log_id}) {status} {category} {{{flags}}}",
-                 f"[{client.address or 'unknown'}]{port} <{message.sender}> -> "
-                 + ",".join(f"<{r}>" for r in message.recipients)]
-        if quarantine_id:
-            parts.append(f"quarantine: {quarantine_id}")
-        parts.append(f"Queue-ID: {session.queue_id or 'NOQUEUE'}")
-        message_id = msg.get("Message-ID")
-        if message_id:
-            parts.append(f"Message-ID: {_printable(message_id)[:200]}")
-        parts += [f"Hits: {verdict.hits}", f"size: {len(msg.raw)}"]
-        tests = ", ".join(f"{s.name}={format_score(s.score)}" for s in sorted(verdict.symbols, key=lambda s: s.name))
-        parts.append(f"Tests: [{tests}]")
-        if verdict.reply is not None and not verdict.reply.ok:
-            parts.append(f"reply: {verdict.reply}")
-        parts.append(f"{int((time.monotonic() - started) * 1000)} ms")
-        event("milter", ", ".join(parts))
-
 
 _RESULT_WORD = {REJECT: "reject", DEFER: "reject", DUNNO: "dunno"}
 
@@ -260,7 +257,3 @@ def _envelope(session: MilterSession, message: MilterMessage) -> Envelope:
     return Envelope(sender=message.sender, recipients=list(message.recipients),
                     client_address=txn.client_address, client_name=txn.client_name,
                     helo_name=txn.helo_name, protocol=txn.protocol_name, queue_id=session.queue_id)
-
-
-def _printable(text: str) -> str:
-    return "".join(ch if ch >= " " and ch != "\x7f" else "?" for ch in text)

@@ -31,6 +31,7 @@ from filterd.mta.queuefile import Recipient
 from filterd.mta.rewrite import (
     AliasLimitError, Lookup, canonical, expand_virtual, masquerade, relocated, rewrite_header_addresses,
 )
+from filterd.text import printable_ascii
 
 if TYPE_CHECKING:
     from filterd.config import Config
@@ -163,13 +164,12 @@ def received_header(qid: str, myhostname: str, client_name: str, client_address:
                     protocol: str, recipients: Sequence[Recipient], now: float) -> Header:
     """``Received: from helo (name [addr]) by host (filterd) with ESMTP id QID for <rcpt>; date``
     (the ``for`` clause only for a single recipient, as Postfix)."""
-    from filterd.mta.maillog import printable
-
     address = f"IPv6:{client_address}" if ":" in client_address else client_address
-    value = (f"from {printable(helo) or printable(client_name)} ({printable(client_name)} [{address}])\r\n"
+    helo, client_name = printable_ascii(helo), printable_ascii(client_name)
+    value = (f"from {helo or client_name} ({client_name} [{address}])\r\n"
              f"\tby {myhostname} (filterd) with {protocol} id {qid}")
     if len(recipients) == 1:
-        value += f"\r\n\tfor <{printable(recipients[0].address)}>"
+        value += f"\r\n\tfor <{printable_ascii(recipients[0].address)}>"
     return ("Received", f" {value}; {email.utils.formatdate(now, localtime=True)}")
 
 

@@ -15,20 +15,14 @@ text Postfix would log after ``program[pid]: `` (the program part is the caller'
              denied; from=<a@b> to=<c@d> proto=ESMTP helo=<x>
 
 Text that came from outside (addresses, remote replies, HELO names) passes through
-:func:`printable` first: a line cannot be split or forged.
+:func:`filterd.text.printable_ascii` first (Postfix's printable_ascii()): a line cannot be split or forged.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Sequence
 
-_UNSAFE = re.compile(r"[^\x20-\x7e]")
-
-
-def printable(text: str) -> str:
-    """Postfix's printable(): anything outside printable ASCII becomes '?'."""
-    return _UNSAFE.sub("?", text)
+from filterd.text import printable_ascii
 
 
 def format_delay(seconds: float) -> str:
@@ -45,16 +39,16 @@ def format_delay(seconds: float) -> str:
 
 
 def client(qid: str, name: str, address: str) -> str:
-    return f"{qid}: client={printable(name)}[{printable(address)}]"
+    return f"{qid}: client={printable_ascii(name)}[{printable_ascii(address)}]"
 
 
 def message_id(qid: str, value: str) -> str:
-    return f"{qid}: message-id={printable(value)}"
+    return f"{qid}: message-id={printable_ascii(value)}"
 
 
 def queued(qid: str, sender: str, size: int, nrcpt: int) -> str:
     """qmgr's line when a message enters the active queue."""
-    return f"{qid}: from=<{printable(sender)}>, size={size}, nrcpt={nrcpt} (queue active)"
+    return f"{qid}: from=<{printable_ascii(sender)}>, size={size}, nrcpt={nrcpt} (queue active)"
 
 
 def delivery(qid: str, recipient: str, status: str, reason: str, *, relay: str = "none",
@@ -65,14 +59,14 @@ def delivery(qid: str, recipient: str, status: str, reason: str, *, relay: str =
     ``delays`` are a/b/c/d: before the queue manager, in the queue manager, connection
     setup, transmission.
     """
-    out = f"{qid}: to=<{printable(recipient)}>, "
+    out = f"{qid}: to=<{printable_ascii(recipient)}>, "
     if orig_to and orig_to != recipient:
-        out += f"orig_to=<{printable(orig_to)}>, "
-    out += (f"relay={printable(relay)}, delay={format_delay(delay)}, "
+        out += f"orig_to=<{printable_ascii(orig_to)}>, "
+    out += (f"relay={printable_ascii(relay)}, delay={format_delay(delay)}, "
             f"delays={'/'.join(format_delay(d) for d in delays)}, ")
     if dsn:
-        out += f"dsn={printable(dsn)}, "
-    return out + f"status={status} ({printable(reason)})"
+        out += f"dsn={printable_ascii(dsn)}, "
+    return out + f"status={status} ({printable_ascii(reason)})"
 
 
 def removed(qid: str) -> str:
@@ -80,7 +74,7 @@ def removed(qid: str) -> str:
 
 
 def expired(qid: str, sender: str) -> str:
-    return f"{qid}: from=<{printable(sender)}>, status=expired, returned to sender"
+    return f"{qid}: from=<{printable_ascii(sender)}>, status=expired, returned to sender"
 
 
 NOTIFICATIONS = {
@@ -102,15 +96,15 @@ def reject(stage: str, client_name: str, client_address: str, reply: str, *, sen
            qid: str = "NOQUEUE") -> str:
     """smtpd's refusal: ``NOQUEUE: reject: RCPT from name[addr]: 554 ...; from=<> to=<>
     proto=ESMTP helo=<>`` (qid is the queue id once one exists, e.g. at DATA)."""
-    out = (f"{qid}: reject: {stage} from {printable(client_name)}[{printable(client_address)}]: "
-           f"{printable(reply)};")
+    out = (f"{qid}: reject: {stage} from {printable_ascii(client_name)}[{printable_ascii(client_address)}]: "
+           f"{printable_ascii(reply)};")
     if sender is not None:
-        out += f" from=<{printable(sender)}>"
+        out += f" from=<{printable_ascii(sender)}>"
     if recipient is not None:
-        out += f" to=<{printable(recipient)}>"
+        out += f" to=<{printable_ascii(recipient)}>"
     out += f" proto={proto}"
     if helo is not None:
-        out += f" helo=<{printable(helo)}>"
+        out += f" helo=<{printable_ascii(helo)}>"
     return out
 
 

@@ -28,8 +28,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import random
-import re
-import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
@@ -40,6 +38,7 @@ import dns.rdatatype
 import dns.resolver
 
 from filterd.mta.delivery import BOUNCED, DEFERRED, Route
+from filterd.netaddr import parse_host_port
 
 if TYPE_CHECKING:
     from filterd.config import Config
@@ -103,33 +102,18 @@ class NextHop:
     use_mx: bool
 
 
-_HOP = re.compile(r"\[([^\]]+)\](?::([\w-]+))?|([^:\[\]\s]+)(?::([\w-]+))?")
-
-
 def parse_nexthop(nexthop: str, default_port: int = 25) -> NextHop:
     """``[host]:port``, ``[host]``, ``host:port`` or ``host`` (ports may be service names)."""
     text = nexthop.strip()
     for prefix in ("inet:", "smtp:", "lmtp:"):
         if text.startswith(prefix):
             text = text[len(prefix):]
-    m = _HOP.fullmatch(text)
-    if m is None:
-        raise ValueError(f"bad next hop {nexthop!r}: expected domain, host:port or [host]:port")
-    bracketed = m.group(1) is not None
-    host = (m.group(1) or m.group(3)).rstrip(".")
-    service = m.group(2) or m.group(4)
-    if service is None:
-        port = default_port
-    elif service.isdigit():
-        port = int(service)
-    else:
-        try:
-            port = socket.getservbyname(service, "tcp")
-        except OSError:
-            raise ValueError(f"unknown service {service!r} in next hop {nexthop!r}") from None
-    if not 0 < port < 65536:
-        raise ValueError(f"port out of range in next hop {nexthop!r}")
-    return NextHop(host, port, not bracketed and not _is_address(host))
+    try:
+        hop = parse_host_port(text, default_port, services=True)
+    except ValueError as exc:
+        raise ValueError(f"bad next hop {nexthop!r}: expected domain, host:port or [host]:port: {exc}") from None
+    host = hop.host.rstrip(".")
+    return NextHop(host, hop.port, not hop.bracketed and not _is_address(host))
 
 
 def _is_address(host: str) -> bool:

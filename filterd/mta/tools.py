@@ -33,6 +33,7 @@ from filterd.mta import maillog
 from filterd.mta.queue import ACTIVE, DEFERRED, FLUSHED_MTIME, HOLD, INCOMING, QUEUE_NAMES, Queue, QueueEntry, QueueError
 from filterd.mta.queuefile import Envelope, QueueFileError, iter_content, read_envelope
 from filterd.mta.trigger import Waker
+from filterd.text import printable_ascii
 
 LISTED = (INCOMING, ACTIVE, DEFERRED, HOLD)
 """Queues that postqueue -p shows, in its order."""
@@ -78,7 +79,7 @@ def list_queue(queue: Queue, out: TextIO, warn: TextIO = sys.stderr) -> int:
                   if count == 0 else "\n")
         count += 1
         total += entry.size
-        sender = maillog.printable(env.sender) or EMPTY_SENDER
+        sender = printable_ascii(env.sender) or EMPTY_SENDER
         out.write(f"{entry.qid:<10}{STATUS_CHAR.get(entry.queue, ' ')}{env.content_size:>8} "
                   f"{_asctime(env.arrival):<20} {sender}\n")
         reasons = queue.read_defer_log(entry.qid)
@@ -87,8 +88,8 @@ def list_queue(queue: Queue, out: TextIO, warn: TextIO = sys.stderr) -> int:
             reason = reasons.get(r.address)
             if reason is not None and reason != shown:
                 shown = reason
-                out.write(f"{'':>{max(0, 76 - len(reason))}}({maillog.printable(reason)})\n")
-            out.write(f"{'':41}{maillog.printable(r.address)}\n")
+                out.write(f"{'':>{max(0, 76 - len(reason))}}({printable_ascii(reason)})\n")
+            out.write(f"{'':41}{printable_ascii(r.address)}\n")
     if count == 0:
         out.write("Mail queue is empty\n")
     else:
@@ -229,7 +230,7 @@ def cat(queue: Queue, qid: str, out: IO[bytes]) -> int:
             lines.append(f"{'done_recipient' if r.done else 'recipient'}: {r.address}")
         lines.append(f"delay_warning: {'sent' if env.warned else 'pending'}")
         lines.append(f"*** MESSAGE CONTENTS {where} ***")
-        out.write(("\n".join(maillog.printable(line) for line in lines) + "\n").encode())
+        out.write(("\n".join(printable_ascii(line) for line in lines) + "\n").encode())
         last = b"\n"
         for chunk in iter_content(fd, env):
             out.write(chunk)

@@ -12,6 +12,7 @@ import logging
 
 from filterd.log import RateLimitedLog, event
 from filterd.netaddr import is_ip
+from filterd.policy.action import policy_action
 from filterd.restrict.delegation.protocol import PolicyRequest, to_transaction
 from filterd.restrict.engine import RestrictionEngine
 from filterd.restrict.logline import format_log_line
@@ -76,9 +77,10 @@ class PolicyService:
             limited.error("errors evaluating a request", "policy client %s: error evaluating %s for %s",
                           peer, param, txn.client_label, exc_info=True)
             return FAILURE
+        action = policy_action(decision)
         if log.isEnabledFor(logging.INFO):
-            event("policy", format_log_line(txn, decision))
+            event("policy", format_log_line(txn, decision, action))
         for warning in decision.warnings:
             log.warning("%s: %s: %s from %s; from=<%s> to=<%s>", txn.queue_id or "NOQUEUE",
                         warning, txn.stage.value, txn.client_label, txn.sender or "", txn.recipient or "")
-        return decision.policy_action
+        return action

@@ -2,8 +2,9 @@
 
 A :class:`Decision` carries both forms a front end may need: the full SMTP reply a
 client would see (``554 5.7.1 <bob@example.com>: Recipient address rejected: ...``),
-and the action a Postfix policy service should answer so that Postfix itself builds
-that reply (``REJECT ...`` from a table, ``DEFER_IF_PERMIT 4.2.0 Greylisted ...``).
+and the deciding action as written in access(5) form (``REJECT ...`` from a table,
+``DEFER_IF_PERMIT 4.2.0 Greylisted ...``), from which the policy front end builds its
+answer (:mod:`filterd.policy.action`) so that Postfix itself builds that reply.
 Every outcome records its evidence: stage, restriction, table/key or DNSBL zone/reply.
 """
 
@@ -41,14 +42,16 @@ class Decision:
 
     ``result`` is ``permit`` (explicit OK), ``reject`` (5xx), ``defer`` (4xx) or
     ``dunno`` (the list ended without a decisive result: an implicit permit).
-    ``policy_action`` is what a policy service answers Postfix for it.
+    ``action`` is the deciding action in access(5) form: ``OK``, ``DISCARD text``,
+    ``REJECT text``, ``DEFER_IF_PERMIT text``, or the whole reply (``450 4.7.1 ...``)
+    where a restriction built its own; empty when nothing decided.
     The side-effect fields collect non-decisive actions seen on the way, as Postfix's
     smtpd does (HOLD, DISCARD, FILTER, REDIRECT, PREPEND, WARN, BCC).
     """
 
     result: str = DUNNO
     reply: Reply | None = None
-    policy_action: str = "DUNNO"
+    action: str = ""
     decided_by: Evidence | None = None
     evidence: list[Evidence] = field(default_factory=list)
     prepend: list[str] = field(default_factory=list)

@@ -247,10 +247,10 @@ class RestrictionEngine:
                 ev.decision.warnings.append(f"reject_warning: {reply}")
                 return DUNNO
             if result == REJECT and ev.defer_if_reject is not None:
-                reply, policy, _ = ev.defer_if_reject
-                return self._decide(ev, DEFER, reply, policy, evidence)
-            policy = f"{reply}" if outcome.reply is not None else str(act)
-            return self._decide(ev, result, reply, policy, evidence)
+                reply, written, _ = ev.defer_if_reject
+                return self._decide(ev, DEFER, reply, written, evidence)
+            written = f"{reply}" if outcome.reply is not None else str(act)
+            return self._decide(ev, result, reply, written, evidence)
         d = ev.decision
         if kind == "PREPEND":
             d.prepend.append(act.text)
@@ -269,9 +269,9 @@ class RestrictionEngine:
             d.bcc.append(act.text)
         return DUNNO
 
-    def _decide(self, ev: Evaluation, result: str, reply: Reply | None, policy: str, ev_: Evidence) -> str:
+    def _decide(self, ev: Evaluation, result: str, reply: Reply | None, action: str, ev_: Evidence) -> str:
         d = ev.decision
-        d.result, d.reply, d.policy_action, d.decided_by = result, reply, policy, ev_
+        d.result, d.reply, d.action, d.decided_by = result, reply, action, ev_
         return result
 
     def _access_reply(self, ev: Evaluation, act: Action, subject: tuple[str, str] | None) -> Reply:
@@ -295,27 +295,11 @@ class RestrictionEngine:
     def _finish(self, ev: Evaluation, outcome: str) -> Decision:
         d = ev.decision
         if outcome in (PERMIT, DUNNO) and ev.defer_if_permit is not None and d.discard is None:
-            d.result, d.reply, d.policy_action, d.decided_by = DEFER, *ev.defer_if_permit
+            d.result, d.reply, d.action, d.decided_by = DEFER, *ev.defer_if_permit
             return d
         if outcome == DUNNO:
             d.result = DUNNO
-            d.policy_action = self._side_effect_action(d) or "DUNNO"
-        elif outcome == PERMIT and d.discard is None:
-            d.policy_action = self._side_effect_action(d) or "OK"
         return d
-
-    @staticmethod
-    def _side_effect_action(d: Decision) -> str | None:
-        """The one non-decisive action a policy reply can carry (policy replies hold one)."""
-        if d.redirect:
-            return f"REDIRECT {d.redirect}"
-        if d.filter:
-            return f"FILTER {d.filter}"
-        if d.hold is not None:
-            return f"HOLD {d.hold}".rstrip()
-        if d.prepend:
-            return f"PREPEND {d.prepend[0]}"
-        return None
 
 
 def access_outcome(value: str, detail: str, subject: tuple[str, str] | None = None) -> Outcome:

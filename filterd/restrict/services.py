@@ -158,10 +158,10 @@ async def open_services(cfg: Config, damaged: Callable[[str], None] | None = Non
     """A worker's services with its own greylist store connection, for the front ends
     that evaluate restriction lists (policy, milter); ``damaged`` is called if the store
     finds itself damaged while serving."""
-    from filterd.greylist import Greylister, open_store
+    from filterd.greylist import Greylister, greylist_clock, open_store
 
     store = open_store(cfg)
     store.on_damaged = damaged
-    greylister = Greylister(cfg, store, cfg.get("myhostname"))
+    greylister = Greylister(cfg, store, cfg.get("myhostname"), greylist_clock())
     await greylister.start()
     return Services(cfg, greylister=greylister)

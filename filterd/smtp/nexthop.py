@@ -8,10 +8,9 @@ parameter checking does not import it.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-_NEXT_HOP = re.compile(r"(?:smtp:)?(?:\[([^\]]+)\]|([^:\[\]\s]+)):(\d+)")
+from filterd.netaddr import parse_host_port
 
 
 @dataclass(frozen=True)
@@ -28,12 +27,10 @@ class NextHop:
 def parse_next_hop(value: str) -> NextHop:
     """``smtp:[host]:port``, ``smtp:host:port`` or ``[host]:port``; IPv6 goes in brackets."""
     text = value.strip()
-    m = _NEXT_HOP.fullmatch(text)
-    if not m:
-        if text.startswith("lmtp:"):
-            raise ValueError(f"only smtp: next hops are supported, got {value!r}")
-        raise ValueError(f"expected smtp:[host]:port, got {value!r}")
-    port = int(m.group(3))
-    if not 0 < port < 65536:
-        raise ValueError(f"port out of range in {value!r}")
-    return NextHop(m.group(1) or m.group(2), port)
+    if text.startswith("lmtp:"):
+        raise ValueError(f"only smtp: next hops are supported, got {value!r}")
+    try:
+        host, port, _ = parse_host_port(text.removeprefix("smtp:"))
+    except ValueError as exc:
+        raise ValueError(f"expected smtp:[host]:port, got {value!r}: {exc}") from None
+    return NextHop(host, port)

@@ -33,8 +33,8 @@ GTUBE_MESSAGE = (b"From: spammer@example.net\r\nTo: rcpt@example.com\r\nSubject:
 class MilterDaemon(Daemon):
     """``filterd serve`` with the milter on a free port (and the policy port as fixture's)."""
 
-    def __init__(self, tmp: Path, clamd: ClamdServer, extra: str = ""):
-        self.milter_port = free_port()
+    def __init__(self, tmp: Path, clamd: ClamdServer, extra: str = "", milter_port: int | None = None):
+        self.milter_port = milter_port or free_port()
         rules = tmp / "rules"
         rules.mkdir(exist_ok=True)
         (rules / "gtube.cf").write_text(GTUBE_RULE)
@@ -43,7 +43,7 @@ class MilterDaemon(Daemon):
                               f"rules_directory = {rules}\nrules_extra_directories =\n"
                               f"clamav_socket = {clamd.spec_unix}\nclamav_timeout = 20s\n"
                               "spam_tag_level = -999\nmyhostname = filter.example\n"
-                              "greylist_delay = 2s\n" + extra)
+                              "greylist_delay = 300s\n" + extra)
 
     def start(self) -> "MilterDaemon":
         super().start()
@@ -55,10 +55,10 @@ class MilterDaemon(Daemon):
 def milter_daemon(tmp_path: Path, clamd_server: ClamdServer):
     started: list[MilterDaemon] = []
 
-    def start(extra: str = "") -> MilterDaemon:
+    def start(extra: str = "", milter_port: int | None = None) -> MilterDaemon:
         directory = tmp_path / f"d{len(started)}"
         directory.mkdir()
-        daemon = MilterDaemon(directory, clamd_server, extra)
+        daemon = MilterDaemon(directory, clamd_server, extra, milter_port)
         started.append(daemon.start())
         return daemon
 
@@ -94,7 +94,8 @@ def test_greylisting_at_rcpt_then_delivered_once(postfix_factory: PostfixFactory
     first = postfix.send("alice@sender.example", ["bob@remote.example"], clean_message())
     assert (first.code, first.stage) == (450, "RCPT"), first
     assert first.text.startswith("4.2.0 <bob@remote.example>: Recipient address rejected: Greylisted")
-    time.sleep(2.5)
+    daemon.wait_sighting("alice@sender.example")  # seen by every worker from now on
+    daemon.advance(301)  # the daemon's greylist clock, not the wall clock
     retry = postfix.send("alice@sender.example", ["bob@remote.example"], clean_message())
     assert retry.ok, retry
     [message] = postfix.wait_messages(1)
@@ -156,6 +157,28 @@ def test_virus_quarantined_and_discarded(postfix_factory: PostfixFactory, milter
     assert any(virus.queue_id in line and "milter-discard" in line for line in postfix.log_lines())
     time.sleep(1)
     assert postfix.sink.messages() == [] and postfix.queue_ids() == []
+
+
+def test_virus_notice_goes_to_virus_admin_as_the_filters_does(postfix_factory: PostfixFactory,
+                                                              milter_daemon) -> None:
+    """The milter's after-verdict work is the content filter's: EICAR is quarantined and
+    ``virus_admin`` gets the notice from <>, through ``filter_forward`` (here Postfix's
+    own smtpd, so the notice is itself filtered and relayed to the sink)."""
+    milter_port = free_port()
+    postfix = postfix_with_milter(postfix_factory, milter_port)
+    daemon = milter_daemon("milter_rcpt_restrictions =\nvirus_admin = virus-admin@example.com\n"
+                           f"filter_forward = smtp:[127.0.0.1]:{postfix.smtp_port}\n", milter_port)
+    virus = postfix.send("sender@example.org", ["rcpt@example.com"], eicar_mime_message())
+    assert virus.ok, virus
+    [notice] = postfix.wait_messages(1)
+    assert (notice.mail_from, notice.rcpt_to) == ("", ("virus-admin@example.com",))
+    text = notice.data.decode("utf-8", "replace")
+    assert "Subject: INFECTED (" in text and "in mail FROM <sender@example.org>" in text
+    assert "Action taken: quarantined and discarded" in text
+    assert f"Queue-ID: {virus.queue_id}" in text and "Quarantine id: virus-" in text
+    log = wait_log(daemon, "Discarded,Quarantined")
+    mail_id = log.split("mail_id: ", 1)[1].split(",", 1)[0]
+    assert f"quarantine: virus-{mail_id}" in log and f"mail_id: {mail_id}, log id:" in text
 
 
 def test_filterd_down_gives_tempfail(postfix_factory: PostfixFactory, milter_daemon) -> None:

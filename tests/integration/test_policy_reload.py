@@ -51,7 +51,8 @@ def test_a_changed_greylist_delay_takes_effect_on_sighup(tmp_path, workers):
         assert answer(d).startswith("action=DEFER_IF_PERMIT")
         d.config.write_text(d.config.read_text().replace("greylist_delay = 300s", "greylist_delay = 1s"))
         reload_and_wait(d, "configuration %s read again" % d.config)
-        time.sleep(1.2)
+        d.wait_sighting("alice@sender.example")
+        d.advance(2)
         assert answer(d, sender="alice@sender.example").startswith("action=PREPEND X-Greylist")
     finally:
         assert d.stop() == 0
@@ -69,7 +70,7 @@ def test_a_broken_file_is_reported_on_sighup_and_the_old_configuration_kept(tmp_
             log = reload_and_wait(d, "still serving with the configuration read before")
             line = next(l for l in log.splitlines() if "reload:" in l and "check_nonsense" in l)
             assert str(d.config) in line
-            time.sleep(1.2)
+            d.advance(2)
             # the old configuration: still greylisted (300 s), on the same connection too
             assert ask(kept).startswith("action=DEFER_IF_PERMIT")
         assert answer(d).startswith("action=DEFER_IF_PERMIT")

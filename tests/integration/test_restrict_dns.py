@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from filterd.config import Config
+from filterd.policy.action import policy_action
 from filterd.restrict.decision import DEFER, DUNNO, PERMIT, REJECT
 from filterd.restrict.registry import build_engine
 from filterd.restrict.services import Services
@@ -37,7 +38,7 @@ async def test_reject_rbl_client_reply_is_postfix_shaped_with_txt(dnsmasq_server
     assert d.result == REJECT
     assert str(d.reply) == (f"554 5.7.1 Service unavailable; Client host [{LISTED_V4}] blocked using {ZEN}; "
                             f"Listed in zen.test see https://zen.test/127.0.0.2")
-    assert d.policy_action == str(d.reply)
+    assert policy_action(d) == str(d.reply)
     assert f"2.0.0.127.{ZEN}" in d.reason and "127.0.0.2" in d.reason
     d = await run(dnsmasq_server, f"reject_rbl_client {ZEN}", txn())
     assert d.result == DUNNO
@@ -101,6 +102,6 @@ async def test_unknown_sender_and_recipient_domains(dnsmasq_server):
     assert str(d.reply) == f"550 5.1.2 <b@nothing.{ZEN}>: Recipient address rejected: Domain not found"
     # A temporary failure (the server refuses) is defer_if_permit, as Postfix.
     d = await run(dnsmasq_server, "reject_unknown_sender_domain, permit", txn(sender="a@x.refused.test"))
-    assert d.result == DEFER and d.policy_action.startswith("DEFER_IF_PERMIT 4.1.8")
+    assert d.result == DEFER and policy_action(d).startswith("DEFER_IF_PERMIT 4.1.8")
     d = await run(dnsmasq_server, "reject_unknown_sender_domain", txn(sender=""))
     assert d.result == DUNNO

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from filterd.config import Config
 from filterd.greylist import Greylister, GreylistResult, open_store
+from filterd.greylist.greylister import TEST_CLOCK_FILE, greylist_clock
 from filterd.greylist.sqlite_store import SqliteGreylistStore
 
 DAY = 86400
@@ -428,3 +430,16 @@ async def test_store_failure_surfaces_in_check(tmp_path: Path) -> None:
     g = Greylister(Config.from_text(""), SqliteGreylistStore(str(tmp_path / "g.db")), "mx.test")
     with pytest.raises(RuntimeError, match="not open"):  # never started
         await check(g)
+
+
+def test_the_test_clock_hook_is_honoured_only_when_set(tmp_path: Path) -> None:
+    """FILTERD_TEST_CLOCK_FILE: the integration tests move the daemon's greylist clock."""
+    assert greylist_clock({}) is time.time
+    path = tmp_path / "offset"
+    clock = greylist_clock({TEST_CLOCK_FILE: str(path)})
+    assert abs(clock() - time.time()) < 60  # no file yet: no offset
+    path.write_text("3600.5\n")
+    assert 3540 < clock() - time.time() < 3660
+    path.write_text("soon")
+    with pytest.raises(ValueError, match="expected a number of seconds, got 'soon'"):
+        clock()

@@ -214,6 +214,12 @@ def test_replycode_wraps_long_text_and_strips_controls() -> None:
     assert "\x00" not in text and "\x07" not in text and text.endswith("end")
 
 
+def test_replycode_is_printable_ascii_as_every_reply() -> None:
+    """Postfix hands the milter's reply to the SMTP client: ASCII, as the filter's replies."""
+    text = reply_text(p.encode_reply(Reply(550, "5.7.1", "caf\u00e9\u202e\x85\ttab")))
+    assert text == "550 5.7.1 caf????tab"
+
+
 def test_replycode_forces_a_class_postfix_accepts() -> None:
     assert reply_text(p.encode_reply(Reply(250, "2.0.0", "odd"))) == "451 4.0.0 odd"
     assert reply_text(p.encode_reply(Reply(550, "4.7.1", "mismatch"))) == "550 5.0.0 mismatch"
@@ -226,8 +232,8 @@ def test_header_actions() -> None:
     assert (chg.code, chg.data) == (b"m", b"\0\0\0\x02Subject\0 [SPAM] hi\0")
     [ins], _ = p.decode_responses(p.encode_insheader(0, "X-A", " b"))
     assert (ins.code, ins.data) == (b"i", b"\0\0\0\0X-A\0 b\0")
-    [q], _ = p.decode_responses(p.encode_quarantine("spam\r\nx"))
-    assert (q.code, q.data) == (b"q", b"spam  x\0")
+    [q], _ = p.decode_responses(p.encode_quarantine("spam\r\nx\u202e"))
+    assert (q.code, q.data) == (b"q", b"spam??x?\0")
     [add_rcpt, del_rcpt], _ = p.decode_responses(p.encode_addrcpt("a@b") + p.encode_delrcpt("c@d"))
     assert (add_rcpt.code, add_rcpt.data) == (b"+", b"<a@b>\0")
     assert (del_rcpt.code, del_rcpt.data) == (b"-", b"<c@d>\0")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from filterd.config import Config, ConfigError
+from filterd.policy.action import policy_action
 from filterd.restrict.decision import DEFER, DUNNO, PERMIT, REJECT
 from filterd.restrict.registry import build_engine
 from filterd.restrict.services import Services
@@ -33,12 +34,12 @@ async def run(cfg_text: str, restrictions: str, t: Transaction | None = None, se
 
 async def test_empty_list_is_dunno():
     d = await run("", "")
-    assert d.result == DUNNO and d.policy_action == "DUNNO"
+    assert d.result == DUNNO and policy_action(d) == "DUNNO"
 
 
 async def test_permit_and_reject_and_defer_fixed_restrictions():
     d = await run("", "permit, reject")
-    assert d.result == PERMIT and d.policy_action == "OK"
+    assert d.result == PERMIT and policy_action(d) == "OK"
     d = await run("", "reject")
     assert d.result == REJECT and str(d.reply) == "554 5.7.1 <bob@example.com>: Recipient address rejected: Access denied"
     d = await run("", "defer")
@@ -70,7 +71,7 @@ async def test_access_table_actions(value, result, reply, policy):
     d = await run("", f"check_recipient_access inline:{{ {{ bob@example.com = {value} }} }}")
     assert d.result == result
     assert (str(d.reply) if d.reply else None) == reply
-    assert d.policy_action == policy
+    assert policy_action(d) == policy
     assert "inline:" in d.evidence[0].detail and "bob@example.com" in d.evidence[0].detail
 
 
@@ -260,15 +261,15 @@ async def test_check_greylist_translation():
                             delay_left=300, reason="new triplet"))
     d = await build_engine(cfg, Services(cfg, greylister=g)).evaluate("policy_restrictions", txn())
     assert d.result == DEFER
-    assert d.policy_action == "DEFER_IF_PERMIT 4.2.0 Greylisted, see http://x/help/example.com.html"
+    assert policy_action(d) == "DEFER_IF_PERMIT 4.2.0 Greylisted, see http://x/help/example.com.html"
     assert str(d.reply) == "450 4.2.0 <bob@example.com>: Recipient address rejected: Greylisted, see http://x/help/example.com.html"
     assert "new triplet" in d.reason
     g = StandInGreylister(R(action="pass", header="X-Greylist: delayed 301 seconds by filterd", dsn=None, body="",
                             delay_left=301, reason="retry after 301s"))
     d = await build_engine(cfg, Services(cfg, greylister=g)).evaluate("policy_restrictions", txn())
-    assert d.result == DUNNO and d.policy_action == "PREPEND X-Greylist: delayed 301 seconds by filterd"
+    assert d.result == DUNNO and policy_action(d) == "PREPEND X-Greylist: delayed 301 seconds by filterd"
     d = await build_engine(cfg, Services(cfg, greylister=g)).evaluate("policy_restrictions", txn(recipient=None, stage=Stage.MAIL))
-    assert d.policy_action == "DUNNO"
+    assert policy_action(d) == "DUNNO"
 
 
 async def test_table_that_cannot_answer_tempfails_like_postfix():
