@@ -61,6 +61,7 @@ from filterd.restrict.transaction import Stage, Transaction
 from filterd.smtp.data import DataState, address_problem, read_data
 from filterd.smtp.server import ServerSMTP, SmtpHandler, SmtpServer
 from filterd.smtp.xforward import neuter
+from filterd.text import printable_ascii
 
 log = logging.getLogger("filterd.smtpd")
 T = TypeVar("T")
@@ -298,7 +299,7 @@ class SmtpdProtocol(ServerSMTP):
                             f"{address}\r\n".encode("ascii", "replace"))
             transport.close()
             event("smtpd", f"warning: Connection concurrency limit exceeded: {limit + 1} from "
-                           f"unknown[{maillog.printable(address)}] for service smtpd")
+                           f"unknown[{printable_ascii(address)}] for service smtpd")
             return
         if address:
             table[address] = table.get(address, 0) + 1
@@ -332,13 +333,13 @@ class SmtpdProtocol(ServerSMTP):
     def _log_disconnect(self) -> None:
         label = self.base.client_label
         if "QUIT" not in self.counts and self.last_command not in ("QUIT", "CONNECT") and not self.closing:
-            event("smtpd", f"lost connection after {self.last_command} from {maillog.printable(label)}")
+            event("smtpd", f"lost connection after {self.last_command} from {printable_ascii(label)}")
         ok_all = sum(v[0] for v in self.counts.values())
         total_all = sum(v[1] for v in self.counts.values())
         parts = [f"{name.lower()}={ok}" if ok == total else f"{name.lower()}={ok}/{total}"
                  for name, (ok, total) in self.counts.items()]
         parts.append(f"commands={ok_all}" if ok_all == total_all else f"commands={ok_all}/{total_all}")
-        event("smtpd", f"disconnect from {maillog.printable(label)} {' '.join(parts)}")
+        event("smtpd", f"disconnect from {printable_ascii(label)} {' '.join(parts)}")
 
     async def _handle_client(self) -> None:
         """Name the client (reverse, forward-confirmed), log ``connect from``, run the
@@ -346,7 +347,7 @@ class SmtpdProtocol(ServerSMTP):
         if self.settings.peername_lookup and self.base.client_address:
             name, reverse = await _peer_name(self.base.client_address)
             self.base.client_name, self.base.reverse_client_name = name, reverse
-        event("smtpd", f"connect from {maillog.printable(self.base.client_label)}")
+        event("smtpd", f"connect from {printable_ascii(self.base.client_label)}")
         if not self.settings.delay_reject:
             decision = await self.handler_.check(STAGE_PARAM[Stage.CONNECT], self.txn(Stage.CONNECT))
             self.client_decision = decision
@@ -387,7 +388,7 @@ class SmtpdProtocol(ServerSMTP):
         if error and self.errors >= self.settings.hard_errors and not self.closing:
             self.closing = True
             event("smtpd", f"too many errors after {self.last_command} from "
-                           f"{maillog.printable(self.base.client_label)}")
+                           f"{printable_ascii(self.base.client_label)}")
             await super().push(f"421 4.7.0 {self.settings.hostname} Error: too many errors")
             if self.transport is not None:
                 self.transport.close()
@@ -427,7 +428,7 @@ class SmtpdProtocol(ServerSMTP):
         self.session.host_name = neuter(arg)
         self.session.extended_smtp = esmtp
         self.esmtp = esmtp
-        self.base.helo_name = maillog.printable(arg)[:255]
+        self.base.helo_name = printable_ascii(arg)[:255]
         self.base.protocol_name = "ESMTP" if esmtp else "SMTP"
         if not self.settings.delay_reject:
             if self._session_reject() is None:
@@ -513,7 +514,7 @@ class SmtpdProtocol(ServerSMTP):
                 await self.push(f"501 5.5.4 Bad {key} parameter syntax")
                 return
             else:
-                await self.push(f"555 5.5.4 Unsupported option: {maillog.printable(key)[:64]}")
+                await self.push(f"555 5.5.4 Unsupported option: {printable_ascii(key)[:64]}")
                 return
         problem = address_problem(sender, smtputf8)
         if problem == "utf8":
@@ -593,7 +594,7 @@ class SmtpdProtocol(ServerSMTP):
                     return
                 orcpt = decoded
             else:
-                await self.push(f"555 5.5.4 Unsupported option: {maillog.printable(key)[:64]}")
+                await self.push(f"555 5.5.4 Unsupported option: {printable_ascii(key)[:64]}")
                 return
         problem = address_problem(recipient, self.smtputf8)
         if problem == "utf8":
@@ -713,8 +714,8 @@ class SmtpdProtocol(ServerSMTP):
             return
         self.last_command = "END-OF-MESSAGE"
         if result.state is DataState.TOO_MUCH:
-            event("smtpd", f"NOQUEUE: reject: END-OF-MESSAGE from {maillog.printable(self.base.client_label)}: "
-                           f"{TOO_BIG}; from=<{maillog.printable(self.sender or '')}> proto={self.base.protocol_name}")
+            event("smtpd", f"NOQUEUE: reject: END-OF-MESSAGE from {printable_ascii(self.base.client_label)}: "
+                           f"{TOO_BIG}; from=<{printable_ascii(self.sender or '')}> proto={self.base.protocol_name}")
             self._reset_transaction()
             await self.push(TOO_BIG)
             return
@@ -723,7 +724,7 @@ class SmtpdProtocol(ServerSMTP):
             bare = _BARE_LF.search(content) is not None
             if bare and self.settings.bare_newline == "yes":
                 self.closing = True
-                event("smtpd", f"disconnect: bare <LF> received from {maillog.printable(self.base.client_label)}")
+                event("smtpd", f"disconnect: bare <LF> received from {printable_ascii(self.base.client_label)}")
                 self._reset_transaction()
                 await self.push("521 5.5.2 Error: bare <LF> received")
                 if self.transport is not None:
@@ -764,7 +765,7 @@ class SmtpdProtocol(ServerSMTP):
     async def _judge_and_write(self, new: NewMessage, content: bytes, arrival: float) -> str:
         handler = self.handler_
         qid = new.qid
-        label = maillog.printable(self.base.client_label)
+        label = printable_ascii(self.base.client_label)
         event("smtpd", maillog.client(qid, self.base.client_name, self.base.client_address))
         txn = self.txn(Stage.END_OF_MESSAGE, queue_id=qid, size=len(content))
         decision = await handler.check(STAGE_PARAM[Stage.END_OF_MESSAGE], txn)
@@ -786,8 +787,8 @@ class SmtpdProtocol(ServerSMTP):
             if d.filter:
                 log.warning("%s: FILTER %s ignored: the gateway routes by transport_maps", qid, d.filter)
         if discard is not None:
-            event("smtpd", f"{qid}: discard: END-OF-MESSAGE from {label}: {maillog.printable(discard)}; "
-                           f"from=<{maillog.printable(sender)}> proto={self.base.protocol_name} "
+            event("smtpd", f"{qid}: discard: END-OF-MESSAGE from {label}: {printable_ascii(discard)}; "
+                           f"from=<{printable_ascii(sender)}> proto={self.base.protocol_name} "
                            f"helo=<{self.base.helo_name}>")
             return f"250 2.0.0 Ok: queued as {qid}"
         if handler.pipeline is not None:
@@ -826,8 +827,8 @@ class SmtpdProtocol(ServerSMTP):
         if hold is not None:
             try:
                 await handler.disk(handler.queue.move, qid, INCOMING, HOLD)
-                event("cleanup", f"{qid}: hold: END-OF-MESSAGE from {label}: {maillog.printable(hold)}; "
-                                 f"from=<{maillog.printable(sender)}> proto={self.base.protocol_name}")
+                event("cleanup", f"{qid}: hold: END-OF-MESSAGE from {label}: {printable_ascii(hold)}; "
+                                 f"from=<{printable_ascii(sender)}> proto={self.base.protocol_name}")
             except OSError as exc:  # the queue manager took it first: it is delivered, not held
                 log.warning("%s: could not place the message on hold: %s", qid, exc)
         else:
@@ -869,8 +870,8 @@ class SmtpdProtocol(ServerSMTP):
                                 reply if reply is not None and not reply.ok else None, started))
         if reply is not None:
             if not reply.ok:
-                event("smtpd", f"{qid}: reject: END-OF-MESSAGE from {maillog.printable(self.base.client_label)}: "
-                               f"{reply}; from=<{maillog.printable(sender)}> proto={self.base.protocol_name} "
+                event("smtpd", f"{qid}: reject: END-OF-MESSAGE from {printable_ascii(self.base.client_label)}: "
+                               f"{reply}; from=<{printable_ascii(sender)}> proto={self.base.protocol_name} "
                                f"helo=<{self.base.helo_name}>")
             return str(reply)
         data = verdict.edits.apply(msg) if verdict.edits else content
@@ -888,7 +889,7 @@ async def _peer_name(address: str) -> tuple[str, str]:
         name, _ = await asyncio.wait_for(loop.getnameinfo((address, 0), socket.NI_NAMEREQD), 10)
     except (OSError, asyncio.TimeoutError, UnicodeError):
         return "unknown", "unknown"
-    name = maillog.printable(name)
+    name = printable_ascii(name)
     try:
         infos = await asyncio.wait_for(loop.getaddrinfo(name, None, type=socket.SOCK_STREAM), 10)
     except (OSError, asyncio.TimeoutError, UnicodeError):

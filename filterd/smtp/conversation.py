@@ -25,7 +25,7 @@ import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from filterd.text import printable
+from filterd.text import printable_ascii
 
 MAX_REPLY_LINE = 4096
 """Longest reply line read, CRLF included; a longer one is a protocol error."""
@@ -58,8 +58,7 @@ class ConversationError(Exception):
 def safe_text(raw: bytes) -> str:
     """Server text for a log line or a bounce: printable ASCII only (anything else is
     ``?``), so no line break or control character survives."""
-    text = printable(raw.decode("utf-8", "replace"))
-    return text if text.isascii() else text.encode("ascii", "replace").decode("ascii")
+    return printable_ascii(raw.decode("utf-8", "replace"))
 
 
 @dataclass(frozen=True)
