@@ -43,7 +43,7 @@ from filterd.mta.queue import (
     ACTIVE, DEFERRED as DEFERRED_QUEUE, FLUSHED_MTIME, INCOMING, Queue, QueueEntry, QueueError,
 )
 from filterd.mta.queuefile import (
-    CONTENT_CHUNK, Envelope, QueueFileError, Recipient, iter_content, mark_done, mark_warned, read_envelope,
+    CONTENT_CHUNK, ENVID_ATTR, RET_ATTR, Envelope, QueueFileError, Recipient, iter_content, mark_done, mark_warned, read_envelope,
 )
 from filterd.mta.scheduler import ActiveMessage, Delivery, Outcome, Scheduler
 from filterd.mta.trigger import TriggerListener
@@ -399,7 +399,8 @@ class QueueManager:
             retry_at = outcome.retry_at
             if bounced or warn:
                 original = Original(qid, message.sender, message.arrival, self._original(fd, env),
-                                    env.content_size)
+                                    env.content_size, env.attributes.get(ENVID_ATTR, ""),
+                                    env.attributes.get(RET_ATTR, "") == "HDRS")
                 lifetime = self.scheduler.settings.maximal_queue_lifetime
                 try:
                     for notice in notices(self.notice_settings, original, bounced,

@@ -45,6 +45,10 @@ class Original:
     """The message as far as it was read: all of it when size <= the size limit,
     else at least its header section."""
     size: int
+    envelope_id: str = ""
+    """The client's DSN ENVID (RFC 3461 4.4), returned as Original-Envelope-Id."""
+    headers_only: bool = False
+    """The client's DSN RET=HDRS: a failure notice returns only the header section."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,8 @@ def delivery_report(*, hostname: str, original: Original, recipients: Sequence[R
     def part(headers: str) -> str:
         return f"--{boundary}\r\n{headers}\r\n"
 
-    if return_whole and original.size <= size_limit and len(original.content) >= original.size:
+    if (return_whole and not original.headers_only and original.size <= size_limit
+            and len(original.content) >= original.size):
         body = _LONE_LF.sub(b"\r\n", original.content)
         attached = "Content-Description: Undelivered Message\r\nContent-Type: message/rfc822\r\n"
     else:
@@ -149,7 +154,8 @@ def delivery_report(*, hostname: str, original: Original, recipients: Sequence[R
         body += b"\r\n"
     attachment = part(attached).encode() + body
     seven_bit = all(b < 0x80 for b in attachment)
-    status = (f"Reporting-MTA: dns; {host}\r\n"
+    status = ((fold("Original-Envelope-Id", original.envelope_id) if original.envelope_id else "")
+              + f"Reporting-MTA: dns; {host}\r\n"
               f"X-Filterd-Queue-ID: {printable_ascii(original.qid)}\r\n"
               + fold("X-Filterd-Sender", address_type(original.sender))
               + f"Arrival-Date: {_date(original.arrival)}\r\n"

@@ -128,3 +128,17 @@ def test_dsn_notify_is_honoured() -> None:
     assert bounce.notices(SETTINGS, original(), only_success, [], NOW, NOW) == []
     failure = [remote_failure(notify="FAILURE")]
     assert [n.kind for n in bounce.notices(SETTINGS, original(), failure, failure, NOW, NOW)] == ["bounce"]
+
+
+def test_ret_hdrs_returns_the_headers_and_envid_is_quoted() -> None:
+    """RFC 3461: RET=HDRS asks for the header section only; ENVID comes back as
+    Original-Envelope-Id in the per-message fields."""
+    o = bounce.Original("3A1B2C4D5E", "alice@example.com", NOW - 7200, ORIGINAL, len(ORIGINAL),
+                        envelope_id="batch-42", headers_only=True)
+    raw = bounce.failure_report("mx.gateway.test", o, [remote_failure()], NOW, 50000)
+    text, report, returned = parse(raw).get_payload()
+    assert returned.get_content_type() == "text/rfc822-headers"
+    assert b"See you at noon." not in raw
+    assert report.get_payload()[0]["Original-Envelope-Id"] == "batch-42"
+    whole = bounce.failure_report("mx.gateway.test", original(), [remote_failure()], NOW, 50000)
+    assert b"Original-Envelope-Id" not in whole and b"See you at noon." in whole
