@@ -11,6 +11,9 @@ from filterd.mta.smtpd import SmtpdHandler, SmtpdServer
 from filterd.restrict.registry import build_engine
 from filterd.restrict.services import Services, open_services
 
+#: Postfix's content checks that cleanup runs even with smtpd_content_filter = no.
+CLEANUP_CHECKS = ("header_checks", "mime_header_checks", "nested_header_checks", "body_checks")
+
 if TYPE_CHECKING:  # imported where used: an smtpd without content checks never loads it
     from filterd.content.pipeline import Preloaded
 
@@ -28,6 +31,12 @@ class SmtpdListener(EngineListener):
         SmtpdHandler(cfg, build_engine(cfg, Services(cfg)), None, None,
                      Queue(cfg.get("queue_directory"))).check_config()
 
+    @staticmethod
+    def postfix_checks_only(cfg: Config) -> bool:
+        """Content checks off, but Postfix's header/body checks configured: cleanup runs
+        them all the same, as Postfix's does."""
+        return not cfg.get("smtpd_content_filter") and any(cfg.get(name) for name in CLEANUP_CHECKS)
+
     @classmethod
     def preloads(cls, cfg: Config) -> str | None:
         return "content" if cfg.get("smtpd_content_filter") else None
@@ -42,11 +51,17 @@ class SmtpdListener(EngineListener):
     async def from_config(cls, cfg: Config, context: WorkerContext) -> SmtpdListener:
         services = await open_services(cfg, context.damaged)
         pipeline = quarantine = None
-        if cfg.get("smtpd_content_filter"):
+        if cfg.get("smtpd_content_filter") or cls.postfix_checks_only(cfg):
             from filterd.content.pipeline import ContentPipeline
+            from filterd.content.postfix_checks import PostfixChecks
             from filterd.content.quarantine import Quarantine
+            from filterd.content.verdict import VerdictPolicy
 
-            pipeline = ContentPipeline.from_config(cfg, context.preloaded)
+            if cfg.get("smtpd_content_filter"):
+                pipeline = ContentPipeline.from_config(cfg, context.preloaded)
+            else:
+                pipeline = ContentPipeline(VerdictPolicy.from_config(cfg),
+                                           postfix_checks=PostfixChecks.from_config(cfg))
             quarantine = Quarantine(cfg)
         handler = SmtpdHandler(cfg, build_engine(cfg, services), pipeline, quarantine,
                                Queue(cfg.get("queue_directory")))

@@ -530,3 +530,24 @@ def test_a_run_of_unknown_commands_ends_the_session(smtpd):
     assert replies[4] == "421 4.7.0 gw.filterd.test Error: too many errors"
     assert c.reply() == ""
     c.close()
+
+
+def test_header_checks_run_with_content_checks_off(tmp_path):
+    checks = tmp_path / "header_checks"
+    checks.write_text("/^Subject: reject me/ REJECT no thanks\n/^Subject: hold me/ HOLD look at it\n")
+    server = Smtpd(tmp_path, f"header_checks = regexp:{checks}\n").start()  # smtpd_content_filter = no
+    try:
+        replies = []
+        with server.client() as c:
+            c.ehlo()
+            for subject in (b"reject me", b"hold me", b"fine"):
+                c.mail("a@sender.example")
+                c.rcpt(f"bob@{RELAY}")
+                replies.append(c.data(b"Subject: " + subject + b"\r\n\r\nbody\r\n"))
+        assert replies[0] == (550, b"5.7.1 no thanks")
+        held, fine = (QUEUED.match(f"{code} {text.decode()}").group(1) for code, text in replies[1:])
+        assert Queue(str(server.queue_dir)).find(held) == "hold"
+        _, content = server.read(fine)
+        assert b"X-Spam" not in content and content.endswith(b"Subject: fine\r\n\r\nbody\r\n")
+    finally:
+        server.daemon.stop()
