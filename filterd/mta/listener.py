@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from filterd.config import Config
+from filterd.config import Config, ConfigError
 from filterd.listener import EngineListener, WorkerContext
+from filterd.maps.errors import MapError
 from filterd.mta.queue import Queue
 from filterd.mta.smtpd import SmtpdHandler, SmtpdServer
 from filterd.restrict.registry import build_engine
@@ -28,8 +29,14 @@ class SmtpdListener(EngineListener):
 
     @classmethod
     def check_config(cls, cfg: Config) -> None:
-        SmtpdHandler(cfg, build_engine(cfg, Services(cfg)), None, None,
-                     Queue(cfg.get("queue_directory"))).check_config()
+        """The restriction lists compile and cleanup's tables open, before anything is
+        bound: a table that cannot be used is a fatal configuration error naming it."""
+        engine = build_engine(cfg, Services(cfg))
+        try:
+            handler = SmtpdHandler(cfg, engine, None, None, Queue(cfg.get("queue_directory")))
+        except MapError as exc:
+            raise ConfigError(f"smtpd: {exc}") from None
+        handler.check_config()
 
     @staticmethod
     def postfix_checks_only(cfg: Config) -> bool:
