@@ -103,7 +103,8 @@ PARAMS += [
           "text after 220 in the greeting (start it with $myhostname, as RFC 5321 asks)"),
     Param("smtpd_content_filter", "yes", as_bool,
           "run the content pipeline at the end of each message, before the 250 (no: only "
-          "the restriction lists and cleanup; the MTA path alone)"),
+          "the restriction lists and cleanup, with header_checks and body_checks when set; "
+          "the MTA path alone)"),
     Param("smtpd_delay_reject", "yes", as_bool,
           "report client, helo and sender rejects at RCPT TO, as Postfix does (so the "
           "log names the recipient, and clients that ignore a MAIL reject are handled)"),

@@ -12,9 +12,11 @@ as QID`` and a wake-up for the queue manager.
 
 What a content verdict does here (before the queue, so never a bounce): reject and
 tempfail are the reply to DATA; tag's X-Spam-* headers go into the queued copy;
-quarantine and hold keep the message in filterd's quarantine, discard drops it (both
-answered 2xx, as the content filter does). Side effects of the restrictions are
-Postfix's: PREPEND headers, REDIRECT and BCC recipients, HOLD (the hold queue), DISCARD.
+quarantine keeps the message in filterd's quarantine and discard drops it (both answered
+2xx, as the content filter does); hold is Postfix's hold queue here, as a restriction's
+HOLD. Side effects of the restrictions are Postfix's: PREPEND headers, REDIRECT and BCC
+recipients, HOLD, DISCARD. With ``smtpd_content_filter = no`` the pipeline still runs
+Postfix's header and body checks when they are configured, as Postfix's cleanup does.
 
 Limits and manners are Postfix's: ``message_size_limit`` (SIZE= at MAIL, and while
 reading DATA), ``smtpd_recipient_limit``, ``smtpd_timeout`` on every wait for the client,
@@ -795,7 +797,8 @@ class SmtpdProtocol(ServerSMTP):
             scanned = await self._scan(qid, content, sender, recipients)
             if isinstance(scanned, str):
                 return scanned
-            content, redirect, bcc = scanned[0], scanned[1] or redirect, bcc + scanned[2]
+            content, redirect, bcc = scanned.data, scanned.redirect or redirect, bcc + scanned.bcc
+            hold = scanned.hold if scanned.hold is not None else hold
         if redirect:
             recipients = [Recipient(redirect, "", "")]
         known = {r.address.lower() for r in recipients}
@@ -836,10 +839,11 @@ class SmtpdProtocol(ServerSMTP):
         self.errors = 0
         return f"250 2.0.0 Ok: queued as {qid}"
 
-    async def _scan(self, qid: str, content: bytes, sender: str,
-                    recipients: list[Recipient]) -> str | tuple[bytes, str | None, list[str]]:
-        """The content verdict: a reply (refused, kept or dropped), or the bytes to queue
-        with the verdict's redirect and bcc."""
+    async def _scan(self, qid: str, content: bytes, sender: str, recipients: list[Recipient]) -> str | Scanned:
+        """The content verdict: a reply (refused, quarantined or dropped), or what to queue.
+        A ``hold`` verdict (header_checks HOLD, or a category whose action is hold) is
+        Postfix's hold: the message goes to the hold queue, released with ``filterd
+        queue release``."""
         handler = self.handler_
         assert handler.pipeline is not None
         started = time.monotonic()
@@ -859,12 +863,12 @@ class SmtpdProtocol(ServerSMTP):
         elif action in ("reject", "discard"):
             assert verdict.reply is not None
             reply, flags = verdict.reply, "Rejected" if action == "reject" else "Discarded"
-        elif action in ("quarantine", "hold"):
+        elif action == "quarantine":
             assert handler.quarantine is not None
             reply, quarantine_id, flags = await keep(handler.quarantine, msg, verdict, verdict.edits.apply(msg),
                                                      addresses, mail_id)
         else:
-            flags = "Queued"
+            flags = "Held" if action == "hold" else "Queued"
         event("smtpd", log_line(msg, verdict, mail_id, self.base.client_port, flags,
                                 qid if reply is None else None, quarantine_id,
                                 reply if reply is not None and not reply.ok else None, started))
@@ -875,7 +879,18 @@ class SmtpdProtocol(ServerSMTP):
                                f"helo=<{self.base.helo_name}>")
             return str(reply)
         data = verdict.edits.apply(msg) if verdict.edits else content
-        return data, verdict.redirect, list(verdict.bcc)
+        hold = (verdict.reason or "held by a content check") if action == "hold" else None
+        return Scanned(data, verdict.redirect, list(verdict.bcc), hold)
+
+
+@dataclasses.dataclass
+class Scanned:
+    """A message the content verdict lets into the queue, and how."""
+
+    data: bytes
+    redirect: str | None
+    bcc: list[str]
+    hold: str | None
 
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")

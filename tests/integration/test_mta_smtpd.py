@@ -14,6 +14,7 @@ import shutil
 import smtplib
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -531,3 +532,61 @@ def test_a_run_of_unknown_commands_ends_the_session(smtpd):
     assert replies[4] == "421 4.7.0 gw.filterd.test Error: too many errors"
     assert c.reply() == ""
     c.close()
+
+
+def test_header_checks_run_with_content_checks_off(tmp_path):
+    checks = tmp_path / "header_checks"
+    checks.write_text("/^Subject: reject me/ REJECT no thanks\n/^Subject: hold me/ HOLD look at it\n")
+    server = Smtpd(tmp_path, f"header_checks = regexp:{checks}\n").start()  # smtpd_content_filter = no
+    try:
+        replies = []
+        with server.client() as c:
+            c.ehlo()
+            for subject in (b"reject me", b"hold me", b"fine"):
+                c.mail("a@sender.example")
+                c.rcpt(f"bob@{RELAY}")
+                replies.append(c.data(b"Subject: " + subject + b"\r\n\r\nbody\r\n"))
+        assert replies[0] == (550, b"5.7.1 no thanks")
+        held, fine = (QUEUED.match(f"{code} {text.decode()}").group(1) for code, text in replies[1:])
+        assert Queue(str(server.queue_dir)).find(held) == "hold"
+        _, content = server.read(fine)
+        assert b"X-Spam" not in content and content.endswith(b"Subject: fine\r\n\r\nbody\r\n")
+    finally:
+        server.daemon.stop()
+
+
+def test_cleanup_rewrites_the_envelope(tmp_path):
+    server = Smtpd(tmp_path, (
+        "virtual_alias_maps = inline:{ { team@relay.example = ann@relay.example bob@relay.example } }\n"
+        "relocated_maps = inline:{ gone@relay.example=new@elsewhere.example }\n"
+        "sender_canonical_maps = inline:{ a@sender.example=alice@sender.example }\n")).start()
+    try:
+        c = server.raw()
+        c.cmd("EHLO client.example")
+        c.cmd("MAIL FROM:<a@sender.example>")
+        assert c.cmd(f"RCPT TO:<gone@{RELAY}>") == (
+            f"550 5.1.6 <gone@{RELAY}>: Recipient address rejected: User has moved to new@elsewhere.example")
+        assert c.cmd(f"RCPT TO:<team@{RELAY}>").startswith("250")
+        assert c.cmd(f"RCPT TO:<bob@{RELAY}>").startswith("250")  # already there through team: once
+        c.cmd("DATA")
+        qid = QUEUED.match(c.cmd(b"From: a@sender.example\r\nSubject: s\r\n\r\nx\r\n.")).group(1)
+        c.close()
+        env, content = server.read(qid)
+        assert env.sender == "alice@sender.example"
+        assert [(r.address, r.orcpt) for r in env.recipients] == [
+            (f"ann@{RELAY}", f"team@{RELAY}"), (f"bob@{RELAY}", f"team@{RELAY}")]
+        assert b"From: alice@sender.example\r\n" in content
+    finally:
+        server.daemon.stop()
+
+
+def test_an_unusable_cleanup_table_is_a_configuration_error(tmp_path):
+    cfg = tmp_path / "filterd.cf"
+    cfg.write_text(f"smtpd_listen = inet:127.0.0.1:{free_port()}\npolicy_listen =\nfilter_listen =\n"
+                   f"milter_listen =\ndata_directory = {tmp_path}/data\n"
+                   "virtual_alias_maps = inline:{ a@b=c,d }\n")
+    out = subprocess.run([sys.executable, "-m", "filterd", "serve", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "filterd: fatal: smtpd: inline:{ a@b=c,d }: missing '='" in out.stderr
+    assert "Traceback" not in out.stderr
