@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from content_bench import (  # noqa: E402 - after the path set-up
     Daemon, LogCounter, PostfixProcesses, Stack, port_open, program, wait_until,
 )
-from policy_bench import exit_on_sigterm, free_port  # noqa: E402
+from policy_bench import descendants, exit_on_sigterm, free_port  # noqa: E402
 
 SENDER = "sender@bench-sender.example"
 RECIPIENT = "rcpt@bench-dest.example"
@@ -88,15 +88,8 @@ def process_tree_rss(root_pid: int) -> dict[int, int]:
                     parents[int(entry)] = int(stat.read().rsplit(b")", 1)[1].split()[1])
             except OSError:
                 continue
-    tree, grew = {root_pid}, True
-    while grew:
-        grew = False
-        for pid, ppid in parents.items():
-            if ppid in tree and pid not in tree:
-                tree.add(pid)
-                grew = True
     rss = {}
-    for pid in tree:
+    for pid in descendants(root_pid, parents):
         try:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:

@@ -344,6 +344,11 @@ def process_tree_cpu(root_pid: int) -> float:
         pid = int(entry)
         parents[pid] = int(fields[1])
         times[pid] = sum(int(value) for value in fields[11:15])
+    return sum(times.get(pid, 0) for pid in descendants(root_pid, parents)) / CLOCK_TICK
+
+
+def descendants(root_pid: int, parents: dict[int, int]) -> set[int]:
+    """``root_pid`` and every process below it, from a pid -> parent pid table."""
     tree = {root_pid}
     grew = True
     while grew:
@@ -352,7 +357,7 @@ def process_tree_cpu(root_pid: int) -> float:
             if ppid in tree and pid not in tree:
                 tree.add(pid)
                 grew = True
-    return sum(times.get(pid, 0) for pid in tree) / CLOCK_TICK
+    return tree
 
 
 class Server:

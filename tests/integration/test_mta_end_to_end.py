@@ -29,22 +29,13 @@ from typing import Callable
 import pytest
 
 from tests.fixtures.filterd import Daemon, wait_port
-from tests.fixtures.programs import free_port
+from tests.fixtures.programs import free_port, wait_for
 from tests.fixtures.smtp_sink import Sink
 
 pytestmark = pytest.mark.integration
 
 RELAY = "relay.example"
 SENDER_DOMAIN = "sender.example"
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Gateway:

@@ -15,7 +15,7 @@ from filterd.mta.queue import ACTIVE, DEFERRED, INCOMING, Queue
 from filterd.mta.queuefile import Recipient
 from filterd.mta.trigger import Waker
 from tests.fixtures.filterd import Daemon
-from tests.fixtures.programs import free_port
+from tests.fixtures.programs import free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -30,15 +30,6 @@ def enqueue(queue: Queue, rcpt: str) -> str:
         msg.commit()
     Waker(queue.directory).wake()
     return msg.qid
-
-
-def wait_for(predicate, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def queued(queue: Queue) -> list[str]:
