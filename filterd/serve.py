@@ -556,7 +556,10 @@ def _supervise(cfg: Config, slots: list[dict[str, socket.socket]]) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, on_hup)
+    # SIGHUP stays with _hold_hup until every worker is started: Python runs a signal's
+    # handler in the main thread even when another thread (the preload builder, a
+    # library's pool) took it, so a reload run from here while the workers are being
+    # forked would reach only those forked so far.
     if deferred and len(deferred) < len(slots[0]):
         for slot in range(len(slots)):  # the front ends that are ready now
             spawn(slot)
@@ -591,6 +594,7 @@ def _supervise(cfg: Config, slots: list[dict[str, socket.socket]]) -> int:
             spawn(slot)
     # Only now: a SIGHUP that came while starting (held blocked since serve() began) is
     # passed to workers that exist, instead of to none.
+    signal.signal(signal.SIGHUP, on_hup)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     if _take_held_hup():
         on_hup(signal.SIGHUP, None)
