@@ -20,7 +20,7 @@ import time
 from typing import Any, TextIO
 
 from filterd.config import ConfigError
-from filterd.content.message import Envelope, Message
+from filterd.content.message import Message
 from filterd.content.pipeline import ContentPipeline
 from filterd.content.quarantine import Quarantine, QuarantineEntry, QuarantineError
 from filterd.content.verdict import Verdict, format_score
@@ -106,7 +106,7 @@ async def _check(cfg: Any, files: list[str], json_out: bool, out: TextIO) -> int
                 print(f"filterd: {name}: {exc.strerror or exc}", file=sys.stderr)
                 status = max(status, EXIT_ERROR)
                 continue
-            verdict = await pipeline.scan(Message(raw, Envelope()), full=True)
+            verdict = await pipeline.scan(Message(raw), full=True)
             status = max(status, exit_status(verdict))
             if json_out:
                 out.write(json.dumps(verdict_json(name, verdict)) + "\n")

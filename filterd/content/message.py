@@ -31,6 +31,7 @@ from functools import cached_property
 
 from filterd.content.htmltext import html_to_text
 from filterd.content.uris import extract_uris
+from filterd.restrict.transaction import Stage, Transaction
 
 #: Deepest MIME nesting kept (multipart and message/rfc822 levels; the top level is 0).
 #: Real mail nests a few levels (a forwarded message in a multipart/mixed is 2 or 3);
@@ -46,19 +47,6 @@ MAX_HEADER_DEFECTS = 20
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _FOLD = re.compile(r"\r?\n[ \t]")
 _HDR_NAME = re.compile(r"^([!-9;-~]+)[ \t]*:")
-
-
-@dataclass
-class Envelope:
-    """The SMTP envelope and client facts (from the SMTP session or XFORWARD)."""
-
-    sender: str = ""
-    recipients: list[str] = field(default_factory=list)
-    client_address: str = ""
-    client_name: str = "unknown"
-    helo_name: str = ""
-    protocol: str = "SMTP"
-    queue_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -140,9 +128,11 @@ class Message:
     survive round trips byte for byte; values shown to rules are RFC 2047-decoded.
     """
 
-    def __init__(self, raw: bytes, envelope: Envelope | None = None):
+    def __init__(self, raw: bytes, envelope: Transaction | None = None):
         self.raw = raw
-        self.envelope = envelope or Envelope()
+        #: The SMTP envelope and client, in the restriction engine's one model of them
+        #: (from the SMTP session, XFORWARD or the milter's macros); none for a file.
+        self.envelope = envelope if envelope is not None else Transaction(Stage.END_OF_MESSAGE, sender="")
         m = _HEADER_END.search(raw)
         if raw.startswith((b"\r\n", b"\n")):
             self.header_end, self.body_start = 0, (2 if raw.startswith(b"\r\n") else 1)
@@ -152,7 +142,7 @@ class Message:
             self.header_end, self.body_start = len(raw), len(raw)
 
     @classmethod
-    def from_bytes(cls, raw: bytes, envelope: Envelope | None = None) -> "Message":
+    def from_bytes(cls, raw: bytes, envelope: Transaction | None = None) -> "Message":
         return cls(raw, envelope)
 
     # -- header section ---------------------------------------------------------------

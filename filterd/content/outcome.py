@@ -33,7 +33,7 @@ async def keep(quarantine: Quarantine, msg: Message, verdict: Verdict, data: byt
     assert verdict.reply is not None and verdict.quarantine_kind is not None
     try:
         qid = await quarantine.store(
-            data, kind=verdict.quarantine_kind, mail_id=mail_id, sender=msg.envelope.sender,
+            data, kind=verdict.quarantine_kind, mail_id=mail_id, sender=msg.envelope.sender or "",
             recipients=recipients, reason=verdict.reason,
             score=verdict.score if verdict.spam_checked else None,
             subject=msg.subject[:200], client_address=msg.envelope.client_address)
@@ -62,7 +62,7 @@ def log_line(msg: Message, verdict: Verdict, mail_id: str, client_port: str | No
     parts = [f"({verdict.log_id}) {status} {category} {{{flags}}}",
              f"[{env.client_address or 'unknown'}]"
              + (f":{client_port}" if client_port and client_port != "unknown" else "")
-             + f" <{_bounded(env.sender)}> -> "
+             + f" <{_bounded(env.sender or '')}> -> "
              + _bounded(",".join(f"<{r}>" for r in env.recipients), FIELD_MAX * 4)]
     if quarantine_id:
         parts.append(f"quarantine: {quarantine_id}")

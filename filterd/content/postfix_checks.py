@@ -339,18 +339,18 @@ def _log_origin(msg: Message) -> str:
     env = msg.envelope
     if env.client_address:
         return f"{env.client_name or 'unknown'}[{env.client_address}]"
-    return "local" if env.protocol.lower() in ("local", "sendmail") else "unknown"
+    return "local" if env.protocol_name.lower() in ("local", "sendmail") else "unknown"
 
 
 def log_line(msg: Message, action: str, context: str, content: str, text: str) -> str:
     """cleanup_act_log()'s line: ``QUEUEID: action: header ... from ...; from=<> to=<>...``."""
     env = msg.envelope
     parts = [(f"{env.queue_id or 'NOQUEUE'}: {action}: {context} {printable(content[:200])} "
-              f"from {_log_origin(msg)}; from=<{printable(env.sender)}>")]
+              f"from {_log_origin(msg)}; from=<{printable(env.sender or '')}>")]
     if env.recipients:
         parts.append(f" to=<{printable(env.recipients[0])}>")
-    if env.protocol:
-        parts.append(f" proto={env.protocol}")
+    if env.protocol_name:
+        parts.append(f" proto={env.protocol_name}")
     if env.helo_name:
         parts.append(f" helo=<{printable(env.helo_name)}>")
     if text:

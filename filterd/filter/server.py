@@ -51,12 +51,13 @@ from aiosmtpd.smtp import SMTP, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from filterd.content.dsn import refusal_report
-from filterd.content.message import Envelope, Message
+from filterd.content.message import Message
 from filterd.content.mailid import new_mail_id
 from filterd.content.outcome import REFUSED_FLAGS, keep, log_line, notify_virus_admin
 from filterd.content.pipeline import ContentPipeline, new_log_id
 from filterd.content.quarantine import Quarantine
 from filterd.content.verdict import Reply, Verdict
+from filterd.restrict.transaction import Stage, Transaction
 from filterd.smtp.client import Forwarder, ForwardResult
 from filterd.smtp.nexthop import NextHop, parse_next_hop
 from filterd.smtp.server import SmtpHandler, SmtpServer, XforwardEnvelope
@@ -160,7 +161,7 @@ class FilterHandler(SmtpHandler):
             return await self._notify_refused(msg, verdict, mail_id, refused, envelope.smtp_utf8)
 
         return await self.forwarder.send(
-            msg.envelope.sender, targets, data,
+            msg.envelope.sender or "", targets, data,
             xforward=_xforward_out(msg.envelope, xf), smtputf8=envelope.smtp_utf8, hop=hop,
             partial=lmtp and targets == recipients,
             # a DSN only names the sender's own recipients: never a redirect or bcc target
@@ -265,31 +266,32 @@ class ContentFilterServer(SmtpServer):
         await self.handler.close()
 
 
-def _envelope(session: Session, envelope: XforwardEnvelope) -> Envelope:
+def _envelope(session: Session, envelope: XforwardEnvelope) -> Transaction:
     """The message's envelope: XFORWARD's client if Postfix sent it, else the peer."""
     xf = envelope.xforward
     peer: object = session.peer  # aiosmtpd: (host, port) on TCP, though typed str
     peer_addr = peer[0] if isinstance(peer, tuple) else ""
     sender = envelope.mail_from or ""
     helo = xf.get("HELO")
-    return Envelope(
+    return Transaction(
+        Stage.END_OF_MESSAGE,
         sender="" if sender == "<>" else sender,
         recipients=list(envelope.rcpt_tos),
         client_address=xf.get("ADDR") or peer_addr,
         client_name=xf.get("NAME") or "unknown",
         helo_name=helo if helo is not None else (session.host_name or ""),
-        protocol=xf.get("PROTO") or "ESMTP",
+        protocol_name=xf.get("PROTO") or "ESMTP",
         queue_id=xf.get("IDENT") or "",
     )
 
 
-def _xforward_out(env: Envelope, xf: Xforward) -> dict[str, str | None]:
+def _xforward_out(env: Transaction, xf: Xforward) -> dict[str, str | None]:
     """What to XFORWARD to the next hop: the original client, as we received it."""
     return {
         "NAME": env.client_name,
         "ADDR": env.client_address,
         "PORT": xf.get("PORT"),
-        "PROTO": env.protocol,
+        "PROTO": env.protocol_name,
         "HELO": env.helo_name,
         "IDENT": env.queue_id,
         "SOURCE": xf.get("SOURCE"),

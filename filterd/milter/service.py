@@ -28,13 +28,14 @@ release uses too).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any
 
 from filterd.config import split_list
 from filterd.content.mailid import new_mail_id
-from filterd.content.message import Envelope, Message
+from filterd.content.message import Message
 from filterd.content.outcome import REFUSED_FLAGS, keep, log_line, notify_virus_admin
 from filterd.content.pipeline import ContentPipeline, new_log_id
 from filterd.content.quarantine import Quarantine
@@ -252,8 +253,6 @@ def _client_label(session: MilterSession) -> str:
     return session.transaction(Stage.END_OF_MESSAGE).client_label
 
 
-def _envelope(session: MilterSession, message: MilterMessage) -> Envelope:
-    txn = session.transaction(Stage.END_OF_MESSAGE)
-    return Envelope(sender=message.sender, recipients=list(message.recipients),
-                    client_address=txn.client_address, client_name=txn.client_name,
-                    helo_name=txn.helo_name, protocol=txn.protocol_name, queue_id=session.queue_id)
+def _envelope(session: MilterSession, message: MilterMessage) -> Transaction:
+    return dataclasses.replace(session.transaction(Stage.END_OF_MESSAGE), sender=message.sender,
+                               recipients=list(message.recipients), queue_id=session.queue_id)

@@ -43,7 +43,6 @@ from typing import Any, TypeVar
 
 from filterd.config import Config, split_list
 from filterd.content.mailid import new_mail_id
-from filterd.content.message import Envelope as ContentEnvelope
 from filterd.content.message import Message
 from filterd.content.outcome import keep, log_line
 from filterd.content.pipeline import ContentPipeline, new_log_id
@@ -849,10 +848,8 @@ class SmtpdProtocol(ServerSMTP):
         started = time.monotonic()
         mail_id = new_mail_id()
         addresses = [r.address for r in recipients]
-        msg = Message(content, ContentEnvelope(
-            sender=sender, recipients=addresses, client_address=self.base.client_address,
-            client_name=self.base.client_name, helo_name=self.base.helo_name,
-            protocol=self.base.protocol_name, queue_id=qid))
+        msg = Message(content, self.txn(Stage.END_OF_MESSAGE, sender=sender, recipients=addresses,
+                                        queue_id=qid))
         verdict = await handler.pipeline.scan(msg, new_log_id())
         action = verdict.action
         quarantine_id: str | None = None

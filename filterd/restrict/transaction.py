@@ -74,6 +74,9 @@ class Transaction:
     #: greeting, after a command that must end a group, or with no PIPELINING offered):
     #: what ``reject_unauth_pipelining`` refuses. Only an SMTP server can see it.
     unauth_pipelining: bool = False
+    #: Every recipient accepted so far (at END-OF-MESSAGE: all of them), for the content
+    #: pipeline and the after-verdict work; ``recipient`` is the one at hand at RCPT.
+    recipients: list[str] = field(default_factory=list)
     #: Attributes the front end received but filterd has no field for; passed on
     #: unchanged to chained policy services.
     extra: dict[str, str] = field(default_factory=dict)

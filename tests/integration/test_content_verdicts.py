@@ -18,7 +18,8 @@ import pytest
 
 from filterd.config import Config
 from filterd.registry import PARAMS
-from filterd.content.message import Envelope, Message
+from filterd.content.message import Message
+from filterd.restrict.transaction import Transaction
 from filterd.content.pipeline import ContentPipeline, Preloaded
 from filterd.filter.server import ContentFilterServer
 from tests.fixtures.clamd import SIGNATURE_PREFIX, STREAM_MAX_LENGTH, ClamdServer, clean_message, eicar, eicar_mime_message
@@ -33,7 +34,7 @@ UNSCANNED_EICAR = (b"From: a@example.org\r\nTo: b@example.com\r\nSubject: quoted
 
 
 def message(raw: bytes) -> Message:
-    return Message(raw, Envelope(sender="a@example.org", recipients=["b@example.com"]))
+    return Message(raw, Transaction(sender="a@example.org", recipients=["b@example.com"]))
 
 
 def config(tmp_path: Path, extra: str = "") -> Config:

@@ -19,7 +19,8 @@ import pytest
 
 from filterd.config import Config
 from filterd.content.bayes.learn import learn_command
-from filterd.content.message import Envelope, Message
+from filterd.content.message import Message
+from filterd.restrict.transaction import Transaction
 from filterd.content.pipeline import ContentPipeline
 from tests.data.hostile.generate import EXPECT, corpus
 
@@ -56,7 +57,7 @@ def pipeline(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 @pytest.mark.parametrize("name", list(CASES))
 async def test_every_hostile_message_gets_a_final_verdict(pipeline: ContentPipeline, name: str) -> None:
     raw = CASES[name]()
-    msg = Message(raw, Envelope(sender="a@example.org", recipients=["b@example.com"], queue_id="4HOST1LE"))
+    msg = Message(raw, Transaction(sender="a@example.org", recipients=["b@example.com"], queue_id="4HOST1LE"))
     started = time.monotonic()
     verdict = await asyncio.wait_for(pipeline.scan(msg, "hostile"), GUARD)
     out = verdict.edits.apply(msg)  # what the content filter would pass on or quarantine

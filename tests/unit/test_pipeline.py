@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from filterd.config import Config
-from filterd.content.message import Envelope, Message
+from filterd.content.message import Message
+from filterd.restrict.transaction import Transaction
 from filterd.content.pipeline import ContentPipeline
 from filterd.content.symbols import Symbol
 from filterd.maps import MapTempError
@@ -42,7 +43,7 @@ def config(tmp_path: Path, text: str) -> Config:
 
 
 def message(raw: bytes) -> Message:
-    return Message(raw, Envelope(sender="a@example.org", recipients=["b@example.com"]))
+    return Message(raw, Transaction(sender="a@example.org", recipients=["b@example.com"]))
 
 
 class Rules:

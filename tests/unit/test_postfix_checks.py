@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from filterd.config import Config
-from filterd.content.message import Envelope, HeaderEdits, Message
+from filterd.content.message import HeaderEdits, Message
+from filterd.restrict.transaction import Transaction
 from filterd.content.postfix_checks import (
     BODY,
     HEADER,
@@ -23,9 +24,9 @@ from filterd.content.postfix_checks import (
 )
 from filterd.maps import MapTempError
 
-ENV = Envelope(sender="a@b.example", recipients=["c@d.example", "e@d.example"],
-               client_address="192.0.2.1", client_name="mx.b.example", helo_name="helo.b.example",
-               protocol="ESMTP", queue_id="4F1B2A")
+ENV = Transaction(sender="a@b.example", recipients=["c@d.example", "e@d.example"],
+                  client_address="192.0.2.1", client_name="mx.b.example", helo_name="helo.b.example",
+                  protocol_name="ESMTP", queue_id="4F1B2A")
 
 
 def table(tmp_path: Path, name: str, text: str, kind: str = "regexp") -> str:
@@ -418,7 +419,7 @@ def test_log_line_shape(tmp_path: Path) -> None:
 
 
 def test_log_line_without_client_and_text() -> None:
-    msg = Message(SIMPLE, Envelope(sender="", recipients=[], protocol=""))
+    msg = Message(SIMPLE, Transaction(sender="", recipients=[], protocol_name=""))
     assert log_line(msg, "info", "body", "x" * 300, "") == (
         f"NOQUEUE: info: body {'x' * 200} from unknown; from=<>")
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from filterd.content.message import Envelope, Message
+from filterd.content.message import Message
+from filterd.restrict.transaction import Transaction
 from filterd.content.rules import RuleSet
 from filterd.content.rules.check import rules_check_command
 from filterd.content.rules.evals import uppercase_percent
@@ -44,7 +45,7 @@ def load(tmp_path: Path, text: str, engine: str) -> RuleSet:
     return RuleSet.load([str(f)], engine=engine)
 
 
-def names(ruleset: RuleSet, raw: bytes = MSG, envelope: Envelope | None = None) -> set[str]:
+def names(ruleset: RuleSet, raw: bytes = MSG, envelope: Transaction | None = None) -> set[str]:
     return {s.name for s in ruleset.evaluate(Message(raw, envelope))}
 
 
@@ -75,7 +76,7 @@ header EXISTS         exists:X-Folded
 header EXISTS_NOT     exists:X-Absent
 header CASE_INSENS    subject =~ /GREAT/i
 """, engine)
-    got = names(rs, envelope=Envelope(sender="bounce@example.net"))
+    got = names(rs, envelope=Transaction(sender="bounce@example.net"))
     assert got == {"SUBJ_DECODED", "SUBJ_RAW", "FROM_ADDR", "FROM_NAME", "TOCC", "TOCC_ADDR",
                    "FOLD_DECODED", "FOLD_RAW", "TWICE", "TWICE_FIRST", "TWICE_LAST", "MSGID",
                    "ENVFROM", "ALL_HDRS", "ALL_RAW", "ABSENT_NEG", "ABSENT_EMPTY", "UNSET",
@@ -220,10 +221,10 @@ header ENV_MATCH  eval:check_for_matching_env_and_hdr_from()
 rawbody B64       eval:check_for_mime('mime_base64_count')
 """, "regex")
     shout = b"From: \xe9\xe9\xe9 <a@example.com>\nTo: b@example.org\n\n" + b"THIS IS ALL SHOUTING TEXT. " * 10 + b"\n"
-    assert names(rs, shout, Envelope(sender="a@example.com")) == {"UPPER", "ILLEGAL", "ENV_MATCH"}
+    assert names(rs, shout, Transaction(sender="a@example.com")) == {"UPPER", "ILLEGAL", "ENV_MATCH"}
     html = (b"Received: from x ([10.0.0.1]) by y\nFrom: a@example.com\nContent-Type: text/html\n"
             b"Content-Transfer-Encoding: base64\n\n" + __import__("base64").encodebytes(b"<center>hi</center>"))
-    assert names(rs, html, Envelope(client_address="127.0.0.1")) == {
+    assert names(rs, html, Transaction(client_address="127.0.0.1")) == {
         "HTML", "HTML_ONLY", "TAG_CENTER", "SHORT", "TRUSTED", "B64"}
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from filterd.content.message import Envelope, Message
+from filterd.content.message import Message
+from filterd.restrict.transaction import Transaction
 from filterd.content.rules import RuleSet
 from filterd.content.rules.evals_freemail import FreemailConfig
 from filterd.content.rules.model import RuleSettings
@@ -46,7 +47,7 @@ def rs(tmp_path_factory: pytest.TempPathFactory) -> RuleSet:
 def hits(rs: RuleSet, headers: str, body: str = "Hello.\n", sender: str | None = None,
          content_type: str = "text/plain") -> set[str]:
     raw = f"{headers}To: bob@example.org\nSubject: hi\nContent-Type: {content_type}\n\n{body}"
-    msg = Message(raw.encode(), Envelope(sender=sender) if sender is not None else None)
+    msg = Message(raw.encode(), Transaction(sender=sender) if sender is not None else None)
     return {s.name for s in rs.evaluate(msg)} & ALL
 
 

@@ -152,8 +152,9 @@ def encode_request(attrs: dict[str, str]) -> bytes:
 
 
 _INT_FIELDS = ("recipient_count", "size", "encryption_keysize")
-#: unauth_pipelining is what an SMTP server saw itself, never a request attribute.
-_LOCAL_FIELDS = {"stage", "extra", "unauth_pipelining"}
+#: unauth_pipelining is what an SMTP server saw itself, never a request attribute;
+#: the recipients list is not one either (a request carries the recipient at hand).
+_LOCAL_FIELDS = {"stage", "extra", "unauth_pipelining", "recipients"}
 _TXN_FIELDS = frozenset({f.name for f in fields(Transaction)} - _LOCAL_FIELDS)
 _KNOWN = _TXN_FIELDS | {"request", "protocol_state"}
 _STAGES = {s.value: s for s in Stage}
