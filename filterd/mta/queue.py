@@ -19,6 +19,7 @@ Every file operation here blocks: callers on the event loop run them in a thread
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import re
@@ -180,6 +181,10 @@ class Queue:
         for _ in range(10):
             temp = os.path.join(incoming, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}")
             fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, MODE_WRITING)
+            # Locked while being written (released when the file is closed, or when the
+            # writer dies): recovery must not take a file another process is still
+            # receiving for an abandoned one.
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 qid = queue_id(time.time_ns() // 1000, os.fstat(fd).st_ino)
                 os.link(temp, os.path.join(incoming, qid))  # never replaces an existing file
@@ -272,8 +277,10 @@ class Queue:
         """At start, before any delivery: discard what was never completely written and
         put what was being delivered back in ``incoming``.
 
-        An incoming file still at mode 0600 was being received when the daemon stopped;
-        no 250 was sent for it, so it is removed. Files in ``active`` were being
+        An incoming file still at mode 0600 that no process holds locked was being
+        received when its writer died; no 250 was sent for it, so it is removed. One that
+        is locked is being received right now (smtpd in another worker: the queue manager
+        starts again when its worker is replaced) and is left alone. Files in ``active`` were being
         delivered: their done recipients are marked in them, so they go back to
         ``incoming`` and are delivered to the rest. (Unreadable files are found when
         the queue manager opens them, and moved to ``corrupt``.)
@@ -289,7 +296,7 @@ class Queue:
                         incomplete = stat.S_IMODE(entry.stat().st_mode) & 0o100 == 0
                     except FileNotFoundError:
                         continue
-                if incomplete:
+                if incomplete and _abandoned(entry.path):
                     log.warning("%s: discarding an incompletely written queue file", entry.name)
                     try:
                         os.unlink(entry.path)
@@ -339,6 +346,22 @@ class Queue:
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 raise
+
+
+def _abandoned(path: str) -> bool:
+    """Whether no process is writing the incomplete file at ``path`` (its writer holds
+    an exclusive lock on it until it is committed or aborted)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def _one_line(text: str) -> str:

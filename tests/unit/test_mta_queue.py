@@ -83,6 +83,19 @@ def test_recovery(queue: q.Queue) -> None:
     assert os.listdir(queue.dir(q.ACTIVE)) == []
 
 
+def test_recovery_leaves_a_file_another_process_is_still_writing(queue: q.Queue) -> None:
+    """The queue manager starts again while smtpd in another worker receives: the file
+    that smtpd holds open (and will commit, then answer 250 for) must survive recovery.
+    (It was discarded, and its message lost after the 250, in a SIGKILL test.)"""
+    receiving = queue.create()
+    receiving.writer.envelope(time.time(), "a@b", [Recipient("c@d")])
+    result = queue.recover()
+    assert result.discarded == 0
+    receiving.writer.content(b"Subject: x\r\n\r\nbody\r\n")
+    receiving.commit()
+    assert queue.read_envelope(q.INCOMING, receiving.qid).sender == "a@b"
+
+
 def test_corrupt_file_goes_to_corrupt(queue: q.Queue) -> None:
     qid = make(queue)
     path = queue.path(q.INCOMING, qid)
