@@ -13,6 +13,7 @@ import pytest
 
 from filterd.config import Config
 from filterd.content.bayes.check import BayesClassifier
+from filterd.content.bayes import scale as scale_module
 from filterd.content.bayes.learn import learn_command
 from filterd.content.bayes.scale import (
     BAYES_EDGES, LOG_ODDS_EDGES, MIN_PER_CLASS, SCALE_FILE, Scale, ScaleError, bayes_features, fit_scale,
@@ -254,3 +255,31 @@ def test_log_odds_tell_conflicting_evidence_from_none() -> None:
         labels.append(spam)
     scale = fit_scale(feats, labels, stratified_folds(labels), 6.31, [])
     assert scale.bayes(0.5, 20.0)[0] > scale.bayes(0.5, 0.0)[0] == 0 > scale.bayes(0.5, -20.0)[0]
+
+
+def test_regularisation_is_chosen_at_the_level_it_really_gets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """C is judged by the recall at its threshold after the raise above the neutral
+    message, so the grid's choice is never worse than any single C of it."""
+    rng = random.Random(11)
+    feats: list[dict[str, float]] = []
+    labels: list[bool] = []
+    for i in range(900):
+        spam = i % 4 == 0
+        f: dict[str, float] = {}
+        if rng.random() < (0.5 if spam else 0.004):
+            f["A"] = 1.0
+        if spam and rng.random() < 0.45:  # Bayes has no opinion on half the spam...
+            f.update(bayes_features(0.5, 0.0))
+        else:  # ...and a clear one on the rest, and on all ham
+            p = rng.betavariate(6, 2) if spam else rng.betavariate(2, 6)
+            f.update(bayes_features(p, (p - 0.5) * 30))
+        feats.append(f)
+        labels.append(spam)
+    folds = stratified_folds(labels)
+    grid = scale_module.C_GRID
+    alone = []
+    for c in grid:
+        monkeypatch.setattr(scale_module, "C_GRID", (c,))
+        alone.append(fit_scale(feats, labels, folds, 6.31, []).report["level_recall"])
+    monkeypatch.setattr(scale_module, "C_GRID", grid)
+    assert fit_scale(feats, labels, folds, 6.31, []).report["level_recall"] == max(alone)

@@ -57,7 +57,7 @@ FORMAT_VERSION = 2
 #: A symbol must fire on this many training messages to get a learned weight.
 MIN_HITS = 3
 #: Regularisation strengths tried (sklearn's C: larger means weaker regularisation).
-C_GRID = (0.1, 0.3, 1.0, 3.0)
+C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 #: Folds for the out-of-fold Bayes bands, the choice of C and the reported figures.
 FOLDS = 5
 #: At most this share of ham may score at or above the level (on out-of-fold scores).
@@ -300,31 +300,32 @@ def fit_scale(features: Sequence[dict[str, float]], labels: Sequence[bool], fold
     if nspam < MIN_PER_CLASS or nham < MIN_PER_CLASS:
         raise ScaleError(f"a score scale needs at least {MIN_PER_CLASS} spam and {MIN_PER_CLASS} ham "
                          f"(got {nspam} spam, {nham} ham): static scores stay")
-    best: tuple[float, float, float] | None = None  # (recall at the threshold, -c, c)
-    oofs: dict[float, np.ndarray] = {}
-    for c in C_GRID:
-        d = oofs[c] = _oof(features, y, folds, c)
-        t = threshold_for(d[~y], fp_target)
-        key = (float(np.mean(d[y] >= t)), -c, c)
-        if best is None or key[:2] > best[:2]:
-            best = key
-    assert best is not None
-    c = best[2]
-    oof = oofs[c]
-    t = threshold_for(oof[~y], fp_target)
     names, bounds = _vocabulary(features, np.arange(len(y)))
-    w, b = _fit(_design(features, names), y, bounds, c)
-    # A neutral message (no rule fired; Bayes, if used, with no opinion: p = 0.5) scores 0
-    # points and one at the threshold scores `level`. Every message the Bayes model speaks
-    # on falls in exactly one bin, so the constant term goes into the bins' points.
+    design = _design(features, names)
+    best: tuple[float, float] | None = None  # (recall at the threshold, -c)
+    chosen: tuple[float, np.ndarray, np.ndarray, float, float, float] | None = None
+    for c in C_GRID:
+        oof = _oof(features, y, folds, c)
+        w, b = _fit(design, y, bounds, c)
+        neutral = _neutral(names, w, b)
+        # Mail without evidence is never spam: when the training mail is so well separated
+        # that the threshold falls below the neutral message, it is raised above it. C is
+        # judged at the threshold it will really get: a strongly regularised fit pulls
+        # every score towards the neutral one, and the raise can cost it most of its recall.
+        t = max(threshold_for(oof[~y], fp_target), neutral + MIN_LEVEL_LOGITS)
+        key = (float(np.mean(oof[y] >= t)), -c)
+        if best is None or key > best:
+            best, chosen = key, (c, oof, w, b, neutral, t)
+    assert chosen is not None
+    c, oof, w, b, neutral, t = chosen
+    # A neutral message (no rule fired; Bayes, if used, with no opinion: p = 0.5 and
+    # log-odds 0) scores 0 points and one at the threshold scores `level`. Every message
+    # the Bayes model speaks on falls in exactly one bin, so the constant term goes into
+    # the bins' points.
     weights = dict(zip(names, w))
     bins = [weights.get(f"{BAYES_BIN}{i}", 0.0) for i in range(len(BAYES_EDGES))]
     odds = [weights.get(f"{LOG_ODDS_BIN}{i}", 0.0) for i in range(len(LOG_ODDS_EDGES) + 1)]
     bayes_used = any(n.startswith(BAYES_BIN) for n in names)
-    neutral = b + (bins[bayes_bin(0.5)] + odds[log_odds_bin(0.0)] if bayes_used else 0.0)
-    # Mail without evidence is never spam: when the training mail is so well separated
-    # that the threshold falls below the neutral message, it is raised above it.
-    t = max(t, neutral + MIN_LEVEL_LOGITS)
     k = level / (t - neutral)
     points = {n: round(float(k * wi), 3) for n, wi in weights.items() if not n.startswith(BAYES_BIN)}
     bayes_points = tuple(round(float(k * (wb + b - neutral)), 3) if bayes_used else 0.0 for wb in bins)
@@ -332,6 +333,15 @@ def fit_scale(features: Sequence[dict[str, float]], labels: Sequence[bool], fold
     report = _report(oof, y, folds, fp_target, t)
     report.update({"c": c, "points_per_logit": k, "weights": float(len(names)), "fp_target": fp_target})
     return Scale(points, level, list(rule_paths), report, bayes_points, log_odds_points)
+
+
+def _neutral(names: list[str], w: np.ndarray, b: float) -> float:
+    """The decision value of a message with no evidence: no rule fired, and Bayes (when
+    the scale uses it) without opinion, p = 0.5 and log-odds 0."""
+    weights = dict(zip(names, w))
+    if not any(n.startswith(BAYES_BIN) for n in names):
+        return b
+    return b + weights.get(f"{BAYES_BIN}{bayes_bin(0.5)}", 0.0) + weights.get(f"{LOG_ODDS_BIN}{log_odds_bin(0.0)}", 0.0)
 
 
 def _report(oof: np.ndarray, y: np.ndarray, folds: np.ndarray, fp_target: float, t: float) -> dict[str, float]:
