@@ -55,6 +55,7 @@ from sklearn.model_selection import StratifiedKFold
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import filterd.registry  # noqa: F401,E402 - the parameter table Config reads
 from filterd.content.bayes.model import (
     BayesModel,
     LearnBatch,

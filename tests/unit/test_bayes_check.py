@@ -77,7 +77,7 @@ def test_disabled_bayes_is_silent(tmp_path: Path) -> None:
 ])
 def test_probability_bands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, p: float, names: list[str]) -> None:
     clf = BayesClassifier(config(tmp_path, "bayes_scores = BAYES_99=4.5\n"))
-    monkeypatch.setattr(clf, "probability", lambda msg: p)
+    monkeypatch.setattr(clf, "evidence", lambda msg: (p, 0.0))
     syms = clf.symbols(spam(0))
     assert [s.name for s in syms] == names
     expected = {b.name: b.score for b in BANDS} | {"BAYES_99": 4.5}

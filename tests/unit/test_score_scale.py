@@ -13,10 +13,11 @@ import pytest
 
 from filterd.config import Config
 from filterd.content.bayes.check import BayesClassifier
+from filterd.content.bayes import scale as scale_module
 from filterd.content.bayes.learn import learn_command
 from filterd.content.bayes.scale import (
-    BAYES_EDGES, MIN_PER_CLASS, SCALE_FILE, Scale, ScaleError, bayes_feature, fit_scale, recall_at_fp,
-    stratified_folds, threshold_for,
+    BAYES_EDGES, LOG_ODDS_EDGES, MIN_PER_CLASS, SCALE_FILE, Scale, ScaleError, bayes_features, fit_scale,
+    recall_at_fp, stratified_folds, threshold_for,
 )
 from filterd.content.message import Message
 from filterd.content.pipeline import ContentPipeline
@@ -56,7 +57,7 @@ def synthetic(n_spam: int = 300, n_ham: int = 900, seed: int = 3) -> tuple[list[
         if not spam and rng.random() < 0.5:
             f["H"] = -1.0
         p = rng.betavariate(8, 2) if spam else rng.betavariate(2, 8)
-        f[bayes_feature(p)] = 0.0
+        f.update(bayes_features(p, (p - 0.5) * 40))
         feats.append(f)
         labels.append(spam)
     return feats, labels
@@ -72,7 +73,7 @@ def test_fit_puts_the_decision_on_the_level_with_no_constant_left() -> None:
     assert scale.points["N"] == 0.0  # fires on ham only, but a spam rule never turns into a ham rule
     assert scale.points["H"] <= 0.0
     # the Bayes bins rise with the probability: low bins take points off, high ones add
-    low, neutral, high = scale.bayes(0.1)[0], scale.bayes(0.5)[0], scale.bayes(0.9)[0]
+    low, neutral, high = scale.bayes(0.1, -16)[0], scale.bayes(0.5, 0)[0], scale.bayes(0.9, 16)[0]
     assert low < neutral == 0 < high
     # a symbol's points replace its static score; what the scale does not know keeps its own
     assert scale.apply([Symbol("A", 1.0), Symbol("Z", 3.0)]) == [Symbol("A", scale.points["A"]), Symbol("Z", 3.0)]
@@ -106,14 +107,17 @@ def test_folds_are_stratified_and_fixed() -> None:
 
 def test_save_load_round_trip_and_refusals(tmp_path: Path) -> None:
     scale = Scale({"A": 2.5, "B": -1.0}, 6.31, ["/r1", "/r2"], {"c": 1.0},
-                  tuple(float(i) for i in range(len(BAYES_EDGES))))
+                  tuple(float(i) for i in range(len(BAYES_EDGES))),
+                  tuple(0.5 * i for i in range(len(LOG_ODDS_EDGES) + 1)))
     path = str(tmp_path / SCALE_FILE)
     scale.save(path)
     back = Scale.load(path)
     assert back == scale
     applied = back.apply([Symbol("A", 1.0, "d", "e"), Symbol("GTUBE", 1000.0)])
     assert applied == [Symbol("A", 2.5, "d", "e"), Symbol("GTUBE", 1000.0)]  # unknown: static
-    assert back.bayes(1.0) == (float(len(BAYES_EDGES) - 1), "0.99999 < p <= 1")
+    assert back.bayes(1.0, 500.0) == (float(len(BAYES_EDGES) - 1) + 0.5 * len(LOG_ODDS_EDGES),
+                                      "0.99999 < p <= 1 and 200 < log-odds <= inf")
+    assert back.bayes(0.0, -1.0)[1] == "0 < p <= 1e-06 and -2 < log-odds <= 0"
     (tmp_path / "bad.npz").write_bytes(b"not numpy")
     with pytest.raises(ScaleError, match="not a filterd score scale"):
         Scale.load(str(tmp_path / "bad.npz"))
@@ -171,8 +175,9 @@ def test_learn_fits_the_scale_and_the_pipeline_explains_itself(tmp_path: Path) -
     if "T_SPAMWORD" in by_name:
         assert by_name["T_SPAMWORD"].score == scale.points["T_SPAMWORD"]
     bayes = [s for s in verdict.symbols if s.name.startswith("BAYES_")]
-    assert len(bayes) == 1 and "learned bin" in bayes[0].evidence
-    assert bayes[0].score == scale.bayes(float(bayes[0].evidence.split("=")[1].split(",")[0]))[0]
+    assert len(bayes) == 1 and "learned bins" in bayes[0].evidence
+    p, log_odds = (float(part.split("=")[1]) for part in bayes[0].evidence.split(", ")[:2])
+    assert bayes[0].score == scale.bayes(p, log_odds)[0]
     assert verdict.score == pytest.approx(sum(s.score for s in verdict.symbols))
     assert verdict.score >= 6.31 and verdict.category in ("SPAM", "SPAMMY")
 
@@ -231,3 +236,50 @@ def test_the_messages_kept_for_the_scale_are_bounded() -> None:
     assert len(kept.raws) == len(kept.labels) == 100
     assert all(lab == (int(raw) % 5 == 0) for raw, lab in zip(kept.raws, kept.labels))
     assert max(int(r) for r in kept.raws) > 500  # later messages had their chance too
+
+
+def test_log_odds_tell_conflicting_evidence_from_none() -> None:
+    """The chi-square says 0.5 for a message whose tokens pull hard both ways as for one
+    with no known token; the scale learns the two apart through the log-odds bins."""
+    rng = random.Random(5)
+    feats: list[dict[str, float]] = []
+    labels: list[bool] = []
+    for i in range(600):
+        spam = i % 3 == 0
+        if rng.random() < 0.5:  # clear verdicts
+            p = rng.betavariate(8, 2) if spam else rng.betavariate(2, 8)
+            f = bayes_features(p, (p - 0.5) * 40)
+        else:  # "no opinion": spam leans spammy in its log-odds, ham hammy
+            f = bayes_features(0.5, rng.uniform(5, 40) if spam else rng.uniform(-40, -5))
+        feats.append(f)
+        labels.append(spam)
+    scale = fit_scale(feats, labels, stratified_folds(labels), 6.31, [])
+    assert scale.bayes(0.5, 20.0)[0] > scale.bayes(0.5, 0.0)[0] == 0 > scale.bayes(0.5, -20.0)[0]
+
+
+def test_regularisation_is_chosen_at_the_level_it_really_gets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """C is judged by the recall at its threshold after the raise above the neutral
+    message, so the grid's choice is never worse than any single C of it."""
+    rng = random.Random(11)
+    feats: list[dict[str, float]] = []
+    labels: list[bool] = []
+    for i in range(900):
+        spam = i % 4 == 0
+        f: dict[str, float] = {}
+        if rng.random() < (0.5 if spam else 0.004):
+            f["A"] = 1.0
+        if spam and rng.random() < 0.45:  # Bayes has no opinion on half the spam...
+            f.update(bayes_features(0.5, 0.0))
+        else:  # ...and a clear one on the rest, and on all ham
+            p = rng.betavariate(6, 2) if spam else rng.betavariate(2, 6)
+            f.update(bayes_features(p, (p - 0.5) * 30))
+        feats.append(f)
+        labels.append(spam)
+    folds = stratified_folds(labels)
+    grid = scale_module.C_GRID
+    alone = []
+    for c in grid:
+        monkeypatch.setattr(scale_module, "C_GRID", (c,))
+        alone.append(fit_scale(feats, labels, folds, 6.31, []).report["level_recall"])
+    monkeypatch.setattr(scale_module, "C_GRID", grid)
+    assert fit_scale(feats, labels, folds, 6.31, []).report["level_recall"] == max(alone)

@@ -202,23 +202,32 @@ class BayesClassifier:
     # -- classifying -------------------------------------------------------------------
     def probability(self, msg: Message) -> float | None:
         """Spam probability, or None when Bayes is off or the model has learned too little."""
+        verdict = self.evidence(msg)
+        return None if verdict is None else verdict[0]
+
+    def evidence(self, msg: Message) -> tuple[float, float] | None:
+        """Spam probability and log-odds (see ``BayesModel.evidence_of_indices``), or None
+        as for :meth:`probability`."""
         model = self.model()
         if (not self.enabled or model is None
                 or model.nspam < self.min_spam or model.nham < self.min_ham):
             return None
-        return model.probability(msg)
+        return model.evidence(msg)
 
     def symbols(self, msg: Message) -> list[Symbol]:
         """The BAYES_xx symbols for ``msg``: with static scores BAYES_999 fires together with
-        BAYES_99; with a learned scale one symbol carries the points of the probability's bin."""
-        p = self.probability(msg)
-        if p is None:
+        BAYES_99; with a learned scale one symbol carries the points of the probability's
+        and the log-odds' bins."""
+        verdict = self.evidence(msg)
+        if verdict is None:
             return []
+        p, log_odds = verdict
         scale = self.scale()
-        if scale is not None:  # one symbol, the narrowest band's name, the learned bin's points
+        if scale is not None:  # one symbol, the narrowest band's name, the learned bins' points
             band = [b for b in BANDS if b.matches(p)][-1]
-            points, bin_text = scale.bayes(p)
-            return [Symbol(band.name, points, band.description, f"probability={p:.4f}, learned bin {bin_text}")]
+            points, bin_text = scale.bayes(p, log_odds)
+            return [Symbol(band.name, points, band.description,
+                           f"probability={p:.4f}, log-odds={log_odds:.1f}, learned bins {bin_text}")]
         return [
             Symbol(band.name, self.scores[band.name], band.description, f"probability={p:.4f}")
             for band in BANDS if band.matches(p)

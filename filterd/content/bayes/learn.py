@@ -31,7 +31,7 @@ from filterd.config import Config
 from filterd.content.bayes.check import BayesClassifier
 from filterd.content.bayes.model import BayesModel, BayesModelError, LearnBatch, make_vectorizer
 from filterd.content.bayes.scale import (
-    MIN_PER_CLASS, SCALE_FILE, Scale, ScaleError, bayes_feature, fit_scale, report_lines, stratified_folds,
+    MIN_PER_CLASS, SCALE_FILE, Scale, ScaleError, bayes_features, fit_scale, report_lines, stratified_folds,
 )
 from filterd.content.message import Message
 
@@ -207,7 +207,8 @@ def learn_scale(cfg: Config, raws: list[bytes], labels: list[bool]) -> Scale:
 
 def scale_features(cfg: Config, raws: list[bytes], labels: list[bool], folds: np.ndarray) -> list[dict[str, float]]:
     """Per message, the symbols the pipeline would give it (name -> static score), and the
-    bin of its probability under a Bayes model that learned the other folds only."""
+    bins of its probability and log-odds under a Bayes model that learned the other folds
+    only."""
     from filterd.content.pipeline import MIME_DEFECTS_SCORE
     from filterd.content.rules import ruleset_from_config
 
@@ -223,20 +224,20 @@ def scale_features(cfg: Config, raws: list[bytes], labels: list[bool], folds: np
             found.update((s.name, s.score) for s in ruleset.evaluate(msg))
         features.append(found)
     if "bayes" in checks and cfg.get("use_bayes"):
-        for i, p in enumerate(out_of_fold_probabilities(raws, labels, folds, cfg.get("bayes_min_spam_num"),
-                                                        cfg.get("bayes_min_ham_num"))):
-            if p is not None:
-                features[i][bayes_feature(p)] = 0.0
+        for i, verdict in enumerate(out_of_fold_evidence(raws, labels, folds, cfg.get("bayes_min_spam_num"),
+                                                         cfg.get("bayes_min_ham_num"))):
+            if verdict is not None:
+                features[i].update(bayes_features(*verdict))
     return features
 
 
-def out_of_fold_probabilities(raws: list[bytes], labels: list[bool], folds: np.ndarray,
-                              min_spam: int, min_ham: int) -> list[float | None]:
-    """Each message's Bayes probability from a fresh model learned on the other folds
-    (None where that model learned too little to speak, as in the pipeline)."""
+def out_of_fold_evidence(raws: list[bytes], labels: list[bool], folds: np.ndarray,
+                         min_spam: int, min_ham: int) -> list[tuple[float, float] | None]:
+    """Each message's Bayes probability and log-odds from a fresh model learned on the
+    other folds (None where that model learned too little to speak, as in the pipeline)."""
     rows = make_vectorizer().transform(Message(raw) for raw in raws).tocsr()
     y = np.asarray(labels, dtype=bool)
-    probs: list[float | None] = [None] * len(raws)
+    probs: list[tuple[float, float] | None] = [None] * len(raws)
     for f in np.unique(folds):
         model = BayesModel()
         for cls in (True, False):
@@ -245,5 +246,5 @@ def out_of_fold_probabilities(raws: list[bytes], labels: list[bool], folds: np.n
         if model.nspam < min_spam or model.nham < min_ham:
             continue
         for i in np.flatnonzero(folds == f):
-            probs[i] = model.probability_of_indices(rows[i].indices)
+            probs[i] = model.evidence_of_indices(rows[i].indices)
     return probs

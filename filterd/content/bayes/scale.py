@@ -12,8 +12,11 @@ training mail, as SpamAssassin's perceptron does on its mass-check results:
   it too much. The bins (:data:`BAYES_EDGES`) are finer than SpamAssassin's BAYES_xx
   bands where the model's output separates ham from spam: just above 0.5 (the
   chi-square's "no opinion") sit many spam and almost no ham, which BAYES_50 (0.4-0.6)
-  lumps together. The pipeline still shows the BAYES_xx band's name, with the points of
-  the bin;
+  lumps together. A second set of bins (:data:`LOG_ODDS_EDGES`) holds the same model's
+  naive Bayes log-odds: the chi-square says 0.5 for strong evidence both ways as for
+  none, where much hard ham sits (on the corpus this raised the cross-validated recall
+  at 0.1 % FP by 1-10 points, with and without SpamAssassin's rules). The pipeline still
+  shows the BAYES_xx band's name, with the points of both bins;
 - an L2-regularised logistic regression learns one weight per symbol that fired on at
   least :data:`MIN_HITS` training messages. Weights keep the sign of the rule's own score
   (a spam sign never becomes a ham sign, as SpamAssassin's perceptron keeps "nice" rules
@@ -50,11 +53,11 @@ from filterd.content.symbols import Symbol
 
 SCALE_FILE = "scale.npz"
 FORMAT = "filterd-scale"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: A symbol must fire on this many training messages to get a learned weight.
 MIN_HITS = 3
 #: Regularisation strengths tried (sklearn's C: larger means weaker regularisation).
-C_GRID = (0.1, 0.3, 1.0, 3.0)
+C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 #: Folds for the out-of-fold Bayes bands, the choice of C and the reported figures.
 FOLDS = 5
 #: At most this share of ham may score at or above the level (on out-of-fold scores).
@@ -64,8 +67,13 @@ FP_MARGIN = 1
 #: Upper edges of the Bayes probability bins (``low < p <= high``; the first bin includes 0).
 BAYES_EDGES = (1e-6, 1e-4, 0.01, 0.05, 0.2, 0.4, 0.4999, 0.5001, 0.6, 0.8, 0.95, 0.99, 0.999,
                0.99999, 1.0)
+#: Upper edges of the bins of the Bayes log-odds (``low < x <= high``; one more bin above
+#: the last edge): the second view of the same tokens, see ``BayesModel.evidence_of_indices``.
+LOG_ODDS_EDGES = (-200.0, -60.0, -30.0, -15.0, -8.0, -4.0, -2.0, 0.0, 2.0, 4.0, 8.0, 15.0, 30.0,
+                  60.0, 200.0)
 #: Feature names of the bins while fitting (never a rule name: rules are upper case).
 BAYES_BIN = "bayes-bin-"
+LOG_ODDS_BIN = BAYES_BIN + "log-odds-"
 #: The level lies at least this far (in logits) above a message with no evidence.
 MIN_LEVEL_LOGITS = 1.0
 #: Fewest messages of each class the scale is fitted on (fewer: static scores stay).
@@ -85,12 +93,18 @@ class Scale:
     rule_paths: list[str]
     report: dict[str, float] = field(default_factory=dict)
     bayes_points: tuple[float, ...] = (0.0,) * len(BAYES_EDGES)
+    log_odds_points: tuple[float, ...] = (0.0,) * (len(LOG_ODDS_EDGES) + 1)
 
-    def bayes(self, p: float) -> tuple[float, str]:
-        """Points for Bayes probability ``p``, and which bin gave them."""
+    def bayes(self, p: float, log_odds: float) -> tuple[float, str]:
+        """Points for Bayes probability ``p`` and log-odds ``log_odds`` (the sum of their
+        bins' points), and which bins gave them."""
         k = bayes_bin(p)
         low = 0.0 if k == 0 else BAYES_EDGES[k - 1]
-        return self.bayes_points[k], f"{low:g} < p <= {BAYES_EDGES[k]:g}"
+        j = log_odds_bin(log_odds)
+        lo = "-inf" if j == 0 else f"{LOG_ODDS_EDGES[j - 1]:g}"
+        hi = "inf" if j == len(LOG_ODDS_EDGES) else f"{LOG_ODDS_EDGES[j]:g}"
+        return (round(self.bayes_points[k] + self.log_odds_points[j], 3),
+                f"{low:g} < p <= {BAYES_EDGES[k]:g} and {lo} < log-odds <= {hi}")
 
     def apply(self, symbols: Iterable[Symbol]) -> list[Symbol]:
         """The same symbols, each known one carrying its learned points."""
@@ -116,6 +130,8 @@ class Scale:
             report_values=np.array([self.report[k] for k in sorted(self.report)], dtype=np.float64),
             bayes_edges=np.array(BAYES_EDGES, dtype=np.float64),
             bayes_points=np.array(self.bayes_points, dtype=np.float64),
+            log_odds_edges=np.array(LOG_ODDS_EDGES, dtype=np.float64),
+            log_odds_points=np.array(self.log_odds_points, dtype=np.float64),
         )
 
     @classmethod
@@ -129,25 +145,29 @@ class Scale:
                 raise
             raise ScaleError(f"{path}: not a filterd score scale ({exc})") from None
         required = ("format", "format_version", "names", "points", "level", "rule_paths",
-                    "report_keys", "report_values", "bayes_edges", "bayes_points")
+                    "report_keys", "report_values", "bayes_edges", "bayes_points", "log_odds_edges",
+                    "log_odds_points")
         missing = [n for n in required if n not in fields]
         if missing or str(fields.get("format")) != FORMAT:
             raise ScaleError(f"{path}: not a filterd score scale")
         if int(fields["format_version"]) != FORMAT_VERSION:
             raise ScaleError(f"{path}: scale format version {int(fields['format_version'])}, "
-                             f"this filterd reads {FORMAT_VERSION}")
+                             f"this filterd reads {FORMAT_VERSION}: run filterd learn again")
         names, points = fields["names"], fields["points"]
         keys, values = fields["report_keys"], fields["report_values"]
         edges, bpoints = fields["bayes_edges"], fields["bayes_points"]
+        ledges, lpoints = fields["log_odds_edges"], fields["log_odds_points"]
         if (names.shape != points.shape or keys.shape != values.shape or bpoints.shape != edges.shape
-                or not np.all(np.isfinite(points)) or not np.all(np.isfinite(bpoints))):
+                or lpoints.shape != (ledges.shape[0] + 1,) or not np.all(np.isfinite(points))
+                or not np.all(np.isfinite(bpoints)) or not np.all(np.isfinite(lpoints))):
             raise ScaleError(f"{path}: corrupt score scale")
-        if tuple(float(e) for e in edges) != BAYES_EDGES:
+        if (tuple(float(e) for e in edges) != BAYES_EDGES
+                or tuple(float(e) for e in ledges) != LOG_ODDS_EDGES):
             raise ScaleError(f"{path}: learned with other Bayes bins: run filterd learn again")
         return cls({str(n): float(p) for n, p in zip(names, points)}, float(fields["level"]),
                    [str(p) for p in fields["rule_paths"]],
                    {str(k): float(v) for k, v in zip(keys, values)},
-                   tuple(float(b) for b in bpoints))
+                   tuple(float(b) for b in bpoints), tuple(float(b) for b in lpoints))
 
 
 def bayes_bin(p: float) -> int:
@@ -155,9 +175,20 @@ def bayes_bin(p: float) -> int:
     return min(int(np.searchsorted(BAYES_EDGES, p, side="left")), len(BAYES_EDGES) - 1)
 
 
+def log_odds_bin(log_odds: float) -> int:
+    """The index of the log-odds bin holding ``log_odds``."""
+    return int(np.searchsorted(LOG_ODDS_EDGES, log_odds, side="left"))
+
+
 def bayes_feature(p: float) -> str:
     """The fitting feature name of the bin holding ``p``."""
     return f"{BAYES_BIN}{bayes_bin(p)}"
+
+
+def bayes_features(p: float, log_odds: float) -> dict[str, float]:
+    """The fitting features of a Bayes verdict: its probability's and its log-odds' bins
+    (static score 0: their weights are free)."""
+    return {bayes_feature(p): 0.0, f"{LOG_ODDS_BIN}{log_odds_bin(log_odds)}": 0.0}
 
 
 def same_rules(learned: Sequence[str], configured: Sequence[str]) -> bool:
@@ -261,44 +292,56 @@ def fit_scale(features: Sequence[dict[str, float]], labels: Sequence[bool], fold
     """Fit the points of every symbol so that ``level`` is the cross-validated decision.
 
     ``features[i]`` maps each symbol that fired on message ``i`` to its static score, and
-    :func:`bayes_feature` of its out-of-fold Bayes probability to 0; ``labels[i]`` is
-    True for spam.
+    :func:`bayes_features` of its out-of-fold Bayes verdict to 0; ``labels[i]`` is True
+    for spam.
     """
     y = np.asarray(labels, dtype=bool)
     nspam, nham = int(y.sum()), int((~y).sum())
     if nspam < MIN_PER_CLASS or nham < MIN_PER_CLASS:
         raise ScaleError(f"a score scale needs at least {MIN_PER_CLASS} spam and {MIN_PER_CLASS} ham "
                          f"(got {nspam} spam, {nham} ham): static scores stay")
-    best: tuple[float, float, float] | None = None  # (recall at the threshold, -c, c)
-    oofs: dict[float, np.ndarray] = {}
-    for c in C_GRID:
-        d = oofs[c] = _oof(features, y, folds, c)
-        t = threshold_for(d[~y], fp_target)
-        key = (float(np.mean(d[y] >= t)), -c, c)
-        if best is None or key[:2] > best[:2]:
-            best = key
-    assert best is not None
-    c = best[2]
-    oof = oofs[c]
-    t = threshold_for(oof[~y], fp_target)
     names, bounds = _vocabulary(features, np.arange(len(y)))
-    w, b = _fit(_design(features, names), y, bounds, c)
-    # A neutral message (no rule fired; Bayes, if used, with no opinion: p = 0.5) scores 0
-    # points and one at the threshold scores `level`. Every message the Bayes model speaks
-    # on falls in exactly one bin, so the constant term goes into the bins' points.
+    design = _design(features, names)
+    best: tuple[float, float] | None = None  # (recall at the threshold, -c)
+    chosen: tuple[float, np.ndarray, np.ndarray, float, float, float] | None = None
+    for c in C_GRID:
+        oof = _oof(features, y, folds, c)
+        w, b = _fit(design, y, bounds, c)
+        neutral = _neutral(names, w, b)
+        # Mail without evidence is never spam: when the training mail is so well separated
+        # that the threshold falls below the neutral message, it is raised above it. C is
+        # judged at the threshold it will really get: a strongly regularised fit pulls
+        # every score towards the neutral one, and the raise can cost it most of its recall.
+        t = max(threshold_for(oof[~y], fp_target), neutral + MIN_LEVEL_LOGITS)
+        key = (float(np.mean(oof[y] >= t)), -c)
+        if best is None or key > best:
+            best, chosen = key, (c, oof, w, b, neutral, t)
+    assert chosen is not None
+    c, oof, w, b, neutral, t = chosen
+    # A neutral message (no rule fired; Bayes, if used, with no opinion: p = 0.5 and
+    # log-odds 0) scores 0 points and one at the threshold scores `level`. Every message
+    # the Bayes model speaks on falls in exactly one bin, so the constant term goes into
+    # the bins' points.
     weights = dict(zip(names, w))
     bins = [weights.get(f"{BAYES_BIN}{i}", 0.0) for i in range(len(BAYES_EDGES))]
+    odds = [weights.get(f"{LOG_ODDS_BIN}{i}", 0.0) for i in range(len(LOG_ODDS_EDGES) + 1)]
     bayes_used = any(n.startswith(BAYES_BIN) for n in names)
-    neutral = b + (bins[bayes_bin(0.5)] if bayes_used else 0.0)
-    # Mail without evidence is never spam: when the training mail is so well separated
-    # that the threshold falls below the neutral message, it is raised above it.
-    t = max(t, neutral + MIN_LEVEL_LOGITS)
     k = level / (t - neutral)
     points = {n: round(float(k * wi), 3) for n, wi in weights.items() if not n.startswith(BAYES_BIN)}
     bayes_points = tuple(round(float(k * (wb + b - neutral)), 3) if bayes_used else 0.0 for wb in bins)
+    log_odds_points = tuple(round(float(k * wo), 3) if bayes_used else 0.0 for wo in odds)
     report = _report(oof, y, folds, fp_target, t)
     report.update({"c": c, "points_per_logit": k, "weights": float(len(names)), "fp_target": fp_target})
-    return Scale(points, level, list(rule_paths), report, bayes_points)
+    return Scale(points, level, list(rule_paths), report, bayes_points, log_odds_points)
+
+
+def _neutral(names: list[str], w: np.ndarray, b: float) -> float:
+    """The decision value of a message with no evidence: no rule fired, and Bayes (when
+    the scale uses it) without opinion, p = 0.5 and log-odds 0."""
+    weights = dict(zip(names, w))
+    if not any(n.startswith(BAYES_BIN) for n in names):
+        return b
+    return b + weights.get(f"{BAYES_BIN}{bayes_bin(0.5)}", 0.0) + weights.get(f"{LOG_ODDS_BIN}{log_odds_bin(0.0)}", 0.0)
 
 
 def _report(oof: np.ndarray, y: np.ndarray, folds: np.ndarray, fp_target: float, t: float) -> dict[str, float]:

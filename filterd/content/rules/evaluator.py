@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from filterd.content.message import Message
 from filterd.content.rules.evals import NATIVE_EVALS, NativeEval
+from filterd.content.rules.coarse import coarse_tag
 from filterd.content.rules.expr import Evaluator, ExprError, compile_expr
 from filterd.content.rules.matcher import HsCache, PatternRule, PatternSet, hyperscan_available
 from filterd.content.rules.model import LoadStats, Problem, RuleConfig, RuleDef, RuleKind, RuleSettings
@@ -194,7 +195,14 @@ class RuleSet:
         except PerlRegexError as exc:
             self.stats.regex_errors.append(Problem(rule.where, str(exc), rule.name))
             return None
-        return PatternRule(rule.name, perl, compiled, multiple="multiple" in flags, maxhits=maxhits)
+        prefilter = None
+        if rule.prefilter_pattern is not None:
+            try:
+                prefilter = make_perl_regex(rule.prefilter_pattern, rule.mods)
+            except PerlRegexError:
+                prefilter = None  # Hyperscan then gets the exact pattern, as before
+        return PatternRule(rule.name, perl, compiled, multiple="multiple" in flags, maxhits=maxhits,
+                           prefilter=prefilter)
 
     def _add_eval(self, rule: RuleDef) -> None:
         func = rule.eval_func or ""
@@ -327,42 +335,54 @@ def _score(name: str, cfg: RuleConfig, score_set: int) -> float:
 
 
 def _expand_replace_tags(cfg: RuleConfig) -> None:
-    """SpamAssassin's ReplaceTags: ``<A>`` in listed rules becomes the ``replace_tag A`` text."""
-    start, end = re.escape(cfg.replace_start), re.escape(cfg.replace_end)
-    tag_re = re.compile(f"{start}(.+?){end}")
+    """SpamAssassin's ReplaceTags: ``<A>`` in listed rules becomes the ``replace_tag A`` text.
+
+    Where that makes a pattern that coarse letters (:mod:`coarse`) can shorten, the rule
+    also gets the pattern built from them, as its Hyperscan pre-filter.
+    """
+    coarse_tags = {name: coarse_tag(value) for name, value in cfg.replace_tags.items()}
     for name in cfg.replace_rules:
         rule = cfg.rules.get(name)
         if rule is None or rule.pattern is None:
             continue
-        pattern = rule.pattern
-        for _ in range(6):
-            again = False
-            pattern, pre_name = _take_modifier(pattern, start, end, "pre")
-            pattern, post_name = _take_modifier(pattern, start, end, "post")
-            pattern, inter_name = _take_modifier(pattern, start, end, "inter")
-            parts = _TAG_SPLIT.split(pattern)
-            while parts and parts[-1] == "":  # Perl's split drops trailing empty fields
-                parts.pop()
-            pre_text = cfg.replace_pre.get(pre_name or "", "")
-            post_text = cfg.replace_post.get(post_name or "", "")
-            inter_text = cfg.replace_inter.get(inter_name or "", "")
-            out: list[str] = []
-            for part in parts:
-                if part == "":
-                    out.append(inter_text)  # between two adjacent tags (or before a leading one)
-                    continue
-                m = tag_re.fullmatch(part)
-                replacement = cfg.replace_tags.get(m.group(1)) if m else None
-                if m and replacement:
-                    again = again or bool(re.search(r"<[^>]+>", replacement))
-                    part = replacement
-                if m:
-                    part = pre_text + part + post_text
-                out.append(part)
-            pattern = "".join(out)
-            if not again:
-                break
-        rule.pattern = pattern
+        exact = _expand_tags(cfg, rule.pattern, cfg.replace_tags)
+        rough = _expand_tags(cfg, rule.pattern, coarse_tags)
+        rule.pattern = exact
+        rule.prefilter_pattern = rough if rough != exact else None
+
+
+def _expand_tags(cfg: RuleConfig, pattern: str, tags: dict[str, str]) -> str:
+    """``pattern`` with its tags replaced by their ``tags`` text (nested tags too)."""
+    start, end = re.escape(cfg.replace_start), re.escape(cfg.replace_end)
+    tag_re = re.compile(f"{start}(.+?){end}")
+    for _ in range(6):
+        again = False
+        pattern, pre_name = _take_modifier(pattern, start, end, "pre")
+        pattern, post_name = _take_modifier(pattern, start, end, "post")
+        pattern, inter_name = _take_modifier(pattern, start, end, "inter")
+        parts = _TAG_SPLIT.split(pattern)
+        while parts and parts[-1] == "":  # Perl's split drops trailing empty fields
+            parts.pop()
+        pre_text = cfg.replace_pre.get(pre_name or "", "")
+        post_text = cfg.replace_post.get(post_name or "", "")
+        inter_text = cfg.replace_inter.get(inter_name or "", "")
+        out: list[str] = []
+        for part in parts:
+            if part == "":
+                out.append(inter_text)  # between two adjacent tags (or before a leading one)
+                continue
+            m = tag_re.fullmatch(part)
+            replacement = tags.get(m.group(1)) if m else None
+            if m and replacement:
+                again = again or bool(re.search(r"<[^>]+>", replacement))
+                part = replacement
+            if m:
+                part = pre_text + part + post_text
+            out.append(part)
+        pattern = "".join(out)
+        if not again:
+            break
+    return pattern
 
 
 def _take_modifier(pattern: str, start: str, end: str, word: str) -> tuple[str, str | None]:

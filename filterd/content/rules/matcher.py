@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import regex
 
+from filterd.content.rules.coarse import _sre_c, parse_tree
 from filterd.content.rules.perlre import PerlRegex
 
 try:
@@ -35,6 +36,16 @@ EVIDENCE_MAX = 80
 HS_MAX_PATTERN = 1000
 HS_MAX_REPEAT = 100
 HS_HEAVY_GROUP = 16
+#: Longer expressions are split at their largest alternation (see :func:`split_alternation`):
+#: Hyperscan refuses any over 16,384 bytes ("Pattern length exceeds limit") and takes
+#: those over a few thousand (SpamAssassin's look-alike spellings of ``__PAY_ME``) only
+#: in prefilter mode, so approximately that it reported 3 of 4 body lines (pieces of at
+#: most 4,000 bytes compile exactly and reported none of the 1,174 lines of 100 messages).
+HS_SPLIT_LENGTH = 4_000
+#: Hyperscan's own limit on an expression's length (16,384 bytes), with a margin.
+HS_MAX_LENGTH = 16_000
+#: Most expressions one rule is split into; beyond, it is left to ``regex`` alone.
+HS_MAX_PIECES = 64
 _BOUNDED = re.compile(r"\{(\d+)(?:,(\d*))?\}")
 # constructs Hyperscan only takes in prefilter mode
 _HS_UNSUPPORTED = re.compile(
@@ -54,6 +65,9 @@ class PatternRule:
     compiled: regex.Pattern[bytes] | re.Pattern[bytes]
     multiple: bool = False
     maxhits: int = 0  # 0 = unlimited (only meaningful with ``multiple``)
+    #: A superset of ``perl`` Hyperscan scans instead, when ``perl`` is too big for it
+    #: (ReplaceTags look-alike letters, see :mod:`coarse`); ``regex`` still decides.
+    prefilter: PerlRegex | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,8 @@ class PatternSet:
         self._always: list[int] = list(range(len(rules)))  # indexes checked with regex on every text
         self._local = threading.local()
         self._cache = cache
+        self._split = False  # some rule is several Hyperscan expressions (one id, maybe reported twice)
+        self._repeats: dict[int, tuple[hyperscan.Database, int]] = {}  # rule index -> (its body's database, count)
         if use_hyperscan and hyperscan is not None and rules:
             self._build_hyperscan()
         # what each pattern does with an empty text (absent headers are empty strings)
@@ -92,8 +108,9 @@ class PatternSet:
         databases costs microseconds.
         """
         assert hyperscan is not None
-        light: list[tuple[int, bytes, int]] = []
-        heavy: list[tuple[int, bytes, int]] = []
+        Entry = tuple[int, bytes, int]
+        light: list[Entry] = []
+        heavy: list[list[Entry]] = []  # per rule: its expressions (several when split)
         for i, rule in enumerate(self.rules):
             flags = hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_ALLOWEMPTY
             if rule.perl.ignorecase:
@@ -102,37 +119,54 @@ class PatternSet:
                 flags |= hyperscan.HS_FLAG_MULTILINE
             if rule.perl.dotall:
                 flags |= hyperscan.HS_FLAG_DOTALL
-            suitable = _hs_suitable(rule.perl.hyperscan)
-            text = rule.perl.hyperscan if suitable else rule.perl.hyperscan_loose
+            perl = rule.prefilter or rule.perl
+            suitable = _hs_suitable(perl.hyperscan)
+            text = perl.hyperscan if suitable else perl.hyperscan_loose
             if _HS_UNSUPPORTED.search(text):
                 flags |= hyperscan.HS_FLAG_PREFILTER
-            entry = (i, text.encode("latin-1"), flags)
-            (light if suitable and not flags & hyperscan.HS_FLAG_PREFILTER else heavy).append(entry)
-        groups = [light] + [heavy[k:k + HS_HEAVY_GROUP] for k in range(0, len(heavy), HS_HEAVY_GROUP)]
+            pieces = _pieces(text)
+            if len(pieces) > 1:
+                self._split = True
+            entries = [(i, piece.encode("latin-1"), flags) for piece in pieces]
+            if suitable and not flags & hyperscan.HS_FLAG_PREFILTER and rule.prefilter is None:
+                light.extend(entries)
+            else:
+                heavy.append(entries)
+        groups = [light] + [[e for rule in heavy[k:k + HS_HEAVY_GROUP] for e in rule]
+                            for k in range(0, len(heavy), HS_HEAVY_GROUP)]
         always: list[int] = []
         for group in groups:
             if not group:
                 continue
             db = _hs_database(group, self._cache)
-            if db is None:  # find the patterns Hyperscan refuses, one by one
-                kept: list[tuple[int, bytes, int]] = []
-                for i, expr, flags in group:
+            if db is None:  # find the patterns Hyperscan refuses, one rule (all its pieces) at a time
+                kept: list[Entry] = []
+                by_rule: dict[int, list[Entry]] = {}
+                for entry in group:
+                    by_rule.setdefault(entry[0], []).append(entry)
+                for i, entries in by_rule.items():
                     for extra in (0, hyperscan.HS_FLAG_PREFILTER):
-                        if _hs_database([(i, expr, flags | extra)], self._cache) is not None:
-                            kept.append((i, expr, flags | extra))
+                        mine = [(j, expr, flags | extra) for j, expr, flags in entries]
+                        if _hs_database(mine, self._cache) is not None:
+                            kept.extend(mine)
                             break
                     else:
                         always.append(i)
                 group = kept
                 db = _hs_database(group, self._cache) if group else None
                 if db is None:
-                    always.extend(i for i, _, _ in group)
+                    always.extend(dict.fromkeys(i for i, _, _ in group))
                     continue
             self._dbs.append(db)
-            prefilter = sum(1 for _, _, f in group if f & hyperscan.HS_FLAG_PREFILTER)
+            ids = {i: f for i, _, f in group}
+            prefilter = sum(1 for i, f in ids.items()
+                            if f & hyperscan.HS_FLAG_PREFILTER or self.rules[i].prefilter is not None)
             self.hs_prefilter += prefilter
-            self.hs_exact += len(group) - prefilter
+            self.hs_exact += len(ids) - prefilter
         self._always = sorted(always)
+        for i, rule in enumerate(self.rules):
+            if i not in always and (filt := _repeat_filter(rule, self._cache)) is not None:
+                self._repeats[i] = filt
 
     def _scratches(self) -> list[object]:
         """Hyperscan scratch space per thread: a scratch cannot serve two scans at once."""
@@ -140,6 +174,7 @@ class PatternSet:
         if scratches is None:
             assert hyperscan is not None
             scratches = self._local.scratches = [hyperscan.Scratch(db) for db in self._dbs]
+            self._local.repeat_scratches = {i: hyperscan.Scratch(db) for i, (db, _) in self._repeats.items()}
         return scratches
 
     def match(self, texts: list[bytes]) -> dict[int, Match]:
@@ -158,14 +193,25 @@ class PatternSet:
             for db, scratch in dbs:
                 db.scan(text, match_event_handler=_collect, context=candidates, scratch=scratch)
             candidates.extend(self._always)
-            for i in candidates:
+            for i in (dict.fromkeys(candidates) if self._split else candidates):
                 rule = rules[i]
                 if i in found and not rule.multiple:
+                    continue
+                if i in self._repeats and not self._repeated(i, text):
                     continue
                 m = _run(rule, text)
                 if m is not None:
                     _add(found, i, m, rule)
         return found
+
+    def _repeated(self, i: int, text: bytes) -> bool:
+        """Whether the body X of rule ``i`` (``(?:X){n}``) ends at ``n`` different places in
+        ``text``: a match of the rule is n non-empty matches of X in a row, which end at n
+        different offsets, and Hyperscan reports every offset where a match of X ends."""
+        db, count = self._repeats[i]
+        ends: set[int] = set()
+        db.scan(text, match_event_handler=_collect_end, context=ends, scratch=self._local.repeat_scratches[i])
+        return len(ends) >= count
 
     def _regex_only(self, texts: list[bytes], indexes: "range | list[int]") -> dict[int, Match]:
         found: dict[int, Match] = {}
@@ -183,6 +229,73 @@ class PatternSet:
 
 def _collect(rule_id: int, start: int, end: int, flags: int, context: list[int]) -> None:
     context.append(rule_id)
+
+
+def _collect_end(rule_id: int, start: int, end: int, flags: int, context: object) -> None:
+    assert isinstance(context, set)
+    context.add(end)
+
+
+def _repeat_filter(rule: PatternRule, cache: "HsCache | None") -> tuple[hyperscan.Database, int] | None:
+    """For a rule that is one group repeated ``{n}`` or ``{n,m}`` times (n >= 2) whose body
+    never matches the empty string (SpamAssassin's __FILL_THIS_FORM_LONG2), a Hyperscan
+    database of the body (loosened, so a superset) reporting every match end, and n.
+
+    Hyperscan takes such rules only loosened (``{5}`` becomes ``+``), so its pre-filter
+    passes every line where the body matches once: a quarter of all body lines, each
+    then costing the backtracking regex most of a millisecond. Counting where the body's
+    matches end (see :meth:`PatternSet._repeated`) passes a fifth of those.
+    """
+    assert hyperscan is not None
+    tree = parse_tree(rule.perl.python)
+    if tree is None:
+        return None
+    tree = list(tree)
+    if len(tree) != 1 or tree[0][0] is not _sre_c.MAX_REPEAT:
+        return None
+    low, _, body = tree[0][1]
+    if low < 2 or body.getwidth()[0] == 0:
+        return None
+    loose = (rule.prefilter or rule.perl).hyperscan_loose
+    inner = loose.rstrip("+*")
+    if not inner.startswith("(") or len(loose) - len(inner) != 1 or _group_end(inner) != len(inner) - 1:
+        return None
+    flags = 0
+    if rule.perl.ignorecase:
+        flags |= hyperscan.HS_FLAG_CASELESS
+    if rule.perl.multiline:
+        flags |= hyperscan.HS_FLAG_MULTILINE
+    if rule.perl.dotall:
+        flags |= hyperscan.HS_FLAG_DOTALL
+    db = _hs_database([(0, inner.encode("latin-1"), flags)], cache)
+    return None if db is None else (db, low)
+
+
+def _group_end(text: str) -> int:
+    """Index of the ``)`` closing the group that opens ``text`` (-1 when unbalanced)."""
+    depth, i, in_class = 0, 0, False
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = ch != "]"
+        elif ch == "[":
+            in_class = True
+            j = i + 1
+            if j < len(text) and text[j] == "^":
+                j += 1
+            if j < len(text) and text[j] == "]":
+                i = j
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return -1
 
 
 def _run(rule: PatternRule, text: bytes) -> Match | None:
@@ -300,3 +413,96 @@ class HsCache:
             os.replace(tmp, path)
         except OSError:
             pass  # a cache that cannot be written costs compile time, nothing else
+
+
+def _pieces(text: str) -> list[str]:
+    """``text`` as Hyperscan expressions: itself, or split into pieces as small as the
+    split allows (a pattern whose alternatives multiply may only split into bigger
+    pieces within :data:`HS_MAX_PIECES`)."""
+    if len(text) <= HS_SPLIT_LENGTH:
+        return [text]
+    for limit in (HS_SPLIT_LENGTH, 2 * HS_SPLIT_LENGTH, HS_MAX_LENGTH):
+        pieces = split_alternation(text, limit)
+        if pieces is not None:
+            return pieces
+    return [text]
+
+
+def split_alternation(text: str, limit: int) -> list[str] | None:
+    """Expressions whose union matches what ``text`` matches, each at most ``limit`` long.
+
+    ``P(?:A|B|C)S``, with the group its largest unquantified top-level group, is the
+    union of ``P(?:A)S``, ``P(?:B)S`` and ``P(?:C)S``; a piece still too long is split
+    again (a group of one alternative is unwrapped first). Used for Hyperscan, whose
+    expression length is bounded: each piece keeps the rule's id, so a hit on any piece
+    sends the rule to ``regex``. None when ``text`` cannot be split that way within
+    :data:`HS_MAX_PIECES` pieces.
+    """
+    if re.search(r"\\[1-9gk]", text):
+        return None  # unwrapping a group would renumber what a back-reference names
+    done: list[str] = []
+    todo = [text]
+    while todo:
+        piece = todo.pop()
+        if len(piece) <= limit:
+            done.append(piece)
+            continue
+        group = _largest_group(piece)
+        if group is None:
+            return None
+        start, body, end, alts = group
+        prefix, suffix = piece[:start], piece[end + 1:]
+        if len(alts) == 1:
+            todo.append(prefix + alts[0] + suffix)
+        else:
+            opener = piece[start:body]
+            todo.extend(f"{prefix}{opener}{alt}){suffix}" for alt in alts)
+        if len(done) + len(todo) > HS_MAX_PIECES:
+            return None
+    return done[::-1]
+
+
+_GROUP_OPENER = re.compile(r"\((?:\?[imsx]*(?:-[imsx]*)?:)?")
+
+
+def _largest_group(text: str) -> tuple[int, int, int, list[str]] | None:
+    """(start, body start, end, alternatives) of the longest top-level group that is
+    plain or non-capturing and not quantified (one with inline flags only when it has
+    alternatives: unwrapping it would drop its flags)."""
+    best: tuple[int, int, int, list[str]] | None = None
+    stack: list[tuple[int, list[int]]] = []  # per open group: its start, its '|' positions
+    i, n, in_class = 0, len(text), False
+    while i < n:
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = ch != "]"
+        elif ch == "[":
+            in_class = True
+            j = i + 1
+            if j < n and text[j] == "^":
+                j += 1
+            if j < n and text[j] == "]":
+                i = j  # a literal ']' first in a class
+        elif ch == "(":
+            stack.append((i, []))
+        elif ch == "|" and stack:
+            stack[-1][1].append(i)
+        elif ch == ")":
+            if not stack:
+                return None
+            start, bars = stack.pop()
+            quantified = i + 1 < n and text[i + 1] in "?*+{"
+            m = _GROUP_OPENER.match(text, start)  # always matches: text[start] is "("
+            opener = m.end() - start if m is not None else 0
+            plain = opener == 3 or (opener == 1 and text[start + 1:start + 2] != "?")  # "(?:" or "("
+            flagged = m is not None and not plain and text[m.end() - 1] == ":"  # "(?i:", kept when split
+            if not stack and not quantified and (plain or (flagged and bars)) \
+                    and (best is None or i - start > best[2] - best[0]):
+                body = start + opener
+                cuts = [body - 1, *bars, i]
+                best = (start, body, i, [text[a + 1:b] for a, b in zip(cuts, cuts[1:])])
+        i += 1
+    return best

@@ -36,6 +36,7 @@ class RuleDef:
     kind: RuleKind
     where: str  # "file:line" of the definition
     pattern: str | None = None  # the regex between its delimiters
+    prefilter_pattern: str | None = None  # a superset of ``pattern`` for Hyperscan (coarse tags)
     mods: str = ""
     negate: bool = False  # header NAME Hdr !~ /re/ and header NAME !exists:Hdr... forms
     header: str | None = None  # header spec: "Subject", "From:addr", "ALL", "ToCc:raw"...

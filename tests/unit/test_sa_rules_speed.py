@@ -1,0 +1,113 @@
+"""What makes SpamAssassin's heaviest rules cheap, and that it changes no result.
+
+Three devices let Hyperscan pre-filter rules it used to refuse (see matcher and coarse):
+coarse look-alike letters for ReplaceTags rules, the split of an over-long expression at
+its largest alternation, and the match-end count for ``(?:X){n}`` rules. Each must only
+ever widen what Hyperscan reports; ``regex`` decides every hit.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from filterd.content.message import Message
+from filterd.content.rules import RuleSet
+from filterd.content.rules.coarse import coarse_tag
+from filterd.content.rules.matcher import hyperscan_available, split_alternation
+
+needs_hyperscan = pytest.mark.skipif(not hyperscan_available(), reason="hyperscan module not installed")
+
+# A look-alike letter in the style of ReplaceTags rule files (written for this test).
+LETTER_A = (r"(?:[aA@\xe0]|[\xc3][\xa0-\xa5]|[\xc4][\x81\x83]|"
+            r"[\xf0][\x9d](?:[\x90][\x9a\xb4]|[\x91][\x8e\xa8])|&\#(?:97|x61);)")
+
+
+def test_coarse_letter_matches_everything_the_letter_matches() -> None:
+    coarse = coarse_tag(LETTER_A)
+    assert len(coarse) < len(LETTER_A)
+    exact_re, coarse_re = re.compile(LETTER_A.encode()), re.compile(coarse.encode())
+    samples = [bytes([b]) for b in range(256)] + [b"&#97;", b"&#x61;", b"rn"]
+    samples += [chr(cp).encode("utf-8") for cp in range(0x80, 0x20000) if not 0xD800 <= cp < 0xE000]
+    matched = [s for s in samples if exact_re.fullmatch(s)]
+    assert len(matched) > 10
+    assert all(coarse_re.fullmatch(s) for s in matched)
+    assert not coarse_re.fullmatch(b"b")  # still a letter, not anything at all
+
+
+def test_coarse_tag_leaves_other_tags_alone() -> None:
+    for value in (r"(?:jpe?g|gif|png)", r"[\s\d_*]", r"(?:\d{1,3}\s?)", "plain"):
+        assert coarse_tag(value) == value
+
+
+@pytest.mark.parametrize("pattern, limit", [
+    (r"(?:^|\s)(?:abc|def|(?:gh|ij)kl)[x]", 12),
+    (r"(?i:ab|cd)(?:x|y)", 9),
+    (r"x(?:a|b)y(?:c|d)z(?:e|f)", 12),
+])
+def test_split_alternation_pieces_match_what_the_pattern_matches(pattern: str, limit: int) -> None:
+    pieces = split_alternation(pattern, limit)
+    assert pieces is not None and len(pieces) > 1
+    assert all(len(p) <= limit for p in pieces)
+    whole = re.compile(pattern)
+    parts = [re.compile(p) for p in pieces]
+    for text in ("abcx", " defx", "ijklx", "ABy", "cdx", "CDY", "xaycze", "xbydzf", "xaydze", "abc", "cd"):
+        assert bool(whole.search(text)) == any(p.search(text) for p in parts), text
+
+
+def test_split_alternation_refuses_what_it_cannot_split() -> None:
+    assert split_alternation(r"(?=a|b)cxxxxxx", 8) is None  # a look-ahead is not a choice of texts
+    assert split_alternation(r"(a|b)cxxxxx\1", 8) is None  # back-references name groups by number
+    assert split_alternation(r"(?:ab|cd)+xxxxxx", 8) is None  # a repeated group
+    assert split_alternation(r"short", 8) == ["short"]
+
+
+def _ruleset(tmp_path: Path, text: str) -> RuleSet:
+    (tmp_path / "r.cf").write_text(text)
+    return RuleSet.load([str(tmp_path / "r.cf")], engine="hyperscan")
+
+
+def _fired(ruleset: RuleSet, body: str) -> set[str]:
+    raw = ("From: a@example.com\nTo: b@example.com\nSubject: hello\n"
+           "Content-Type: text/plain; charset=utf-8\n\n" + body).encode()
+    return {s.name for s in ruleset.evaluate(Message(raw))}
+
+
+@needs_hyperscan
+def test_huge_look_alike_rule_is_prefiltered_by_hyperscan(tmp_path: Path) -> None:
+    """A rule spelled with look-alike letters, expanded beyond Hyperscan's length limit,
+    ran as a regex on every body line; now Hyperscan pre-filters it, with the same hits."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    tags = []
+    for k, ch in enumerate(letters):
+        # each letter: itself, upper case, and a run of two-byte look-alikes
+        alts = [f"[{ch}{ch.upper()}]"] + [f"[\\x{0xc3 + k % 4:02x}][\\x{0x80 + j:02x}]" for j in range(40)]
+        tags.append(f"replace_tag L{ch.upper()} (?:{'|'.join(alts)})\n")
+    words = ["wire", "the", "payment", "today", "please", "urgent", "bitcoin", "wallet"] * 8
+    phrase = r"\s".join("".join(f"<L{c.upper()}>" for c in w) for w in words[:3])
+    alternatives = "|".join(r"\s".join("".join(f"<L{c.upper()}>" for c in w) for w in words[i:i + 3])
+                            for i in range(0, 24, 3))
+    rules = "".join(tags) + (
+        f"body LOOKALIKE /(?:^|\\s)(?:{alternatives}|{phrase})\\b/i\n"
+        "score LOOKALIKE 1.0\nreplace_rules LOOKALIKE\n")
+    ruleset = _ruleset(tmp_path, rules)
+    assert ruleset.stats.regex_only == 0
+    assert ruleset.stats.hyperscan_prefilter == 1
+    assert "LOOKALIKE" in _fired(ruleset, "Please wire the payment now.\n")
+    assert "LOOKALIKE" in _fired(ruleset, "w\u00c3re the payment\n".replace("\u00c3", "\u00c2"))
+    assert "LOOKALIKE" not in _fired(ruleset, "Please send the payment now.\n")
+
+
+@needs_hyperscan
+def test_repeated_group_rule_counts_where_its_body_ends(tmp_path: Path) -> None:
+    rules = ("body FORM5 /(?:(?:name|address|city|phone)[:\\s,]{1,100}){5}/i\nscore FORM5 1.0\n"
+             "body FORM3 /(?:(?:name|address|city|phone)[:\\s,]{1,100}){3,4}/i\nscore FORM3 1.0\n")
+    ruleset = _ruleset(tmp_path, rules)
+    body_set = ruleset._sets[next(iter(ruleset._sets))]
+    assert len(body_set._repeats) == 2  # both got the match-end filter
+    assert _fired(ruleset, "Name: address: city, phone: name:\n") == {"FORM5", "FORM3"}
+    assert _fired(ruleset, "Name: address: city, phone\n") == {"FORM3"}
+    assert _fired(ruleset, "Name: address\n") == set()
+    assert _fired(ruleset, "name name name name name name\n") == {"FORM5", "FORM3"}
