@@ -100,6 +100,9 @@ def bind_slots(endpoint: Endpoint, slots: int) -> list[socket.socket]:
 #: Seconds the queue manager's deliveries in flight get to finish when its worker stops;
 #: those still running stay in ``active`` and are delivered again at the next start.
 QMGR_GRACE = 10.0
+#: The supervisor's slot number for the queue manager's own process (worker slots are
+#: 0, 1, ...); it has no listening socket.
+QMGR_SLOT = -1
 
 #: A worker's exit status when its greylist store turned out damaged or deleted while it
 #: served: the master repairs the store (GreylistStore.verify) and starts a new worker.
@@ -199,10 +202,12 @@ def check_config(cfg: Config) -> None:
 
 
 def runs_queue_manager(cfg: Config) -> bool:
-    """Whether ``cfg`` makes filterd an MTA with a queue (smtpd on): then worker slot 0
-    also runs the queue manager, as Postfix's master always runs one qmgr. When that
-    worker is replaced, its successor's queue manager waits for the lock until the old
-    one has finished its deliveries in flight."""
+    """Whether ``cfg`` makes filterd an MTA with a queue (smtpd on): then one process of
+    its own runs the queue manager and its deliveries (with one worker, the worker runs
+    it), as Postfix's master always runs one qmgr beside its smtpd processes, so that
+    receiving and delivering use different cores. When that process is replaced, its
+    successor's queue manager waits for the lock until the old one has finished its
+    deliveries in flight."""
     return bool(cfg.get("smtpd_listen"))
 
 
@@ -494,9 +499,10 @@ def _supervise(cfg: Config, slots: list[dict[str, socket.socket]]) -> int:
                     signal.signal(sig, signal.SIG_DFL)
                 # SIGHUP stays blocked until the worker's loop handles it (worker_main).
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask | {signal.SIGHUP})
+                if slot == QMGR_SLOT:
+                    os._exit(_run_worker(cfg, {}, alive_r, preloaded, queue_manager=True))
                 listeners = {name: sock for name, sock in slots[slot].items() if name not in deferred}
-                os._exit(_run_worker(cfg, listeners, alive_r, preloaded,
-                                     queue_manager=slot == 0 and runs_queue_manager(cfg)))
+                os._exit(_run_worker(cfg, listeners, alive_r, preloaded))
             children[pid] = (slot, time.monotonic())
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -542,10 +548,11 @@ def _supervise(cfg: Config, slots: list[dict[str, socket.socket]]) -> int:
         finally:
             reloading = False
 
-    def replace_workers() -> None:
-        """A new worker per slot; the old ones stop once what is in flight is answered."""
+    def replace_workers(keep_qmgr: bool = False) -> None:
+        """A new worker per slot; the old ones stop once what is in flight is answered.
+        ``keep_qmgr``: the queue manager's process stays (nothing it uses changed)."""
         for pid, (slot, _) in list(children.items()):
-            if pid in retiring:
+            if pid in retiring or (keep_qmgr and slot == QMGR_SLOT):
                 continue
             retiring.add(pid)
             try:
@@ -560,6 +567,8 @@ def _supervise(cfg: Config, slots: list[dict[str, socket.socket]]) -> int:
     # handler in the main thread even when another thread (the preload builder, a
     # library's pool) took it, so a reload run from here while the workers are being
     # forked would reach only those forked so far.
+    if runs_queue_manager(cfg):
+        spawn(QMGR_SLOT)  # it needs nothing the master preloads
     if deferred and len(deferred) < len(slots[0]):
         for slot in range(len(slots)):  # the front ends that are ready now
             spawn(slot)
@@ -587,8 +596,8 @@ def _supervise(cfg: Config, slots: list[dict[str, socket.socket]]) -> int:
         preloaded = outcome[0]
     deferred = set()
     _freeze()
-    if children:
-        replace_workers()
+    if any(slot != QMGR_SLOT for slot, _ in children.values()):
+        replace_workers(keep_qmgr=True)
     else:
         for slot in range(len(slots)):
             spawn(slot)

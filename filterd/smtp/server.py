@@ -85,11 +85,29 @@ class _CommandLimits(dict[str, int]):
         pass
 
 
+_HOOKS: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+
+
+def _hook_names(cls: type, prefixes: tuple[str, ...]) -> list[str]:
+    key = (f"{cls.__module__}.{cls.__qualname__}", prefixes)
+    names = _HOOKS.get(key)
+    if names is None:
+        names = _HOOKS[key] = [name for name in dir(cls) if name.startswith(prefixes)]
+    return names
+
+
 class ServerProtocol(SMTP):
     """What filterd adds to aiosmtpd's SMTP and LMTP classes (mixed into both)."""
 
     line_length_limit = LINE_LIMIT
     command_size_limit = COMMAND_LIMIT
+
+    def __dir__(self) -> list[str]:
+        """Only the command and AUTH methods, listed once per class. aiosmtpd finds its
+        ``smtp_*`` and ``auth_*`` methods with ``dir()`` and ``inspect.getmembers()`` for
+        every connection, which read every attribute of the object: a fifth of the cost of
+        opening a connection (measured with smtp-source, one message per connection)."""
+        return _hook_names(type(self), ("smtp_", "auth_"))
 
     def __init__(self, owner: "SmtpServer", **kwargs: Any):
         self.owner = owner
@@ -267,6 +285,11 @@ class SmtpHandler:
     A front end subclasses it and adds ``handle_DATA``, its business logic: in aiosmtpd's
     design the handler is what the server is for, and the protocol classes above are
     only the dialogue."""
+
+    def __dir__(self) -> list[str]:
+        """Only the ``handle_*`` and ``auth_*`` hooks aiosmtpd looks for (see
+        :meth:`ServerProtocol.__dir__`)."""
+        return _hook_names(type(self), ("handle_", "auth_"))
 
     def __init__(self, log: logging.Logger):
         self.log = log
