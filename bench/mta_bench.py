@@ -241,7 +241,10 @@ class Delivering:
     rss_total_mb: float
     """Resident memory of the MTA's whole process tree with the queue full."""
     rss_largest_mb: float
-    """Of its largest process (filterd: the worker running the queue manager)."""
+    """Of its largest process."""
+    rss_processes_mb: list[float]
+    """Of each of its processes, largest first (filterd: the master, the workers and the
+    queue manager's process; Postfix: master, qmgr, smtpd, cleanup, smtp...)."""
     ratio_to_postfix: float | None = None
 
 
@@ -293,7 +296,8 @@ def delivering(mta: Mta, messages: int) -> Delivering:
     mta.flush()
     wait_count(before + messages, mta)
     return Delivering(mta.name, messages, messages / (time.monotonic() - started),
-                      sum(rss.values()) / 1024, max(rss.values(), default=0) / 1024)
+                      sum(rss.values()) / 1024, max(rss.values(), default=0) / 1024,
+                      sorted((round(kb / 1024, 1) for kb in rss.values()), reverse=True))
 
 
 def report(acc: list[Accepting], dlv: list[Delivering]) -> str:
@@ -311,6 +315,7 @@ def report(acc: list[Accepting], dlv: list[Delivering]) -> str:
             ratio = f"{d.ratio_to_postfix:.2f}" if d.ratio_to_postfix is not None else "-"
             out.append(f"{d.system:24} {d.messages:>6} {d.delivered_per_s:>8.1f} {ratio:>9} "
                        f"{d.rss_total_mb:>22.1f} / {d.rss_largest_mb:.1f}")
+            out.append(f"{'':24} each process, MB: {' '.join(f'{mb:g}' for mb in d.rss_processes_mb)}")
     return "\n".join(out)
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from filterd.config import Config
+from filterd.config.types import Endpoint
 
 if TYPE_CHECKING:  # the engine's services, for the type only: this module stays a leaf
     from filterd.restrict.services import Services
@@ -79,7 +80,16 @@ class Listener(Protocol):
 
 def enabled(front_ends: tuple[type[Listener], ...], cfg: Config) -> list[type[Listener]]:
     """The front ends ``cfg`` turns on: those whose ``<name>_listen`` is not empty."""
-    return [fe for fe in front_ends if cfg.get(f"{fe.name}_listen") is not None]
+    return [fe for fe in front_ends if listen_endpoints(cfg, fe.name)]
+
+
+def listen_endpoints(cfg: Config, name: str) -> list[Endpoint]:
+    """Where front end ``name`` listens: ``<name>_listen`` is one endpoint (policy,
+    filter, milter) or a list of them (smtpd, like Postfix's several smtpd lines)."""
+    value = cfg.get(f"{name}_listen")
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
 
 
 class _Server(Protocol):

@@ -38,7 +38,7 @@ from filterd.config import EMBEDDED, Config, ConfigError
 from filterd.config.types import Endpoint
 from filterd.eventloop import WorkerLoop
 from filterd.filter.listener import FilterListener
-from filterd.listener import Listener, WorkerContext, enabled
+from filterd.listener import Listener, WorkerContext, enabled, listen_endpoints
 from filterd.log import flush as flush_log
 from filterd.milter.listener import MilterListener
 from filterd.mta.qmgr import QueueManager
@@ -216,12 +216,12 @@ def uses_greylist(cfg: Config) -> bool:
     return any(fe.uses_greylist for fe in enabled(FRONT_ENDS, cfg))
 
 
-async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_pipe: int | None = None,
+async def worker_main(cfg: Config, listeners: dict[str, list[socket.socket]], master_pipe: int | None = None,
                       preloaded: dict[str, object] | None = None, reloaded: list[Config] | None = None,
                       queue_manager: bool = False) -> int:
     """One worker: start its front ends, serve until SIGTERM, finish requests in flight, exit.
 
-    ``listeners`` maps front-end names to their sockets. ``master_pipe`` is the read end
+    ``listeners`` maps front-end names to their sockets (one per endpoint). ``master_pipe`` is the read end
     of a pipe whose write end only the master holds: when the master dies, even by
     SIGKILL, the pipe reads EOF and the worker stops instead of serving on as an orphan.
     ``preloaded`` holds, by :meth:`Listener.preloads` name, what front ends built once in
@@ -255,7 +255,7 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
         loop.add_reader(master_pipe, master_gone)
     running: list[Listener] = []
 
-    async def start(name: str, sock: socket.socket) -> None:
+    async def start(name: str, socks: list[socket.socket]) -> None:
         """Build and start one front end; a failure stops the worker (the master replaces
         it), as it would if the front end had failed to start at the worker's start."""
         nonlocal status
@@ -269,7 +269,8 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
             context = WorkerContext(None if key is None else preloaded[key], store_damaged)
             listener = await front_end.from_config(cfg, context)
             running.append(listener)
-            await listener.start(sock)
+            for sock in socks:
+                await listener.start(sock)
         except Exception:  # noqa: BLE001 - logged; the worker stops and is replaced
             log.exception("worker failed: %s_listen could not be served", name)
             status = 1
@@ -300,11 +301,11 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
     def ready(name: str) -> bool:
         key = _BY_NAME[name].preloads(cfg)
         return key is None or key in preloaded
-    waiting = {name: sock for name, sock in listeners.items() if not ready(name)}
-    for name, sock in listeners.items():
+    waiting = {name: socks for name, socks in listeners.items() if not ready(name)}
+    for name, socks in listeners.items():
         if name not in waiting:
-            await start(name, sock)
-    starting = [loop.create_task(start(name, sock)) for name, sock in waiting.items()]
+            await start(name, socks)
+    starting = [loop.create_task(start(name, socks)) for name, socks in waiting.items()]
     loop.add_signal_handler(signal.SIGHUP, reload)
     # A SIGHUP sent while this worker started waited, blocked (so that it neither
     # killed the worker nor was lost): delivered now, it reloads what was just read.
@@ -338,7 +339,7 @@ async def worker_main(cfg: Config, listeners: dict[str, socket.socket], master_p
     return status
 
 
-def _run_worker(cfg: Config, listeners: dict[str, socket.socket], master_pipe: int | None = None,
+def _run_worker(cfg: Config, listeners: dict[str, list[socket.socket]], master_pipe: int | None = None,
                 preloaded: dict[str, object] | None = None, reloaded: list[Config] | None = None,
                 queue_manager: bool = False) -> int:
     try:
@@ -383,17 +384,17 @@ def serve(cfg: Config) -> int:
         log.warning("%s", warning)
     os.makedirs(cfg.get("data_directory"), exist_ok=True)
     workers = cfg.get("worker_processes") or os.cpu_count() or 1
-    slots: list[dict[str, socket.socket]] = [{} for _ in range(workers)]
+    slots: list[dict[str, list[socket.socket]]] = [{} for _ in range(workers)]
     for front_end in enabled(FRONT_ENDS, cfg):
         name = front_end.name
-        endpoint = cfg.get(f"{name}_listen")
-        try:
-            socks = bind_slots(endpoint, workers)
-        except OSError as exc:
-            log.error("fatal: %s_listen: cannot listen on %s: %s", name, endpoint, exc.strerror or exc)
-            return 1
-        for slot, sock in zip(slots, socks):
-            slot[name] = sock
+        for endpoint in listen_endpoints(cfg, name):
+            try:
+                socks = bind_slots(endpoint, workers)
+            except OSError as exc:
+                log.error("fatal: %s_listen: cannot listen on %s: %s", name, endpoint, exc.strerror or exc)
+                return 1
+            for slot, sock in zip(slots, socks):
+                slot.setdefault(name, []).append(sock)
     if not slots[0]:
         log.error("nothing to serve: %s are empty", ", ".join(f"{fe.name}_listen" for fe in FRONT_ENDS))
         return 1
@@ -432,13 +433,14 @@ def _freeze() -> None:
     gc.freeze()
 
 
-def _dups(listeners: dict[str, socket.socket]) -> dict[str, socket.socket]:
+def _dups(listeners: dict[str, list[socket.socket]]) -> dict[str, list[socket.socket]]:
     """New descriptors of the same listening sockets (connections waiting stay queued)."""
-    dups = {}
-    for name, sock in listeners.items():
-        dup = sock.dup()
-        dup.setblocking(False)
-        dups[name] = dup
+    dups: dict[str, list[socket.socket]] = {}
+    for name, socks in listeners.items():
+        for sock in socks:
+            dup = sock.dup()
+            dup.setblocking(False)
+            dups.setdefault(name, []).append(dup)
     return dups
 
 
@@ -465,7 +467,7 @@ def _preload(cfg: Config, previous: dict[str, object] | None) -> dict[str, objec
     return preloaded
 
 
-def _supervise(cfg: Config, slots: list[dict[str, socket.socket]]) -> int:
+def _supervise(cfg: Config, slots: list[dict[str, list[socket.socket]]]) -> int:
     """Fork a worker per slot, replace those that die, pass SIGTERM on, wait for all.
 
     Front ends with nothing to preload start at once, in a first set of workers; once the
@@ -501,7 +503,7 @@ def _supervise(cfg: Config, slots: list[dict[str, socket.socket]]) -> int:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask | {signal.SIGHUP})
                 if slot == QMGR_SLOT:
                     os._exit(_run_worker(cfg, {}, alive_r, preloaded, queue_manager=True))
-                listeners = {name: sock for name, sock in slots[slot].items() if name not in deferred}
+                listeners = {name: socks for name, socks in slots[slot].items() if name not in deferred}
                 os._exit(_run_worker(cfg, listeners, alive_r, preloaded))
             children[pid] = (slot, time.monotonic())
         finally:

@@ -193,6 +193,11 @@ def as_endpoint(value: str) -> Endpoint | None:
     return parse_endpoint(value)
 
 
+def as_endpoints(value: str) -> list[Endpoint]:
+    """A list of endpoints (``inet:0.0.0.0:25, inet:[::]:25``); empty: the service is off."""
+    return [parse_endpoint(item) for item in split_list(value)]
+
+
 def as_networks(value: str) -> list[str]:
     """A list of networks or table references (``mynetworks`` syntax); CIDRs validated."""
     out = []

@@ -9,7 +9,7 @@ filterd has (smtp, lmtp).
 from __future__ import annotations
 
 from filterd.config.types import (
-    Param, as_bool, as_choice, as_endpoint, as_float, as_list, as_nonneg_int, as_positive_int, as_size, as_str,
+    Param, as_bool, as_choice, as_endpoints, as_float, as_list, as_nonneg_int, as_positive_int, as_size, as_str,
     as_time,
 )
 
@@ -95,9 +95,9 @@ PARAMS: list[Param] = [
 
 # -- smtpd: the gateway's SMTP server (filterd/mta/smtpd.py) ------------------------------
 PARAMS += [
-    Param("smtpd_listen", "", as_endpoint,
-          "where the gateway's SMTP server listens (inet:host:port or unix:/path; empty = off, "
-          "the default: port 25 belongs to Postfix on most machines)"),
+    Param("smtpd_listen", "", as_endpoints,
+          "where the gateway's SMTP server listens: a list of inet:host:port or unix:/path "
+          "(empty = off, the default: port 25 belongs to Postfix on most machines)"),
     Param("mail_name", "filterd", as_str, "the mail system's name in the greeting and Received headers"),
     Param("smtpd_banner", "$myhostname ESMTP $mail_name", as_str,
           "text after 220 in the greeting (start it with $myhostname, as RFC 5321 asks)"),

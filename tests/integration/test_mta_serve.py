@@ -79,3 +79,31 @@ def test_a_reload_that_replaces_the_workers_keeps_one_queue_manager(daemon: Daem
     assert "status=sent (after the reload)" in log
     assert "another queue manager" not in log and "queue manager failed" not in log
     assert daemon.stop() == 0
+
+
+def test_smtpd_listens_on_every_endpoint_of_its_list(tmp_path: Path) -> None:
+    """smtpd_listen is a list, like the several smtpd lines of Postfix's master.cf."""
+    import smtplib
+
+    ports = [free_port(), free_port()]
+    d = Daemon(tmp_path, "smtpd_listen = " + ", ".join(f"inet:127.0.0.1:{p}" for p in ports) + "\n"
+               "smtpd_content_filter = no\nrules_extra_directories =\n", workers=2).start()
+    try:
+        for port in ports:
+            wait_for(lambda: _answers(port), f"smtpd on port {port}", 30)
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+                assert client.ehlo()[0] == 250
+        log = d.log.read_text()
+        assert all(f"inet:127.0.0.1:{p}" in log for p in ports)
+    finally:
+        d.stop()
+
+
+def _answers(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            return s.recv(100).startswith(b"220 ")
+    except OSError:
+        return False

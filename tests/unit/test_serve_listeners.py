@@ -76,7 +76,7 @@ async def test_the_policy_service_answers_while_another_front_end_still_loads(
     cfg = Config.from_text(f"data_directory = {tmp_path}\npolicy_restrictions = permit\n")
     policy, slow = _listening(), _listening()
     port = policy.getsockname()[1]
-    worker = asyncio.ensure_future(serve.worker_main(cfg, {"policy": policy, "slow": slow}))
+    worker = asyncio.ensure_future(serve.worker_main(cfg, {"policy": [policy], "slow": [slow]}))
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
         writer.write(b"request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n"
