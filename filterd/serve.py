@@ -71,6 +71,9 @@ def bind(endpoint: Endpoint, reuseport: bool = False) -> socket.socket:
         # without it pipelined SMTP replies wait 40 ms for the client's delayed ACK (Nagle)
         sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            # IPv6 only, as Postfix binds: [::]:25 beside 0.0.0.0:25 must not collide
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if reuseport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((endpoint.host, endpoint.port))
