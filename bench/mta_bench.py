@@ -352,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     dlv: list[Delivering] = []
     try:
         for name in args.only:
-            sink = stack.daemon(Sink(workroot, f"sink-{name}")).start()
+            sink = Sink(workroot, f"sink-{name}")
+            stack.daemon(sink)  # starts it
             print(f"{name}: starting...", file=sys.stderr, flush=True)
             mta = start(name, workroot, sink, False, args.workers)
             stack.push(mta.stop)
