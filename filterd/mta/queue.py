@@ -105,25 +105,35 @@ class NewMessage:
         self.fd = fd
         self.writer = QueueFileWriter(fd)
         self.committed = False
+        self.where = INCOMING
 
     @property
     def path(self) -> str:
-        return self.queue.path(INCOMING, self.qid)
+        return self.queue.path(self.where, self.qid)
 
-    def commit(self) -> int:
+    def commit(self, into: str = INCOMING) -> int:
         """End record, mode 0700 (complete), fsync, fsync the directory.
 
         Only after this returns may the sender be told 250. Returns the content size.
         One fsync covers the data and the mode, as in Postfix's cleanup: a crash before
         it completes may leave a mode-0700 file without its end record, which the
         reader refuses (corrupt/) -- and no 250 was sent for it.
+
+        ``into = HOLD`` (a HOLD action): the file moves to ``hold`` while it is still
+        incomplete, which the queue manager never takes, so it can never be delivered
+        instead of held; both directories are then synced.
         """
         size = self.writer.finish(sync=False)
+        if into != INCOMING:
+            os.rename(self.path, self.queue.path(into, self.qid))
+            self.where = into
         os.fchmod(self.fd, MODE_COMPLETE)
         os.fsync(self.fd)
         os.close(self.fd)
         self.fd = -1
-        fsync_directory(self.queue.dir(INCOMING))
+        fsync_directory(self.queue.dir(self.where))
+        if self.where != INCOMING:
+            fsync_directory(self.queue.dir(INCOMING))
         self.committed = True
         return size
 

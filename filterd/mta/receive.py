@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from filterd.mta import cleanup
 from filterd.mta.cleanup import Header, Rewriting
-from filterd.mta.queue import NewMessage
+from filterd.mta.queue import INCOMING, NewMessage
 from filterd.mta.queuefile import CONTENT_CHUNK, Recipient
 
 #: A header field's first line (RFC 5322 field name and colon) or a continuation line.
@@ -115,9 +115,11 @@ def header_section(rw: Rewriting, msg: Incoming, head: bytes, qid: str, myhostna
     return "".join(top).encode("utf-8", "surrogateescape") + head + cleanup.format_headers(added)
 
 
-def write_message(new: NewMessage, rw: Rewriting, msg: Incoming, data: bytes, myhostname: str) -> Written:
+def write_message(new: NewMessage, rw: Rewriting, msg: Incoming, data: bytes, myhostname: str,
+                  into: str = INCOMING) -> Written:
     """Write ``data`` (the message as it will be delivered, before cleanup's headers)
-    with its envelope into ``new`` and commit it; WriteError (file removed) on failure."""
+    with its envelope into ``new`` and commit it into queue ``into`` (``incoming``, or
+    ``hold``); WriteError (file removed) on failure."""
     try:
         head, body = split_header(data)
         section = header_section(rw, msg, head, new.qid, myhostname)
@@ -129,7 +131,7 @@ def write_message(new: NewMessage, rw: Rewriting, msg: Incoming, data: bytes, my
         with memoryview(body) as view:
             for start in range(0, len(view), CONTENT_CHUNK):
                 new.writer.content(bytes(view[start:start + CONTENT_CHUNK]))
-        size = new.commit()
+        size = new.commit(into)
     except (OSError, ValueError) as exc:
         new.abort()
         raise WriteError(f"{new.qid}: queue file write error: {exc}") from exc

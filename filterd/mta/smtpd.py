@@ -820,19 +820,15 @@ class SmtpdProtocol(ServerSMTP):
                             arrival, attributes, prepend)
         try:
             written = await handler.disk(write_message, new, handler.rewriting, incoming, content,
-                                              handler.settings.hostname)
+                                         handler.settings.hostname, INCOMING if hold is None else HOLD)
         except WriteError as exc:
             log.error("warning: %s", exc)
             return WRITE_ERROR
         if written.message_id:
             event("cleanup", maillog.message_id(qid, written.message_id))
         if hold is not None:
-            try:
-                await handler.disk(handler.queue.move, qid, INCOMING, HOLD)
-                event("cleanup", f"{qid}: hold: END-OF-MESSAGE from {label}: {printable_ascii(hold)}; "
-                                 f"from=<{printable_ascii(sender)}> proto={self.base.protocol_name}")
-            except OSError as exc:  # the queue manager took it first: it is delivered, not held
-                log.warning("%s: could not place the message on hold: %s", qid, exc)
+            event("cleanup", f"{qid}: hold: END-OF-MESSAGE from {label}: {printable_ascii(hold)}; "
+                             f"from=<{printable_ascii(sender)}> proto={self.base.protocol_name}")
         else:
             handler.waker.wake()
         self.errors = 0

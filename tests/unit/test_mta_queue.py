@@ -96,6 +96,27 @@ def test_recovery_leaves_a_file_another_process_is_still_writing(queue: q.Queue)
     assert queue.read_envelope(q.INCOMING, receiving.qid).sender == "a@b"
 
 
+def test_a_held_message_is_never_complete_in_incoming(queue: q.Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A HOLD is committed straight into ``hold``: before, the file was completed in
+    ``incoming`` and moved afterwards, and a queue manager scanning meanwhile delivered
+    it instead of holding it. Every scan of incoming during the commit sees it
+    incomplete (or not at all)."""
+    seen: list[list[q.QueueEntry]] = []
+    real_fsync = os.fsync
+
+    def fsync_and_look(fd: int) -> None:
+        real_fsync(fd)
+        seen.append([e for e in queue.scan(q.INCOMING) if e.complete])
+    monkeypatch.setattr(os, "fsync", fsync_and_look)
+    new = queue.create()
+    new.writer.envelope(time.time(), "a@b", [Recipient("c@d")])
+    new.writer.content(b"Subject: x\r\n\r\nbody\r\n")
+    new.commit(q.HOLD)
+    assert seen and all(entries == [] for entries in seen)
+    assert queue.find(new.qid) == q.HOLD
+    assert queue.read_envelope(q.HOLD, new.qid).sender == "a@b"
+
+
 def test_corrupt_file_goes_to_corrupt(queue: q.Queue) -> None:
     qid = make(queue)
     path = queue.path(q.INCOMING, qid)
