@@ -45,6 +45,7 @@ from filterd.mta.delivery import BOUNCED, DEFERRED, SENT, DeliveryAgent, Deliver
 from filterd.mta.queuefile import ENCODING_ATTR, ENVID_ATTR, RET_ATTR, SMTPUTF8_ATTR, Recipient
 from filterd.mta.routing import Failure, MxResolver, Target
 from filterd.smtp.conversation import LOST, TIMEOUT, Connection, ConversationError, ServerReply, parse_extensions
+from filterd.smtp.xforward import xtext_encode
 
 if TYPE_CHECKING:
     from filterd.config import Config
@@ -203,14 +204,6 @@ def local_result(recipient: Recipient, status: str, dsn: str, reason: str,
     """A result decided by the client itself (no reply to quote)."""
     return RecipientResult(recipient, status, dsn, reason, peer.relay if peer else "none",
                            peer.host if peer else "")
-
-
-def xtext(value: str) -> str:
-    """RFC 3461 xtext: ``+`` and ``=`` and anything outside ``!``..``~`` as ``+HH``."""
-    out = []
-    for byte in value.encode("utf-8", "surrogateescape"):
-        out.append(chr(byte) if 0x21 <= byte <= 0x7E and byte not in (0x2B, 0x3D) else f"+{byte:02X}")
-    return "".join(out)
 
 
 _NOTIFY = re.compile(r"NEVER|(?:SUCCESS|FAILURE|DELAY)(?:,(?:SUCCESS|FAILURE|DELAY))*")
@@ -599,7 +592,7 @@ class SmtpAgent:
                 mail.append(f"RET={ret}")
             envid = message.attributes.get(ENVID_ATTR, "")
             if envid and envid.isprintable():
-                mail.append(f"ENVID={xtext(envid)}")
+                mail.append(f"ENVID={xtext_encode(envid)}")
         commands = [" ".join(mail).encode(enc, "surrogateescape")]
         for r in rcpts:
             line = f"RCPT TO:<{r.address}>"
@@ -608,7 +601,7 @@ class SmtpAgent:
                 line += f" NOTIFY={notify}"
             if dsn and r.orcpt and r.orcpt.isprintable():
                 kind, sep, addr = r.orcpt.partition(";")
-                line += f" ORCPT={kind};{xtext(addr)}" if sep and kind.isalnum() else f" ORCPT=rfc822;{xtext(r.orcpt)}"
+                line += f" ORCPT={kind};{xtext_encode(addr)}" if sep and kind.isalnum() else f" ORCPT=rfc822;{xtext_encode(r.orcpt)}"
             commands.append(line.encode(enc, "surrogateescape"))
 
         accepted: list[Recipient] = []

@@ -276,6 +276,9 @@ class SmtpdProtocol(ServerSMTP):
         self.body_type = ""
         """BODY= of MAIL: ``8bit``, ``7bit`` or "" (not declared)."""
         self.recipients: list[Recipient] = []
+        self.rcpt_count = 0
+        """Accepted RCPT commands, duplicates included: what smtpd_recipient_limit counts,
+        as in Postfix."""
         self.effects: list[Decision] = []
         self.delayed: Decision | None = None
 
@@ -466,7 +469,11 @@ class SmtpdProtocol(ServerSMTP):
         for warning in decision.warnings:
             event("smtpd", f"{txn.queue_id or 'NOQUEUE'}: {warning}: {txn.stage.value} from "
                            f"{txn.client_label}; from=<{txn.sender or ''}> to=<{txn.recipient or ''}>")
-        (self.session_effects if session else self.effects).append(decision)
+        if (decision.prepend or decision.bcc or decision.redirect or decision.hold is not None
+                or decision.discard is not None or decision.filter is not None):
+            # only what the end of the message carries out: a client repeating RCPT or
+            # EHLO must not grow the session without bound
+            (self.session_effects if session else self.effects).append(decision)
         return None
 
     async def smtp_MAIL(self, arg: str | None) -> None:
@@ -604,7 +611,7 @@ class SmtpdProtocol(ServerSMTP):
         if problem is not None:
             await self.push("501 5.1.3 Bad recipient address syntax")
             return
-        if len(self.recipients) >= self.settings.recipient_limit:
+        if self.rcpt_count >= self.settings.recipient_limit:
             await self.push("452 4.5.3 Error: too many recipients")
             return
         refusal = await self._recipient_verdict(recipient)
@@ -624,6 +631,7 @@ class SmtpdProtocol(ServerSMTP):
             return
         known = {r.address.lower() for r in self.recipients}
         self.recipients += [r for r in cleaned.recipients if r.address.lower() not in known]
+        self.rcpt_count += 1
         await self.push("250 2.1.5 Ok")
 
     async def _recipient_verdict(self, recipient: str) -> str | None:
@@ -734,13 +742,19 @@ class SmtpdProtocol(ServerSMTP):
             if bare and self.settings.bare_newline == "normalize":
                 content = _BARE_LF.sub(b"\r\n", content)
         self.processing = True
+        receiving = self.handler_._track(self._receive(content))
         try:
-            reply = await asyncio.shield(self.handler_._track(self._receive(content)))
+            reply = await asyncio.shield(receiving)
         finally:
             self.processing = False
             self.last_read = self.loop.time()
-            self._reset_transaction()
-            self._set_post_data_state()
+            # A client gone after the dot cancels this wait, not the shielded work, which
+            # still reads the transaction: it is reset once that work is done.
+            if receiving.done():
+                self._reset_transaction()
+                self._set_post_data_state()
+            else:
+                receiving.add_done_callback(lambda _: self._reset_transaction())
         await self.push(reply)
 
     # -- the end of a message ------------------------------------------------------------

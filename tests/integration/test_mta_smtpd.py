@@ -272,6 +272,41 @@ def test_recipient_limit(smtpd):
     c.close()
 
 
+def test_a_repeated_recipient_counts_toward_the_limit(smtpd):
+    """Postfix counts RCPT commands: repeating one address cannot go on for ever (each
+    repeat used to be free, and grew the session's memory)."""
+    c = smtpd.raw()
+    c.cmd("EHLO client.example")
+    c.cmd("MAIL FROM:<a@sender.example>")
+    for _ in range(5):
+        assert c.cmd(f"RCPT TO:<same@{RELAY}>").startswith("250")
+    assert c.cmd(f"RCPT TO:<same@{RELAY}>") == "452 4.5.3 Error: too many recipients"
+    c.cmd("QUIT")
+    c.close()
+
+
+def test_a_client_gone_after_the_dot_leaves_its_message_whole(smtpd):
+    """The client hangs up right after the final dot, before the reply: the message it
+    sent is queued with its sender and recipient (the session's reset waited for the
+    queue file), as Postfix queues it."""
+    before = set(smtpd.queued())
+    c = smtpd.raw()
+    c.cmd("EHLO client.example")
+    c.cmd("MAIL FROM:<gone@sender.example>")
+    c.cmd(f"RCPT TO:<bob@{RELAY}>")
+    c.cmd("DATA")
+    c.send(b"Subject: gone\r\n\r\nbody\r\n.\r\n")
+    c.close()
+    deadline = time.monotonic() + 30
+    while not set(smtpd.queued()) - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [qid] = set(smtpd.queued()) - before
+    env, content = smtpd.read(qid)
+    assert env.sender == "gone@sender.example"
+    assert [r.address for r in env.recipients] == [f"bob@{RELAY}"]
+    assert b"Subject: gone" in content
+
+
 def test_hard_error_limit_disconnects(smtpd):
     c = smtpd.raw()
     replies = [c.cmd("BOGUS") for _ in range(4)] + [c.cmd("MAIL FROM:") for _ in range(16)]

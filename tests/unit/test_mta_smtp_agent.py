@@ -10,12 +10,13 @@ from filterd.mta.delivery import BOUNCED, DEFERRED, SENT
 from filterd.mta.queuefile import Recipient
 from filterd.mta.routing import Target
 from filterd.mta.smtp_agent import (
-    ClientSettings, Peer, reply_dsn, reply_result, select_targets, session_result, xtext,
+    ClientSettings, Peer, reply_dsn, reply_result, select_targets, session_result,
 )
 from filterd.smtp.conversation import (
     LOST, MAX_REPLY_LINE, PROTOCOL, TIMEOUT, Connection, ConversationError, DotStuffer, ServerReply,
     parse_extensions, safe_text,
 )
+from filterd.smtp.xforward import xtext_encode
 
 PEER = Peer("mx.example.net", "192.0.2.25", 25)
 BOB = Recipient("bob@example.net")
@@ -112,8 +113,8 @@ def test_unsupported_tls_levels_are_refused_by_name() -> None:
 
 
 def test_xtext() -> None:
-    assert xtext("a+b=c d") == "a+2Bb+3Dc+20d"
-    assert xtext("é") == "+C3+A9"
+    assert xtext_encode("a+b=c d") == "a+2Bb+3Dc+20d"
+    assert xtext_encode("é") == "+C3+A9"
 
 
 # -- the wire ------------------------------------------------------------------------------------
