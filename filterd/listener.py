@@ -22,6 +22,7 @@ from filterd.config import Config
 from filterd.config.types import Endpoint
 
 if TYPE_CHECKING:  # the engine's services, for the type only: this module stays a leaf
+    from filterd.content.pipeline import Preloaded
     from filterd.restrict.services import Services
 
 
@@ -95,6 +96,18 @@ def listen_endpoints(cfg: Config, name: str) -> list[Endpoint]:
 class _Server(Protocol):
     async def start(self, sock: socket.socket) -> None: ...
     async def stop(self, grace: float) -> None: ...
+
+
+class SharesContentPipeline:
+    """For a front end that runs the content pipeline (content filter, milter, smtpd):
+    its slow start-up work is the pipeline's compiled rules and Bayes model, built once
+    and shared by every such front end."""
+
+    @classmethod
+    def preload(cls, cfg: Config) -> Preloaded:
+        from filterd.content.pipeline import Preloaded  # a daemon without content checks never loads it
+
+        return Preloaded.from_config(cfg)
 
 
 class EngineListener:

@@ -7,14 +7,13 @@ from typing import TYPE_CHECKING, ClassVar
 
 
 from filterd.config import Config
-from filterd.listener import WorkerContext
+from filterd.listener import SharesContentPipeline, WorkerContext
 
 if TYPE_CHECKING:  # imported where used: a daemon without a content filter never loads it
-    from filterd.content.pipeline import Preloaded
     from filterd.filter.server import ContentFilterServer
 
 
-class FilterListener:
+class FilterListener(SharesContentPipeline):
     """The after-queue content filter on ``filter_listen``. Its compiled rules and Bayes
     model are built once in the master (:meth:`preload`, up to a minute on a fresh
     data_directory) and shared by the workers; the other front ends do not wait for them,
@@ -35,12 +34,6 @@ class FilterListener:
     @classmethod
     def preloads(cls, cfg: Config) -> str | None:
         return "content"
-
-    @classmethod
-    def preload(cls, cfg: Config) -> Preloaded:
-        from filterd.content.pipeline import Preloaded
-
-        return Preloaded.from_config(cfg)
 
     @classmethod
     async def from_config(cls, cfg: Config, context: WorkerContext) -> FilterListener:

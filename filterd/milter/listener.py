@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from filterd.config import Config
-from filterd.listener import EngineListener, WorkerContext
+from filterd.listener import EngineListener, SharesContentPipeline, WorkerContext
 from filterd.milter.server import MilterServer
 from filterd.milter.service import MilterService
 from filterd.restrict.registry import build_engine
 from filterd.restrict.services import Services, open_services
 
-if TYPE_CHECKING:  # imported where used: a milter without content checks never loads it
-    from filterd.content.pipeline import Preloaded
 
-
-class MilterListener(EngineListener):
+class MilterListener(SharesContentPipeline, EngineListener):
     """The milter (protocol 6) on ``milter_listen``, with this worker's own greylist store
     connection; with ``milter_content_filter`` it shares the content pipeline's rules
     and model that the master built once (as the content filter does)."""
@@ -29,12 +26,6 @@ class MilterListener(EngineListener):
     @classmethod
     def preloads(cls, cfg: Config) -> str | None:
         return "content" if cfg.get("milter_content_filter") else None
-
-    @classmethod
-    def preload(cls, cfg: Config) -> Preloaded:
-        from filterd.content.pipeline import Preloaded
-
-        return Preloaded.from_config(cfg)
 
     @classmethod
     async def from_config(cls, cfg: Config, context: WorkerContext) -> MilterListener:

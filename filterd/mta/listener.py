@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from filterd.config import Config, ConfigError
-from filterd.listener import EngineListener, WorkerContext
+from filterd.listener import EngineListener, SharesContentPipeline, WorkerContext
 from filterd.maps.errors import MapError
 from filterd.mta.queue import Queue
 from filterd.mta.smtpd import SmtpdHandler, SmtpdServer
@@ -15,11 +15,8 @@ from filterd.restrict.services import Services, open_services
 #: Postfix's content checks that cleanup runs even with smtpd_content_filter = no.
 CLEANUP_CHECKS = ("header_checks", "mime_header_checks", "nested_header_checks", "body_checks")
 
-if TYPE_CHECKING:  # imported where used: an smtpd without content checks never loads it
-    from filterd.content.pipeline import Preloaded
 
-
-class SmtpdListener(EngineListener):
+class SmtpdListener(SharesContentPipeline, EngineListener):
     """The gateway MTA's smtpd on ``smtpd_listen`` (empty: off), with this worker's own
     greylist store connection for the restriction lists. With ``smtpd_content_filter``
     it shares the content pipeline's compiled rules and model, built once in the master
@@ -47,12 +44,6 @@ class SmtpdListener(EngineListener):
     @classmethod
     def preloads(cls, cfg: Config) -> str | None:
         return "content" if cfg.get("smtpd_content_filter") else None
-
-    @classmethod
-    def preload(cls, cfg: Config) -> Preloaded:
-        from filterd.content.pipeline import Preloaded
-
-        return Preloaded.from_config(cfg)
 
     @classmethod
     async def from_config(cls, cfg: Config, context: WorkerContext) -> SmtpdListener:
