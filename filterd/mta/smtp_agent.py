@@ -384,7 +384,9 @@ class SmtpAgent:
 
     @staticmethod
     def _prepare(message: OutgoingMessage) -> _Content:
-        """Read a small message whole, or scan a large one for 8-bit bytes (thread)."""
+        """Read a small message whole (thread). A large one is streamed later; only when
+        its queue file does not say its encoding (smtpd records it; notices and older
+        files may not) is it scanned for 8-bit bytes first."""
         declared = message.attributes.get(ENCODING_ATTR, "").lower()
         if message.size <= PREFETCH:
             data = b"".join(message.content())

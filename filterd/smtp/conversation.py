@@ -182,10 +182,14 @@ class Connection:
 
     # -- replies ---------------------------------------------------------------------
     async def read_reply(self, timeout: float, stage: str) -> ServerReply:
-        """The next complete reply, read within ``timeout`` seconds in all."""
+        """The next complete reply, read within ``timeout`` seconds in all.
+
+        The limits use asyncio.timeout rather than wait_for, which in Python 3.11 runs
+        the wait in a task of its own: several tasks per delivery, each costing loop turns."""
         try:
-            return await asyncio.wait_for(self._read_reply(stage), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                return await self._read_reply(stage)
+        except TimeoutError:
             raise ConversationError(TIMEOUT, stage) from None
 
     async def _read_reply(self, stage: str) -> ServerReply:
@@ -227,8 +231,9 @@ class Connection:
     async def write(self, data: bytes, timeout: float, stage: str) -> None:
         try:
             self.writer.write(data)
-            await asyncio.wait_for(self.writer.drain(), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                await self.writer.drain()
+        except TimeoutError:
             raise ConversationError(TIMEOUT, stage) from None
         except (ConnectionError, OSError, RuntimeError):
             raise ConversationError(LOST, stage) from None
