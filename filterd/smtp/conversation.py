@@ -247,13 +247,18 @@ class Connection:
     async def send_body(self, chunks: AsyncIterator[bytes], timeout: float,
                         stage: str = "sending message body") -> None:
         """Stream the message, dot-stuffed, and the final dot; each write within
-        ``timeout`` (Postfix's smtp_data_xfer_timeout is per write, not for the whole)."""
+        ``timeout`` (Postfix's smtp_data_xfer_timeout is per write, not for the whole).
+        Each piece is written once the next is known, so the last one goes out with the
+        final dot: a message held whole costs one write, not two."""
         stuffer = DotStuffer()
+        held = b""
         async for chunk in chunks:
             out = stuffer.feed(chunk)
             if out:
-                await self.write(out, timeout, stage)
-        await self.write(stuffer.end(), timeout, stage)
+                if held:
+                    await self.write(held, timeout, stage)
+                held = out
+        await self.write(held + stuffer.end(), timeout, stage)
 
     async def starttls(self, context: ssl.SSLContext, server_hostname: str | None,
                        timeout: float) -> None:
