@@ -317,6 +317,8 @@ class SmtpAgent:
     """Postfix's smtp(8): the ``smtp`` transport."""
 
     part = "smtp"
+    uses_mx = True
+    """Whether a domain next hop is looked up by MX (lmtp: never)."""
 
     def __init__(self, settings: ClientSettings, resolver: MxResolver):
         self.settings = settings
@@ -402,7 +404,7 @@ class SmtpAgent:
                 close()
 
     async def _peers(self, nexthop: str) -> list[Peer] | Failure:
-        found = await self.resolver.resolve(nexthop, self.settings.default_port)
+        found = await self.resolver.resolve(nexthop, self.settings.default_port, self.uses_mx)
         if isinstance(found, Failure):
             return found
         return select_targets(found, self.settings.families, self.settings.address_limit)
@@ -716,16 +718,13 @@ class LmtpAgent(SmtpAgent):
     default), and no MX lookup."""
 
     part = "lmtp"
+    uses_mx = False
 
     async def _peers(self, nexthop: str) -> list[Peer] | Failure:
         hop = nexthop.strip()
         if hop.startswith("unix:"):
             return [Peer(self.settings.myhostname, hop[len("unix:"):], None)]
-        hop = hop.removeprefix("inet:").removeprefix("lmtp:")
-        if not hop.startswith("["):
-            host, sep, port = hop.rpartition(":") if hop.count(":") == 1 else (hop, "", "")
-            hop = f"[{host}]:{port}" if sep else f"[{hop}]"
-        return await super()._peers(hop)
+        return await super()._peers(hop)  # the rest is read by routing.parse_nexthop
 
     async def _connect(self, peer: Peer) -> Connection:
         if peer.port is None:
