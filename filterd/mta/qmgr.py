@@ -43,7 +43,8 @@ from filterd.mta.queue import (
     ACTIVE, DEFERRED as DEFERRED_QUEUE, FLUSHED_MTIME, INCOMING, Queue, QueueEntry, QueueError,
 )
 from filterd.mta.queuefile import (
-    CONTENT_CHUNK, ENVID_ATTR, RET_ATTR, Envelope, QueueFileError, Recipient, iter_content, mark_done, mark_warned, read_envelope,
+    CONTENT_CHUNK, ENVID_ATTR, RET_ATTR, Envelope, QueueFileError, Recipient, iter_content, mark_done, mark_warned,
+    read_content, read_envelope,
 )
 from filterd.mta.scheduler import ActiveMessage, Delivery, Outcome, Scheduler
 from filterd.mta.trigger import TriggerListener
@@ -62,6 +63,11 @@ TAKE_BATCH = 100
 """Messages activated per thread hop."""
 LOCK_POLL = 0.5
 """How often a queue manager waiting for the queue lock tries again."""
+PREFETCH_SIZE = 65536
+"""Messages up to this size are read whole when taken (in the same thread hop as their
+envelope), so that their first delivery needs no thread to read them..."""
+PREFETCH_BUDGET = 8 << 20
+"""...as long as the messages held so, not yet handed to an agent, stay under this."""
 
 Router = Callable[[str], Route]
 Lines = list[tuple[str, str]]
@@ -106,6 +112,9 @@ class QueueManager:
         self._activated: dict[str, float] = {}
         self._logged: dict[str, set[int]] = {}
         """Per active message, the recipients whose attempt a delivery line was logged for."""
+        self._prefetched: dict[str, bytes] = {}
+        """Small messages read whole when taken, until their first delivery starts."""
+        self._prefetched_bytes = 0
 
     @classmethod
     def from_config(cls, cfg: "Config", agents: Mapping[str, DeliveryAgent]) -> "QueueManager":
@@ -235,10 +244,14 @@ class QueueManager:
         budget = min(TAKE_BATCH, s.settings.message_active_limit - len(s.messages))
         if budget <= 0 or not s.room():
             return False
-        taken, lines = await asyncio.to_thread(self._take_files, now, budget, frozenset(s.messages))
+        room = PREFETCH_BUDGET - self._prefetched_bytes
+        taken, lines = await asyncio.to_thread(self._take_files, now, budget, frozenset(s.messages), room)
         _emit(lines)
-        for qid, env, flushed in taken:
+        for qid, env, flushed, data in taken:
             self._activated[qid] = now
+            if data is not None:
+                self._prefetched[qid] = data
+                self._prefetched_bytes += len(data)
             event("qmgr", maillog.queued(qid, env.sender, env.content_size, len(env.pending)))
             message = ActiveMessage(qid, env.arrival, env.sender,
                                     [(r, self._route(r)) for r in env.pending], env.warned, flushed, env)
@@ -271,11 +284,12 @@ class QueueManager:
         self._incoming_scan = None
         return None
 
-    def _take_files(self, now: float, budget: int,
-                    busy: frozenset[str]) -> tuple[list[tuple[str, Envelope, bool]], Lines]:
-        """Move up to ``budget`` messages to ``active`` and read their envelopes (thread).
-        A message still in its pass (``busy``: requeued by a tool meanwhile) waits."""
-        taken: list[tuple[str, Envelope, bool]] = []
+    def _take_files(self, now: float, budget: int, busy: frozenset[str],
+                    room: int) -> tuple[list[tuple[str, Envelope, bool, bytes | None]], Lines]:
+        """Move up to ``budget`` messages to ``active`` and read their envelopes, and
+        the content of small ones while ``room`` bytes last (thread). A message still in
+        its pass (``busy``: requeued by a tool meanwhile) waits."""
+        taken: list[tuple[str, Envelope, bool, bytes | None]] = []
         lines: Lines = []
         while len(taken) < budget:
             found = self._next_entry(now)
@@ -285,9 +299,17 @@ class QueueManager:
             if entry.qid in busy:
                 self._incoming_mtime = -1.0  # look again once its pass is over
                 continue
+            data: bytes | None = None
             try:
                 self.queue.move(entry.qid, source, ACTIVE)
-                env = self.queue.read_envelope(ACTIVE, entry.qid)
+                fd = self.queue.open(ACTIVE, entry.qid)
+                try:
+                    env = read_envelope(fd)
+                    if env.content_size <= min(PREFETCH_SIZE, room):
+                        data = read_content(fd, env)
+                        room -= len(data)
+                finally:
+                    os.close(fd)
             except QueueError:
                 continue  # taken by a tool meanwhile
             except QueueFileError as exc:
@@ -298,7 +320,7 @@ class QueueManager:
                 self.queue.remove(ACTIVE, entry.qid)
                 lines.append(("qmgr", maillog.removed(entry.qid)))
                 continue
-            taken.append((entry.qid, env, source == INCOMING and entry.mtime == FLUSHED_MTIME))
+            taken.append((entry.qid, env, source == INCOMING and entry.mtime == FLUSHED_MTIME, data))
         return taken, lines
 
     def _route(self, recipient: Recipient) -> Route:
@@ -360,13 +382,21 @@ class QueueManager:
                 env = await asyncio.to_thread(self.queue.read_envelope, ACTIVE, message.qid)
                 message.envelope = env
             outgoing = OutgoingMessage(message.qid, message.sender, message.arrival, env.content_size,
-                                       env.attributes, self._content_reader(message.qid, env))
+                                       env.attributes, self._content_reader(message.qid, env),
+                                       self._unhold(message.qid))
             return await agent.deliver(outgoing, delivery.route.nexthop, delivery.recipients)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the recipients are tried again later
             log.error("%s: delivery agent %s failed: %s", message.qid, delivery.route.transport, exc)
             return self._failed_report(delivery, "4.3.0", f"delivery agent {delivery.route.transport} failed")
+
+    def _unhold(self, qid: str) -> bytes | None:
+        """The message's content read when it was taken, if any, now handed on."""
+        data = self._prefetched.pop(qid, None)
+        if data is not None:
+            self._prefetched_bytes -= len(data)
+        return data
 
     @staticmethod
     def _failed_report(delivery: Delivery, dsn: str, reason: str) -> DeliveryReport:
@@ -415,6 +445,7 @@ class QueueManager:
         now = self.clock()
         activated = self._activated.pop(message.qid, now)
         logged = self._logged.pop(message.qid, set())
+        self._unhold(message.qid)  # finished without a delivery (deferred transport, dead site)
         try:
             for r in outcome.results:  # deferred by the queue manager itself, without an attempt
                 if id(r.recipient) not in logged:

@@ -331,7 +331,10 @@ class SmtpAgent:
     async def deliver(self, message: OutgoingMessage, nexthop: str,
                       recipients: Sequence[Recipient]) -> DeliveryReport:
         try:
-            content = await asyncio.to_thread(self._prepare, message)
+            if message.data is not None:
+                content = self._in_memory(message, message.data)
+            else:
+                content = await asyncio.to_thread(self._prepare, message)
         except (OSError, ValueError) as exc:
             return DeliveryReport([local_result(r, DEFERRED, "4.3.0", f"cannot read the queue file: {exc}")
                                    for r in recipients])
@@ -385,14 +388,18 @@ class SmtpAgent:
         return any(key in session_level and r.status != SENT for key, r in results.items())
 
     @staticmethod
-    def _prepare(message: OutgoingMessage) -> _Content:
+    def _in_memory(message: OutgoingMessage, data: bytes) -> _Content:
+        declared = message.attributes.get(ENCODING_ATTR, "").lower()
+        return _Content(data, declared == "8bit" or (declared != "7bit" and not data.isascii()))
+
+    @classmethod
+    def _prepare(cls, message: OutgoingMessage) -> _Content:
         """Read a small message whole (thread). A large one is streamed later; only when
         its queue file does not say its encoding (smtpd records it; notices and older
         files may not) is it scanned for 8-bit bytes first."""
         declared = message.attributes.get(ENCODING_ATTR, "").lower()
         if message.size <= PREFETCH:
-            data = b"".join(message.content())
-            return _Content(data, declared == "8bit" or (declared != "7bit" and not data.isascii()))
+            return cls._in_memory(message, b"".join(message.content()))
         if declared in ("8bit", "7bit"):
             return _Content(None, declared == "8bit")
         it = message.content()

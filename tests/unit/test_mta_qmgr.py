@@ -462,8 +462,8 @@ async def wait_or_fail(qm: QueueManager, done: Callable[[], bool], guard: float 
 def forgotten(qm: QueueManager) -> bool:
     """Nothing of any message is left in the queue manager's memory."""
     s = qm.scheduler
-    return not (s.messages or s.in_flight or qm._activated or qm._logged
-                or any(d.busy for d in s.destinations.values()))
+    return not (s.messages or s.in_flight or qm._activated or qm._logged or qm._prefetched
+                or qm._prefetched_bytes or any(d.busy for d in s.destinations.values()))
 
 
 async def test_a_failure_to_mark_recipients_done_leaves_nothing_stuck(
@@ -504,3 +504,35 @@ async def test_a_failure_at_the_end_of_a_pass_defers_the_file(
     await wait_or_fail(qm, lambda: files(queue, DEFERRED_Q) == [qid] and forgotten(qm))
     assert files(queue, ACTIVE) == []
     assert any("cannot finish the delivery pass" in r.getMessage() for r in caplog.records)
+
+
+async def test_small_messages_are_read_when_taken_within_a_budget(
+        queue: Queue, logged: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small message's content is read in the thread hop that takes it, and handed to
+    its first delivery (no second hop to read it); what is held so stays within the
+    budget, and nothing is left held once the messages are done."""
+    monkeypatch.setattr(qmgr_module, "PREFETCH_BUDGET", 2 * len(BODY))
+    handed: list[bytes | None] = []
+
+    class Recording(Agent):
+        async def deliver(self, message: OutgoingMessage, nexthop: str,
+                          recipients: Sequence[Recipient]) -> DeliveryReport:
+            handed.append(message.data)
+            return await super().deliver(message, nexthop, recipients)
+
+    agent = Recording()
+    for _ in range(3):
+        enqueue(queue, "alice@example.com", ["bob@example.net"])
+    qm = manager(queue, agent)
+    await run_until(qm, lambda: empty(queue) and len(agent.calls) == 3)
+    assert sorted(handed, key=lambda d: d is None) == [BODY, BODY, None]  # the third is over budget
+    assert all(c[4] == BODY for c in agent.calls)  # read from the file, it is the same
+    assert forgotten(qm)
+
+
+async def test_a_message_deferred_without_a_delivery_holds_nothing(queue: Queue, logged: list[str]) -> None:
+    agent = Agent()
+    enqueue(queue, "alice@example.com", ["bob@example.net"])
+    qm = manager(queue, agent, defer_transports=frozenset({"smtp"}))
+    await wait_or_fail(qm, lambda: len(files(queue, DEFERRED_Q)) == 1 and forgotten(qm))
+    assert agent.calls == []
