@@ -212,6 +212,7 @@ class SmtpdHandler(SmtpHandler):
         self.rewriting = Rewriting.from_config(cfg)
         self.waker = Waker(queue.directory)
         self.per_client: dict[str, int] = {}
+        self.peer_names = PeerNames()
         #: Queue file work runs on threads of its own: the loop's default executor also
         #: does the clients' name lookups, and clients whose DNS is slow must not make
         #: every other session wait for its fsync.
@@ -364,7 +365,7 @@ class SmtpdProtocol(ServerSMTP):
         """Name the client (reverse, forward-confirmed), log ``connect from``, run the
         CONNECT list unless delayed, then aiosmtpd's dialogue."""
         if self.settings.peername_lookup and self.base.client_address:
-            name, reverse = await _peer_name(self.base.client_address)
+            name, reverse = await self.handler_.peer_names.lookup(self.base.client_address)
             self.base.client_name, self.base.reverse_client_name = name, reverse
         event("smtpd", f"connect from {printable_ascii(self.base.client_label)}")
         if not self.settings.delay_reject:
@@ -969,15 +970,42 @@ def _lookup_peer(address: str, found: list[str]) -> tuple[str, str]:
     return (name if confirmed else "unknown"), name
 
 
-async def _peer_name(address: str) -> tuple[str, str]:
-    """(forward-confirmed name or ``unknown``, reverse name or ``unknown``), as Postfix's
-    smtpd names a client; the lookups bounded by PEER_LOOKUP_TIMEOUT."""
-    found: list[str] = []
-    try:
-        async with asyncio.timeout(PEER_LOOKUP_TIMEOUT):
-            return await asyncio.get_running_loop().run_in_executor(None, _lookup_peer, address, found)
-    except TimeoutError:
-        return "unknown", found[0] if found else "unknown"
+class PeerNames:
+    """The names of recent clients, kept PEER_NAME_TTL seconds (at most PEER_NAME_LIMIT
+    of them, the oldest dropped first).
+
+    Postfix's smtpd asks the system resolver at every connection and leaves caching to
+    it (nscd, a local caching resolver). Here each lookup is a hop to a thread, which
+    costs a busy server more than the lookup itself, and a gateway's clients (the
+    organisation's relays, the large senders) come back again and again within seconds.
+    A lookup that timed out is not kept."""
+
+    def __init__(self, ttl: float = 60.0, limit: int = 4096,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.limit = limit
+        self.clock = clock
+        self._names: dict[str, tuple[float, str, str]] = {}
+
+    async def lookup(self, address: str) -> tuple[str, str]:
+        """(forward-confirmed name or ``unknown``, reverse name or ``unknown``), as
+        Postfix's smtpd names a client; the lookups bounded by PEER_LOOKUP_TIMEOUT."""
+        now = self.clock()
+        known = self._names.get(address)
+        if known is not None and known[0] > now:
+            return known[1], known[2]
+        found: list[str] = []
+        try:
+            async with asyncio.timeout(PEER_LOOKUP_TIMEOUT):
+                name, reverse = await asyncio.get_running_loop().run_in_executor(
+                    None, _lookup_peer, address, found)
+        except TimeoutError:
+            return "unknown", found[0] if found else "unknown"
+        self._names.pop(address, None)
+        while len(self._names) >= self.limit:
+            del self._names[next(iter(self._names))]
+        self._names[address] = (self.clock() + self.ttl, name, reverse)
+        return name, reverse
 
 
 class SmtpdServer(SmtpServer):

@@ -153,3 +153,29 @@ def test_parse_esmtp_params():
 ])
 def test_parse_path(text, parsed):
     assert parse_path(text) == parsed
+
+
+async def test_client_names_are_kept_a_short_while(monkeypatch):
+    """A client that comes back within the TTL is named without another lookup (a
+    thread hop each); after it, or past the size limit, it is looked up again."""
+    from filterd.mta import smtpd
+
+    asked: list[str] = []
+
+    def lookup(address: str, found: list[str]) -> tuple[str, str]:
+        asked.append(address)
+        return f"host-{address}", f"host-{address}"
+
+    monkeypatch.setattr(smtpd, "_lookup_peer", lookup)
+    now = [1000.0]
+    names = smtpd.PeerNames(ttl=60, limit=2, clock=lambda: now[0])
+    assert await names.lookup("192.0.2.1") == ("host-192.0.2.1", "host-192.0.2.1")
+    assert await names.lookup("192.0.2.1") == ("host-192.0.2.1", "host-192.0.2.1")
+    assert asked == ["192.0.2.1"]
+    now[0] += 61
+    await names.lookup("192.0.2.1")
+    assert asked == ["192.0.2.1"] * 2
+    await names.lookup("192.0.2.2")
+    await names.lookup("192.0.2.3")  # the limit drops the oldest, 192.0.2.1
+    await names.lookup("192.0.2.1")
+    assert asked[-3:] == ["192.0.2.2", "192.0.2.3", "192.0.2.1"]
