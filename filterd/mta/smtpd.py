@@ -277,7 +277,15 @@ class SmtpdProtocol(ServerSMTP):
         self.command_ok: bool | None = None
         self.session_effects: list[Decision] = []
         self.client_decision: Decision | None = None
+        self._local: bool | None = None
         self._reset_transaction()
+
+    def _local_client(self) -> bool:
+        """Whether the client is in mynetworks (cleanup adds missing headers for it),
+        matched once per connection rather than for every message."""
+        if self._local is None:
+            self._local = bool(self.handler_.engine.services.mynetworks.match(self.base.client_address))
+        return self._local
 
     # -- transaction state -------------------------------------------------------------
     def _reset_transaction(self) -> None:
@@ -864,7 +872,7 @@ class SmtpdProtocol(ServerSMTP):
             attributes[SMTPUTF8_ATTR] = "yes"
         incoming = Incoming(rewritten_sender, recipients, self.base.client_name, self.base.client_address,
                             self.base.helo_name, self.base.protocol_name,
-                            bool(handler.engine.services.mynetworks.match(self.base.client_address)),
+                            self._local_client(),
                             arrival, attributes, prepend)
         try:
             written = await handler.disk(write_message, new, handler.rewriting, incoming, content,
