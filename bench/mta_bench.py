@@ -24,8 +24,15 @@ Delivering a full queue (``--queue N``, default 1000; 0 skips it): each MTA with
 (``postqueue -f`` / ``filterd queue flush``) sends them, and the time until all N are
 delivered gives messages delivered per second.
 
+Every MTA is started first and the cells are measured in turns (``--rounds``, default 3:
+each cell runs once per MTA per round, the MTAs one after the other): on a machine
+shared with other work the load changes from minute to minute, and the ratio to Postfix
+is then taken per round, between measurements seconds apart, and its median reported
+with the median msgs/s and CPU.
+
 Usage: python bench/mta_bench.py [--messages M] [--size B ...] [--sessions S ...]
-       [--queue N] [--only postfix|filterd|filterd-content ...] [--workers W] [--json]
+       [--queue N] [--only postfix|filterd|filterd-content ...] [--workers W] [--rounds R]
+       [--json]
        (as root: Postfix instances need it)
 """
 
@@ -38,6 +45,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -231,6 +239,26 @@ class Accepting:
     cpu_ms_per_msg: float
     all_delivered_s: float
     ratio_to_postfix: float | None = None
+    rounds: int = 1
+
+
+def combine(runs: list[Accepting]) -> Accepting:
+    """One cell's rounds as one row: the median of each figure."""
+    first = runs[0]
+    return Accepting(first.system, first.size, first.sessions, first.messages,
+                     statistics.median(r.accepted_per_s for r in runs),
+                     statistics.median(r.cpu_ms_per_msg for r in runs),
+                     statistics.median(r.all_delivered_s for r in runs), None, len(runs))
+
+
+def ratios(runs: dict[str, list[Accepting]]) -> dict[str, float]:
+    """Each system's median ratio to Postfix, taken round by round (the two measured
+    seconds apart, under the same load)."""
+    base = runs.get("postfix")
+    if not base:
+        return {}
+    return {system: statistics.median(r.accepted_per_s / b.accepted_per_s for r, b in zip(rows, base))
+            for system, rows in runs.items()}
 
 
 @dataclass
@@ -327,6 +355,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--queue", type=int, default=1000, help="messages for the full-queue delivery; 0 = skip")
     parser.add_argument("--only", action="append", choices=SYSTEMS, help="systems to measure (repeatable)")
     parser.add_argument("--workers", type=int, default=2, help="filterd worker_processes")
+    parser.add_argument("--rounds", type=int, default=3, help="turns per cell (medians are reported)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     args.size = args.size or [4096, 65536]
@@ -351,27 +380,39 @@ def main(argv: list[str] | None = None) -> int:
     acc: list[Accepting] = []
     dlv: list[Delivering] = []
     try:
+        sinks: dict[str, Sink] = {}
+        mtas: list[Mta] = []
         for name in args.only:
-            sink = Sink(workroot, f"sink-{name}")
+            sinks[name] = sink = Sink(workroot, f"sink-{name}")
             stack.daemon(sink)  # starts it
             print(f"{name}: starting...", file=sys.stderr, flush=True)
             mta = start(name, workroot, sink, False, args.workers)
             stack.push(mta.stop)
-            for size in args.size:
-                for sessions in args.sessions:
-                    print(f"{name}: {size} bytes x{sessions} sessions...", file=sys.stderr, flush=True)
-                    acc.append(accepting(mta, size, sessions, args.messages))
+            mtas.append(mta)
+        for mta in mtas:  # each ready (filterd-content builds its rules at start) before any is measured
+            accepting(mta, 4096, 1, 10)
+        for size in args.size:
+            for sessions in args.sessions:
+                runs: dict[str, list[Accepting]] = {mta.name: [] for mta in mtas}
+                for turn in range(args.rounds):
+                    for mta in mtas:
+                        print(f"{mta.name}: {size} bytes x{sessions} sessions, round {turn + 1}...",
+                              file=sys.stderr, flush=True)
+                        runs[mta.name].append(accepting(mta, size, sessions, args.messages))
+                cell_ratios = ratios(runs)
+                for name, rows in runs.items():
+                    row = combine(rows)
+                    row.ratio_to_postfix = cell_ratios.get(name)
+                    acc.append(row)
+        for mta in mtas:
             mta.stop()
-            if args.queue:
+        if args.queue:
+            for name in args.only:
                 print(f"{name}: delivering a full queue of {args.queue}...", file=sys.stderr, flush=True)
-                mta = start(name, workroot, sink, True, args.workers)
+                mta = start(name, workroot, sinks[name], True, args.workers)
                 stack.push(mta.stop)
                 dlv.append(delivering(mta, args.queue))
                 mta.stop()
-        base = {(r.size, r.sessions): r.accepted_per_s for r in acc if r.system == "postfix"}
-        for r in acc:
-            if (r.size, r.sessions) in base:
-                r.ratio_to_postfix = r.accepted_per_s / base[(r.size, r.sessions)]
         pf = [d.delivered_per_s for d in dlv if d.system == "postfix"]
         for d in dlv:
             if pf:

@@ -74,6 +74,9 @@ class OutgoingMessage:
     attributes: Mapping[str, str] = field(default_factory=dict)
     content: Callable[[], Iterator[bytes]] = field(default=lambda: iter(()))
     """Opens the content afresh; a blocking iterator of chunks (read it in a thread)."""
+    data: bytes | None = None
+    """The whole content when the queue manager has it in memory already (a small
+    message, read when it was taken): the agent then needs no thread to read it."""
 
 
 class DeliveryAgent(Protocol):

@@ -43,7 +43,8 @@ from filterd.mta.queue import (
     ACTIVE, DEFERRED as DEFERRED_QUEUE, FLUSHED_MTIME, INCOMING, Queue, QueueEntry, QueueError,
 )
 from filterd.mta.queuefile import (
-    CONTENT_CHUNK, ENVID_ATTR, RET_ATTR, Envelope, QueueFileError, Recipient, iter_content, mark_done, mark_warned, read_envelope,
+    CONTENT_CHUNK, ENVID_ATTR, RET_ATTR, Envelope, QueueFileError, Recipient, iter_content, mark_done, mark_warned,
+    read_content, read_envelope,
 )
 from filterd.mta.scheduler import ActiveMessage, Delivery, Outcome, Scheduler
 from filterd.mta.trigger import TriggerListener
@@ -62,6 +63,11 @@ TAKE_BATCH = 100
 """Messages activated per thread hop."""
 LOCK_POLL = 0.5
 """How often a queue manager waiting for the queue lock tries again."""
+PREFETCH_SIZE = 65536
+"""Messages up to this size are read whole when taken (in the same thread hop as their
+envelope), so that their first delivery needs no thread to read them..."""
+PREFETCH_BUDGET = 8 << 20
+"""...as long as the messages held so, not yet handed to an agent, stay under this."""
 
 Router = Callable[[str], Route]
 Lines = list[tuple[str, str]]
@@ -106,6 +112,9 @@ class QueueManager:
         self._activated: dict[str, float] = {}
         self._logged: dict[str, set[int]] = {}
         """Per active message, the recipients whose attempt a delivery line was logged for."""
+        self._prefetched: dict[str, bytes] = {}
+        """Small messages read whole when taken, until their first delivery starts."""
+        self._prefetched_bytes = 0
 
     @classmethod
     def from_config(cls, cfg: "Config", agents: Mapping[str, DeliveryAgent]) -> "QueueManager":
@@ -162,10 +171,7 @@ class QueueManager:
                 timeout = 0.0 if more else max(
                     0.0, min(self.scheduler.wakeup(self.clock()) - self.clock(), INCOMING_POLL))
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-                except asyncio.TimeoutError:
-                    pass
+                await self._sleep(timeout)
         finally:
             if self._tasks:
                 await asyncio.wait(set(self._tasks), timeout=grace)
@@ -173,6 +179,19 @@ class QueueManager:
                 task.cancel()
             trigger.close(loop)
             self._release_lock()
+
+    async def _sleep(self, timeout: float) -> None:
+        """Wait until woken or ``timeout`` seconds have passed (0: just let the others
+        run). asyncio.timeout, not wait_for: wait_for wraps the wait in a task of its own,
+        a cost paid at every turn of this loop."""
+        if timeout <= 0:
+            await asyncio.sleep(0)
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
 
     def _delivery_ended(self, task: "asyncio.Task[None]") -> None:
         self._tasks.discard(task)
@@ -225,13 +244,17 @@ class QueueManager:
         budget = min(TAKE_BATCH, s.settings.message_active_limit - len(s.messages))
         if budget <= 0 or not s.room():
             return False
-        taken, lines = await asyncio.to_thread(self._take_files, now, budget, frozenset(s.messages))
+        room = PREFETCH_BUDGET - self._prefetched_bytes
+        taken, lines = await asyncio.to_thread(self._take_files, now, budget, frozenset(s.messages), room)
         _emit(lines)
-        for qid, env, flushed in taken:
+        for qid, env, flushed, data in taken:
             self._activated[qid] = now
+            if data is not None:
+                self._prefetched[qid] = data
+                self._prefetched_bytes += len(data)
             event("qmgr", maillog.queued(qid, env.sender, env.content_size, len(env.pending)))
             message = ActiveMessage(qid, env.arrival, env.sender,
-                                    [(r, self._route(r)) for r in env.pending], env.warned, flushed)
+                                    [(r, self._route(r)) for r in env.pending], env.warned, flushed, env)
             for outcome in s.add(message, now):
                 await self._finish(outcome)
         return len(taken) == budget and s.room()
@@ -261,11 +284,12 @@ class QueueManager:
         self._incoming_scan = None
         return None
 
-    def _take_files(self, now: float, budget: int,
-                    busy: frozenset[str]) -> tuple[list[tuple[str, Envelope, bool]], Lines]:
-        """Move up to ``budget`` messages to ``active`` and read their envelopes (thread).
-        A message still in its pass (``busy``: requeued by a tool meanwhile) waits."""
-        taken: list[tuple[str, Envelope, bool]] = []
+    def _take_files(self, now: float, budget: int, busy: frozenset[str],
+                    room: int) -> tuple[list[tuple[str, Envelope, bool, bytes | None]], Lines]:
+        """Move up to ``budget`` messages to ``active`` and read their envelopes, and
+        the content of small ones while ``room`` bytes last (thread). A message still in
+        its pass (``busy``: requeued by a tool meanwhile) waits."""
+        taken: list[tuple[str, Envelope, bool, bytes | None]] = []
         lines: Lines = []
         while len(taken) < budget:
             found = self._next_entry(now)
@@ -275,9 +299,17 @@ class QueueManager:
             if entry.qid in busy:
                 self._incoming_mtime = -1.0  # look again once its pass is over
                 continue
+            data: bytes | None = None
             try:
                 self.queue.move(entry.qid, source, ACTIVE)
-                env = self.queue.read_envelope(ACTIVE, entry.qid)
+                fd = self.queue.open(ACTIVE, entry.qid)
+                try:
+                    env = read_envelope(fd)
+                    if env.content_size <= min(PREFETCH_SIZE, room):
+                        data = read_content(fd, env)
+                        room -= len(data)
+                finally:
+                    os.close(fd)
             except QueueError:
                 continue  # taken by a tool meanwhile
             except QueueFileError as exc:
@@ -288,7 +320,7 @@ class QueueManager:
                 self.queue.remove(ACTIVE, entry.qid)
                 lines.append(("qmgr", maillog.removed(entry.qid)))
                 continue
-            taken.append((entry.qid, env, source == INCOMING and entry.mtime == FLUSHED_MTIME))
+            taken.append((entry.qid, env, source == INCOMING and entry.mtime == FLUSHED_MTIME, data))
         return taken, lines
 
     def _route(self, recipient: Recipient) -> Route:
@@ -299,39 +331,76 @@ class QueueManager:
 
     # -- delivering -------------------------------------------------------------------------
     async def _deliver(self, delivery: Delivery) -> None:
+        """One delivery, its log lines, and what it completes. Whatever fails on the way
+        (an agent, the log, the file), the scheduler is told the delivery is over, so that
+        neither the message nor the destination's slot stays taken for ever."""
         message = delivery.message
         started = self.clock()
+        report: DeliveryReport | None = None
+        sent: list[Recipient] = []
+        try:
+            report = await self._attempt(delivery)
+            now = self.clock()
+            activated = self._activated.get(message.qid, started)
+            delays = (activated - message.arrival, started - activated, 0.0, now - started)
+            for r in report.results:
+                event(delivery.route.transport, maillog.delivery(
+                    message.qid, r.recipient.address, r.status, r.reason, relay=r.relay,
+                    delay=now - message.arrival, delays=delays, dsn=r.dsn, orig_to=r.recipient.orcpt))
+            self._logged.setdefault(message.qid, set()).update(id(r.recipient) for r in report.results)
+            sent = [r.recipient for r in report.results if r.status == SENT]
+        except asyncio.CancelledError:
+            raise  # stopping: the message stays in active and is taken again at the next start
+        except Exception:  # noqa: BLE001 - a bug must not leave the message taken
+            log.exception("%s: error while recording a delivery by %s", message.qid, delivery.route.transport)
+            if report is None:
+                report = self._failed_report(delivery, "4.3.0", "delivery status not recorded")
+        outcomes = self.scheduler.done(delivery.id, report, self.clock())
+        finishing = {outcome.message.qid for outcome in outcomes}
+        try:
+            if sent and message.qid not in finishing:
+                # Other deliveries of this message are still under way: mark these now
+                # (at the end of the pass the marks go with the rest, in one thread hop).
+                _emit(await asyncio.to_thread(self._mark_done, message.qid, sent))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - they may be delivered again, never lost
+            log.error("%s: cannot record the delivered recipients: %s", message.qid, exc)
+        for outcome in outcomes:
+            await self._finish(outcome, sent if outcome.message.qid == message.qid else [])
+        self._wake.set()
+
+    async def _attempt(self, delivery: Delivery) -> DeliveryReport:
+        """The agent's report; a missing transport or a failing agent defers the batch."""
+        message = delivery.message
         agent = self.agents.get(delivery.route.transport)
         if agent is None:
-            report = DeliveryReport([RecipientResult(r, DEFERRED, "4.3.0", "mail transport unavailable")
-                                     for r in delivery.recipients])
-        else:
-            try:
+            return self._failed_report(delivery, "4.3.0", "mail transport unavailable")
+        try:
+            env = message.envelope
+            if env is None:
                 env = await asyncio.to_thread(self.queue.read_envelope, ACTIVE, message.qid)
-                outgoing = OutgoingMessage(message.qid, message.sender, message.arrival, env.content_size,
-                                           env.attributes, self._content_reader(message.qid, env))
-                report = await agent.deliver(outgoing, delivery.route.nexthop, delivery.recipients)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.error("%s: delivery agent %s failed: %s", message.qid, delivery.route.transport, exc)
-                report = DeliveryReport([RecipientResult(r, DEFERRED, "4.3.0",
-                                                         f"delivery agent {delivery.route.transport} failed")
-                                         for r in delivery.recipients])
-        now = self.clock()
-        activated = self._activated.get(message.qid, started)
-        delays = (activated - message.arrival, started - activated, 0.0, now - started)
-        for r in report.results:
-            event(delivery.route.transport, maillog.delivery(
-                message.qid, r.recipient.address, r.status, r.reason, relay=r.relay,
-                delay=now - message.arrival, delays=delays, dsn=r.dsn, orig_to=r.recipient.orcpt))
-        self._logged.setdefault(message.qid, set()).update(id(r.recipient) for r in report.results)
-        sent = [r.recipient for r in report.results if r.status == SENT]
-        if sent:
-            _emit(await asyncio.to_thread(self._mark_done, message.qid, sent))
-        for outcome in self.scheduler.done(delivery.id, report, now):
-            await self._finish(outcome)
-        self._wake.set()
+                message.envelope = env
+            outgoing = OutgoingMessage(message.qid, message.sender, message.arrival, env.content_size,
+                                       env.attributes, self._content_reader(message.qid, env),
+                                       self._unhold(message.qid))
+            return await agent.deliver(outgoing, delivery.route.nexthop, delivery.recipients)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the recipients are tried again later
+            log.error("%s: delivery agent %s failed: %s", message.qid, delivery.route.transport, exc)
+            return self._failed_report(delivery, "4.3.0", f"delivery agent {delivery.route.transport} failed")
+
+    def _unhold(self, qid: str) -> bytes | None:
+        """The message's content read when it was taken, if any, now handed on."""
+        data = self._prefetched.pop(qid, None)
+        if data is not None:
+            self._prefetched_bytes -= len(data)
+        return data
+
+    @staticmethod
+    def _failed_report(delivery: Delivery, dsn: str, reason: str) -> DeliveryReport:
+        return DeliveryReport([RecipientResult(r, DEFERRED, dsn, reason) for r in delivery.recipients])
 
     def _content_reader(self, qid: str, env: Envelope) -> Callable[[], Iterator[bytes]]:
         def read() -> Iterator[bytes]:
@@ -367,24 +436,41 @@ class QueueManager:
         return []
 
     # -- the end of a message's pass ------------------------------------------------------------
-    async def _finish(self, outcome: Outcome) -> None:
+    async def _finish(self, outcome: Outcome, sent: list[Recipient] | None = None) -> None:
+        """The end of a message's pass: its remaining log lines, then the file (``sent``:
+        delivered recipients still to be marked done in it). The message's side tables
+        are dropped first, whatever happens next; a failure here leaves the file to be
+        taken again later (deferred by the minimal backoff), never forgotten in active."""
         message = outcome.message
         now = self.clock()
         activated = self._activated.pop(message.qid, now)
         logged = self._logged.pop(message.qid, set())
-        for r in outcome.results:  # deferred by the queue manager itself, without an attempt
-            if id(r.recipient) not in logged:
-                event("qmgr", maillog.delivery(
-                    message.qid, r.recipient.address, r.status, r.reason, relay=r.relay,
-                    delay=now - message.arrival, delays=(activated - message.arrival, now - activated, 0, 0),
-                    dsn=r.dsn, orig_to=r.recipient.orcpt))
-        lines = await asyncio.to_thread(self._finish_files, outcome, now)
+        self._unhold(message.qid)  # finished without a delivery (deferred transport, dead site)
+        try:
+            for r in outcome.results:  # deferred by the queue manager itself, without an attempt
+                if id(r.recipient) not in logged:
+                    event("qmgr", maillog.delivery(
+                        message.qid, r.recipient.address, r.status, r.reason, relay=r.relay,
+                        delay=now - message.arrival, delays=(activated - message.arrival, now - activated, 0, 0),
+                        dsn=r.dsn, orig_to=r.recipient.orcpt))
+            lines = await asyncio.to_thread(self._finish_files, outcome, now, sent or [])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the file must not stay in active unseen
+            log.error("%s: cannot finish the delivery pass: %s", message.qid, exc)
+            retry_at = now + self.scheduler.settings.minimal_backoff
+            try:
+                await asyncio.to_thread(self.queue.move, message.qid, ACTIVE, DEFERRED_QUEUE, retry_at)
+            except (OSError, QueueError) as again:
+                log.error("%s: left in the active queue until the next start: %s", message.qid, again)
+            return
         _emit(lines)
         if any(part == "cleanup" for part, _ in lines):
             self.trigger()  # a notification was queued
 
-    def _finish_files(self, outcome: Outcome, now: float) -> Lines:
-        """Notices first, then the done marks, then defer or remove (thread)."""
+    def _finish_files(self, outcome: Outcome, now: float, sent: list[Recipient]) -> Lines:
+        """The delivered recipients marked done, the notices, then the failed recipients
+        marked done, then defer or remove (thread)."""
         message = outcome.message
         qid = message.qid
         lines: Lines = []
@@ -393,7 +479,8 @@ class QueueManager:
             return [(WARNING, f"{qid}: removed meanwhile")]
         where, fd = found
         try:
-            env = read_envelope(fd)
+            mark_done(fd, sent)
+            env = message.envelope if message.envelope is not None else read_envelope(fd)
             bounced = outcome.bounced
             warn = outcome.warn
             retry_at = outcome.retry_at

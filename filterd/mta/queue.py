@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import stat
+import threading
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -80,6 +81,49 @@ def fsync_directory(path: str) -> None:
         os.close(fd)
 
 
+class DirectorySync:
+    """Group commit of one directory's fsync, shared by the threads that need it.
+
+    A directory fsync covers every entry change made before it began. A caller that
+    needs its new entry on disk waits for a sync that begins after its change: if one
+    is under way (it may have begun too early), it waits for that one to end and then
+    for the next; whoever finds none running starts it. Several messages committed
+    together (parallel sessions) then share one directory fsync instead of queueing
+    one each behind the journal, and none of them is told it is on disk before a sync
+    that began after its own change has completed.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._cond = threading.Condition()
+        self._started = 0
+        """Syncs begun so far (the number of the latest)."""
+        self._done = 0
+        """The latest sync that completed."""
+        self._running = False
+
+    def sync(self) -> None:
+        """Return once a directory fsync that began after this call has completed
+        (OSError when the one this caller ran failed)."""
+        with self._cond:
+            needed = self._started + 1
+            while self._done < needed:
+                if self._running:
+                    self._cond.wait()
+                    continue
+                self._running = True
+                self._started += 1
+                number = self._started
+                self._cond.release()
+                try:
+                    fsync_directory(self.path)
+                finally:
+                    self._cond.acquire()
+                    self._running = False
+                    self._cond.notify_all()
+                self._done = max(self._done, number)
+
+
 @dataclass(frozen=True)
 class QueueEntry:
     """One file seen by a scan: its queue, id, mtime (retry time in deferred) and size."""
@@ -106,13 +150,24 @@ class NewMessage:
         self.writer = QueueFileWriter(fd)
         self.committed = False
         self.where = INCOMING
+        self.entry_synced = False
+        """The file's name in ``incoming`` is on disk already (:meth:`sync_entry`)."""
 
     @property
     def path(self) -> str:
         return self.queue.path(self.where, self.qid)
 
+    def sync_entry(self) -> None:
+        """Make the file's directory entry durable now, before the message is written:
+        smtpd does this while the client is still sending, so that the commit after the
+        final dot needs only the file's own fsync. Nothing changes the entry afterwards
+        (the commit only changes the file's mode, which the file's fsync covers)."""
+        self.queue.sync_dir(INCOMING)
+        self.entry_synced = True
+
     def commit(self, into: str = INCOMING) -> int:
-        """End record, mode 0700 (complete), fsync, fsync the directory.
+        """End record, mode 0700 (complete), fsync, fsync the directory (unless
+        :meth:`sync_entry` did already).
 
         Only after this returns may the sender be told 250. Returns the content size.
         One fsync covers the data and the mode, as in Postfix's cleanup: a crash before
@@ -131,9 +186,12 @@ class NewMessage:
         os.fsync(self.fd)
         os.close(self.fd)
         self.fd = -1
-        fsync_directory(self.queue.dir(self.where))
-        if self.where != INCOMING:
-            fsync_directory(self.queue.dir(INCOMING))
+        if self.where == INCOMING:
+            if not self.entry_synced:
+                self.queue.sync_dir(INCOMING)
+        else:
+            self.queue.sync_dir(self.where)
+            self.queue.sync_dir(INCOMING)
         self.committed = True
         return size
 
@@ -169,6 +227,14 @@ class Queue:
 
     def __init__(self, directory: str):
         self.directory = directory
+        self._syncs = {name: DirectorySync(os.path.join(directory, name)) for name in QUEUE_NAMES}
+
+    def sync_dir(self, queue: str) -> None:
+        """fsync one queue's directory, shared with the other threads committing there
+        at the same time (:class:`DirectorySync`)."""
+        if queue not in self._syncs:
+            raise QueueError(f"no such queue {queue!r}")
+        self._syncs[queue].sync()
 
     def dir(self, queue: str) -> str:
         if queue not in QUEUE_NAMES and queue != DEFER_LOG:

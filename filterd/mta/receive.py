@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from filterd.mta import cleanup
 from filterd.mta.cleanup import Header, Rewriting
 from filterd.mta.queue import INCOMING, NewMessage
-from filterd.mta.queuefile import CONTENT_CHUNK, Recipient
+from filterd.mta.queuefile import CONTENT_CHUNK, ENCODING_ATTR, Recipient
 
 #: A header field's first line (RFC 5322 field name and colon) or a continuation line.
 _FIELD = re.compile(rb"[!-9;-~]+[ \t]*:|[ \t]")
@@ -126,7 +126,14 @@ def write_message(new: NewMessage, rw: Rewriting, msg: Incoming, data: bytes, my
         if not body.startswith((b"\r\n", b"\n")):
             body = b"\r\n" + body  # the header ends here, whatever the first line says
         m = _MESSAGE_ID.search(section)
-        new.writer.envelope(msg.arrival, msg.sender, msg.recipients, msg.attributes)
+        attributes = msg.attributes
+        if ENCODING_ATTR not in attributes:
+            # Undeclared (no BODY=): the encoding found in the content, as Postfix's cleanup
+            # records it, so that the smtp client decides BODY=8BITMIME from the envelope
+            # alone instead of reading a large message once more to look for 8-bit bytes.
+            eight_bit = not (section.isascii() and body.isascii())
+            attributes = {**attributes, ENCODING_ATTR: "8bit" if eight_bit else "7bit"}
+        new.writer.envelope(msg.arrival, msg.sender, msg.recipients, attributes)
         new.writer.content(section)
         with memoryview(body) as view:
             for start in range(0, len(view), CONTENT_CHUNK):

@@ -294,13 +294,14 @@ class MxResolver:
             return AddressAnswer(TEMP_FAIL)
         return AddressAnswer(NOT_FOUND)
 
-    async def resolve(self, nexthop: str, default_port: int = 25) -> list[Target] | Failure:
-        """The addresses to try for a next hop, in order, or why there are none."""
+    async def resolve(self, nexthop: str, default_port: int = 25, mx: bool = True) -> list[Target] | Failure:
+        """The addresses to try for a next hop, in order, or why there are none.
+        ``mx = False`` (lmtp): a domain is a host name, never looked up by MX."""
         try:
             hop = parse_nexthop(nexthop, default_port)
         except ValueError as exc:
             return Failure(DEFERRED, "4.3.5", f"mail transport configuration error: {exc}")
-        if hop.use_mx:
+        if hop.use_mx and mx:
             hosts = mx_hosts(hop.host, await self.mx(hop.host), self.myhostnames, self.rng)
             if isinstance(hosts, Failure):
                 return hosts

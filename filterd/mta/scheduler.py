@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable
 
 from filterd.mta.delivery import BOUNCED, DEFERRED, SENT, DeliveryReport, RecipientResult, Route
-from filterd.mta.queuefile import Recipient
+from filterd.mta.queuefile import Envelope, Recipient
 
 if TYPE_CHECKING:
     from filterd.config import Config
@@ -128,6 +128,10 @@ class ActiveMessage:
     warned: bool = False
     flush: bool = False
     """Taken by a flush (postqueue -f): defer_transports do not hold it back."""
+    envelope: Envelope | None = None
+    """The envelope as read when the message was taken (the driver's: content offset
+    and size, attributes, the recipients' status byte offsets), so that no delivery and
+    no end of a pass reads it from the file again."""
 
 
 @dataclass

@@ -317,6 +317,8 @@ class SmtpAgent:
     """Postfix's smtp(8): the ``smtp`` transport."""
 
     part = "smtp"
+    uses_mx = True
+    """Whether a domain next hop is looked up by MX (lmtp: never)."""
 
     def __init__(self, settings: ClientSettings, resolver: MxResolver):
         self.settings = settings
@@ -329,7 +331,10 @@ class SmtpAgent:
     async def deliver(self, message: OutgoingMessage, nexthop: str,
                       recipients: Sequence[Recipient]) -> DeliveryReport:
         try:
-            content = await asyncio.to_thread(self._prepare, message)
+            if message.data is not None:
+                content = self._in_memory(message, message.data)
+            else:
+                content = await asyncio.to_thread(self._prepare, message)
         except (OSError, ValueError) as exc:
             return DeliveryReport([local_result(r, DEFERRED, "4.3.0", f"cannot read the queue file: {exc}")
                                    for r in recipients])
@@ -383,12 +388,18 @@ class SmtpAgent:
         return any(key in session_level and r.status != SENT for key, r in results.items())
 
     @staticmethod
-    def _prepare(message: OutgoingMessage) -> _Content:
-        """Read a small message whole, or scan a large one for 8-bit bytes (thread)."""
+    def _in_memory(message: OutgoingMessage, data: bytes) -> _Content:
+        declared = message.attributes.get(ENCODING_ATTR, "").lower()
+        return _Content(data, declared == "8bit" or (declared != "7bit" and not data.isascii()))
+
+    @classmethod
+    def _prepare(cls, message: OutgoingMessage) -> _Content:
+        """Read a small message whole (thread). A large one is streamed later; only when
+        its queue file does not say its encoding (smtpd records it; notices and older
+        files may not) is it scanned for 8-bit bytes first."""
         declared = message.attributes.get(ENCODING_ATTR, "").lower()
         if message.size <= PREFETCH:
-            data = b"".join(message.content())
-            return _Content(data, declared == "8bit" or (declared != "7bit" and not data.isascii()))
+            return cls._in_memory(message, b"".join(message.content()))
         if declared in ("8bit", "7bit"):
             return _Content(None, declared == "8bit")
         it = message.content()
@@ -400,7 +411,7 @@ class SmtpAgent:
                 close()
 
     async def _peers(self, nexthop: str) -> list[Peer] | Failure:
-        found = await self.resolver.resolve(nexthop, self.settings.default_port)
+        found = await self.resolver.resolve(nexthop, self.settings.default_port, self.uses_mx)
         if isinstance(found, Failure):
             return found
         return select_targets(found, self.settings.families, self.settings.address_limit)
@@ -714,16 +725,13 @@ class LmtpAgent(SmtpAgent):
     default), and no MX lookup."""
 
     part = "lmtp"
+    uses_mx = False
 
     async def _peers(self, nexthop: str) -> list[Peer] | Failure:
         hop = nexthop.strip()
         if hop.startswith("unix:"):
             return [Peer(self.settings.myhostname, hop[len("unix:"):], None)]
-        hop = hop.removeprefix("inet:").removeprefix("lmtp:")
-        if not hop.startswith("["):
-            host, sep, port = hop.rpartition(":") if hop.count(":") == 1 else (hop, "", "")
-            hop = f"[{host}]:{port}" if sep else f"[{hop}]"
-        return await super()._peers(hop)
+        return await super()._peers(hop)  # the rest is read by routing.parse_nexthop
 
     async def _connect(self, peer: Peer) -> Connection:
         if peer.port is None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import copy
 import dataclasses
 import logging
 import re
@@ -59,9 +60,9 @@ from filterd.restrict.decision import DEFER, REJECT, Decision
 from filterd.restrict.engine import RestrictionEngine
 from filterd.restrict.logline import format_log_line
 from filterd.restrict.transaction import Stage, Transaction
-from filterd.smtp.data import DataState, address_problem, read_data
+from filterd.smtp.data import DataResult, DataState, address_problem, read_data
 from filterd.smtp.server import ServerSMTP, SmtpHandler, SmtpServer
-from filterd.smtp.xforward import neuter
+from filterd.smtp.xforward import neuter, xtext_decode
 from filterd.text import printable_ascii
 
 log = logging.getLogger("filterd.smtpd")
@@ -100,18 +101,14 @@ _BASE_REPLIES = {
 }
 _UNKNOWN_COMMAND = "502 5.5.2 Error: command not recognized"
 
-_XTEXT = re.compile(r"\+([0-9A-F]{2})")
 _NOTIFY = frozenset({"SUCCESS", "FAILURE", "DELAY"})
 
 
 def decode_xtext(text: str) -> str | None:
-    """RFC 3461 xtext (``+2B`` for ``+``) decoded; None when malformed or not printable."""
-    if any(not ("!" <= ch <= "~") or ch == "=" for ch in text):
-        return None
-    if "+" in text and len(_XTEXT.findall(text)) != text.count("+"):
-        return None
-    out = _XTEXT.sub(lambda m: chr(int(m.group(1), 16)), text)
-    return out if out.isprintable() and out.isascii() else None
+    """An ENVID or ORCPT value (RFC 3461 xtext) decoded; None when it is not xtext or
+    decodes to anything but printable ASCII (it goes into queue files, logs and DSNs)."""
+    out = xtext_decode(text)
+    return out if out is not None and out.isprintable() and out.isascii() else None
 
 
 _ROUTE = re.compile(r"@[^,:@\s<>]+(?:,@[^,:@\s<>]+)*:")
@@ -198,6 +195,12 @@ class Settings:
 class SmtpdHandler(SmtpHandler):
     """What the gateway's smtpd shares between its connections: engines, queue, settings."""
 
+    def __dir__(self) -> list[str]:
+        """No ``handle_*`` hook for aiosmtpd: SmtpdProtocol answers every command itself,
+        so aiosmtpd need not list and inspect (``inspect.signature``) the base handler's
+        hooks for every connection."""
+        return []
+
     def __init__(self, cfg: Config, engine: RestrictionEngine, pipeline: ContentPipeline | None,
                  quarantine: Quarantine | None, queue: Queue):
         super().__init__(log)
@@ -209,6 +212,7 @@ class SmtpdHandler(SmtpHandler):
         self.rewriting = Rewriting.from_config(cfg)
         self.waker = Waker(queue.directory)
         self.per_client: dict[str, int] = {}
+        self.peer_names = PeerNames()
         #: Queue file work runs on threads of its own: the loop's default executor also
         #: does the clients' name lookups, and clients whose DNS is slow must not make
         #: every other session wait for its fsync.
@@ -218,6 +222,15 @@ class SmtpdHandler(SmtpHandler):
     async def disk(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking queue file work off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def discard(self, creating: "asyncio.Task[NewMessage]") -> None:
+        """Remove a queue file opened for a message that never came (the client went
+        away, or the message was refused before it was judged)."""
+        try:
+            new = await creating
+        except Exception:  # noqa: BLE001 - nothing was created, nothing to remove
+            return
+        await self.disk(new.abort)
 
     def check_config(self) -> None:
         """Compile every list now: an unknown restriction fails at start-up."""
@@ -264,7 +277,15 @@ class SmtpdProtocol(ServerSMTP):
         self.command_ok: bool | None = None
         self.session_effects: list[Decision] = []
         self.client_decision: Decision | None = None
+        self._local: bool | None = None
         self._reset_transaction()
+
+    def _local_client(self) -> bool:
+        """Whether the client is in mynetworks (cleanup adds missing headers for it),
+        matched once per connection rather than for every message."""
+        if self._local is None:
+            self._local = bool(self.handler_.engine.services.mynetworks.match(self.base.client_address))
+        return self._local
 
     # -- transaction state -------------------------------------------------------------
     def _reset_transaction(self) -> None:
@@ -283,11 +304,14 @@ class SmtpdProtocol(ServerSMTP):
         self.delayed: Decision | None = None
 
     def txn(self, stage: Stage, **kw: Any) -> Transaction:
-        values: dict[str, Any] = {"sender": self.sender, "size": self.mail_size,
-                                  "recipient_count": len(self.recipients),
-                                  "unauth_pipelining": self.unauth_pipelining}
-        values.update(kw)
-        return dataclasses.replace(self.base, stage=stage, **values)
+        """The session's Transaction at ``stage`` with this transaction's values: a
+        shallow copy, as dataclasses.replace makes, without its per-field __init__."""
+        txn = copy.copy(self.base)
+        txn.stage, txn.sender, txn.size = stage, self.sender, self.mail_size
+        txn.recipient_count, txn.unauth_pipelining = len(self.recipients), self.unauth_pipelining
+        for name, value in kw.items():
+            setattr(txn, name, value)
+        return txn
 
     # -- connection --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -349,7 +373,7 @@ class SmtpdProtocol(ServerSMTP):
         """Name the client (reverse, forward-confirmed), log ``connect from``, run the
         CONNECT list unless delayed, then aiosmtpd's dialogue."""
         if self.settings.peername_lookup and self.base.client_address:
-            name, reverse = await _peer_name(self.base.client_address)
+            name, reverse = await self.handler_.peer_names.lookup(self.base.client_address)
             self.base.client_name, self.base.reverse_client_name = name, reverse
         event("smtpd", f"connect from {printable_ascii(self.base.client_label)}")
         if not self.settings.delay_reject:
@@ -712,37 +736,32 @@ class SmtpdProtocol(ServerSMTP):
         if self._note(decision, txn) is not None:
             await self.push(str(decision.reply))
             return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        # The queue file is opened now and its name synced to disk while the client
+        # sends the message (Postfix's cleanup opens it before the message arrives too):
+        # after the final dot only the file's own write and fsync remain.
+        creating = self.handler_._track(self.handler_.disk(open_queue_file, self.handler_.queue))
         try:
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
             result = await read_data(self._reader, self.settings.size_limit or None)
-        except asyncio.CancelledError:
+        except asyncio.IncompleteReadError:  # EOF seen before aiosmtpd's cancellation
             self._writer.close()
+            self.handler_._track(self.handler_.discard(creating))
+            return
+        except BaseException:  # the client went away: the file goes once it exists
+            self._writer.close()
+            self.handler_._track(self.handler_.discard(creating))
             raise
-        except asyncio.IncompleteReadError:
-            self._writer.close()
-            return
         self.last_command = "END-OF-MESSAGE"
-        if result.state is DataState.TOO_MUCH:
-            event("smtpd", f"NOQUEUE: reject: END-OF-MESSAGE from {printable_ascii(self.base.client_label)}: "
-                           f"{TOO_BIG}; from=<{printable_ascii(self.sender or '')}> proto={self.base.protocol_name}")
-            self._reset_transaction()
-            await self.push(TOO_BIG)
+        content, refusal = self._refusal(result)
+        if refusal is not None:
+            # shielded: a client gone meanwhile must not cancel the file's creation midway
+            await asyncio.shield(self.handler_._track(self.handler_.discard(creating)))
+            await self.push(refusal)
+            if self.closing and self.transport is not None:
+                self.transport.close()
             return
-        content = result.content
-        if b"\n" in content:
-            bare = _BARE_LF.search(content) is not None
-            if bare and self.settings.bare_newline == "yes":
-                self.closing = True
-                event("smtpd", f"disconnect: bare <LF> received from {printable_ascii(self.base.client_label)}")
-                self._reset_transaction()
-                await self.push("521 5.5.2 Error: bare <LF> received")
-                if self.transport is not None:
-                    self.transport.close()
-                return
-            if bare and self.settings.bare_newline == "normalize":
-                content = _BARE_LF.sub(b"\r\n", content)
         self.processing = True
-        receiving = self.handler_._track(self._receive(content))
+        receiving = self.handler_._track(self._receive(content, creating))
         try:
             reply = await asyncio.shield(receiving)
         finally:
@@ -757,14 +776,37 @@ class SmtpdProtocol(ServerSMTP):
                 receiving.add_done_callback(lambda _: self._reset_transaction())
         await self.push(reply)
 
+    def _refusal(self, result: DataResult) -> tuple[bytes, str | None]:
+        """The message as it will be judged (bare LFs normalized when so configured),
+        or the reply refusing it outright (logged; the transaction is reset)."""
+        label = printable_ascii(self.base.client_label)
+        if result.state is DataState.TOO_MUCH:
+            event("smtpd", maillog.reject("END-OF-MESSAGE", self.base.client_name, self.base.client_address,
+                                          TOO_BIG, sender=self.sender or "", proto=self.base.protocol_name))
+            self._reset_transaction()
+            return b"", TOO_BIG
+        content = result.content
+        # A bare LF makes the LF count exceed the CRLF count: two scans in C, where the
+        # regular expression would step through every line end of a large message.
+        if content.count(b"\n") != content.count(b"\r\n"):
+            if self.settings.bare_newline == "yes":
+                self.closing = True
+                event("smtpd", f"disconnect: bare <LF> received from {label}")
+                self._reset_transaction()
+                return b"", "521 5.5.2 Error: bare <LF> received"
+            if self.settings.bare_newline == "normalize":
+                content = _BARE_LF.sub(b"\r\n", content)
+        return content, None
+
     # -- the end of a message ------------------------------------------------------------
-    async def _receive(self, content: bytes) -> str:
-        """Restrictions at end of data, the content verdict, cleanup, the queue file: the
-        reply to DATA. Never raises: any failure is a 4xx."""
+    async def _receive(self, content: bytes, creating: "asyncio.Task[NewMessage]") -> str:
+        """Restrictions at end of data, the content verdict, cleanup, the queue file
+        (being opened by ``creating``): the reply to DATA. Never raises: any failure is
+        a 4xx."""
         handler = self.handler_
         arrival = time.time()
         try:
-            new = await handler.disk(handler.queue.create)
+            new = await creating
         except Exception as exc:  # noqa: BLE001 - disk full, permissions: the client retries
             log.error("warning: cannot create a queue file: %s", exc)
             return WRITE_ERROR
@@ -830,7 +872,7 @@ class SmtpdProtocol(ServerSMTP):
             attributes[SMTPUTF8_ATTR] = "yes"
         incoming = Incoming(rewritten_sender, recipients, self.base.client_name, self.base.client_address,
                             self.base.helo_name, self.base.protocol_name,
-                            bool(handler.engine.services.mynetworks.match(self.base.client_address)),
+                            self._local_client(),
                             arrival, attributes, prepend)
         try:
             written = await handler.disk(write_message, new, handler.rewriting, incoming, content,
@@ -881,9 +923,9 @@ class SmtpdProtocol(ServerSMTP):
                                 reply if reply is not None and not reply.ok else None, started))
         if reply is not None:
             if not reply.ok:
-                event("smtpd", f"{qid}: reject: END-OF-MESSAGE from {printable_ascii(self.base.client_label)}: "
-                               f"{reply}; from=<{printable_ascii(sender)}> proto={self.base.protocol_name} "
-                               f"helo=<{self.base.helo_name}>")
+                event("smtpd", maillog.reject("END-OF-MESSAGE", self.base.client_name, self.base.client_address,
+                                              str(reply), sender=sender, proto=self.base.protocol_name,
+                                              helo=self.base.helo_name, qid=qid))
             return str(reply)
         data = verdict.edits.apply(msg) if verdict.edits else content
         hold = (verdict.reason or "held by a content check") if action == "hold" else None
@@ -903,21 +945,75 @@ class Scanned:
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
-async def _peer_name(address: str) -> tuple[str, str]:
-    """(forward-confirmed name or ``unknown``, reverse name or ``unknown``), as Postfix's
-    smtpd names a client; lookups bounded by a timeout."""
-    loop = asyncio.get_running_loop()
+def open_queue_file(queue: Queue) -> NewMessage:
+    """A new queue file in ``incoming`` whose name is on disk already (thread)."""
+    new = queue.create()
     try:
-        name, _ = await asyncio.wait_for(loop.getnameinfo((address, 0), socket.NI_NAMEREQD), 10)
-    except (OSError, asyncio.TimeoutError, UnicodeError):
+        new.sync_entry()
+    except BaseException:
+        new.abort()
+        raise
+    return new
+
+
+#: Seconds the client's name lookups may take in all; past it the client is ``unknown``.
+PEER_LOOKUP_TIMEOUT = 20.0
+
+
+def _lookup_peer(address: str, found: list[str]) -> tuple[str, str]:
+    """The reverse lookup and its forward confirmation, both in one thread (a thread hop
+    each cost a fifth of the time smtpd takes to greet a client). The reverse name is
+    also put in ``found`` as soon as it is known, for a caller that stops waiting."""
+    try:
+        name, _ = socket.getnameinfo((address, 0), socket.NI_NAMEREQD)
+    except (OSError, UnicodeError):
         return "unknown", "unknown"
     name = printable_ascii(name)
+    found.append(name)
     try:
-        infos = await asyncio.wait_for(loop.getaddrinfo(name, None, type=socket.SOCK_STREAM), 10)
-    except (OSError, asyncio.TimeoutError, UnicodeError):
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
         return "unknown", name
     confirmed = any(info[4][0] == address for info in infos)
     return (name if confirmed else "unknown"), name
+
+
+class PeerNames:
+    """The names of recent clients, kept PEER_NAME_TTL seconds (at most PEER_NAME_LIMIT
+    of them, the oldest dropped first).
+
+    Postfix's smtpd asks the system resolver at every connection and leaves caching to
+    it (nscd, a local caching resolver). Here each lookup is a hop to a thread, which
+    costs a busy server more than the lookup itself, and a gateway's clients (the
+    organisation's relays, the large senders) come back again and again within seconds.
+    A lookup that timed out is not kept."""
+
+    def __init__(self, ttl: float = 60.0, limit: int = 4096,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.limit = limit
+        self.clock = clock
+        self._names: dict[str, tuple[float, str, str]] = {}
+
+    async def lookup(self, address: str) -> tuple[str, str]:
+        """(forward-confirmed name or ``unknown``, reverse name or ``unknown``), as
+        Postfix's smtpd names a client; the lookups bounded by PEER_LOOKUP_TIMEOUT."""
+        now = self.clock()
+        known = self._names.get(address)
+        if known is not None and known[0] > now:
+            return known[1], known[2]
+        found: list[str] = []
+        try:
+            async with asyncio.timeout(PEER_LOOKUP_TIMEOUT):
+                name, reverse = await asyncio.get_running_loop().run_in_executor(
+                    None, _lookup_peer, address, found)
+        except TimeoutError:
+            return "unknown", found[0] if found else "unknown"
+        self._names.pop(address, None)
+        while len(self._names) >= self.limit:
+            del self._names[next(iter(self._names))]
+        self._names[address] = (self.clock() + self.ttl, name, reverse)
+        return name, reverse
 
 
 class SmtpdServer(SmtpServer):

@@ -182,10 +182,14 @@ class Connection:
 
     # -- replies ---------------------------------------------------------------------
     async def read_reply(self, timeout: float, stage: str) -> ServerReply:
-        """The next complete reply, read within ``timeout`` seconds in all."""
+        """The next complete reply, read within ``timeout`` seconds in all.
+
+        The limits use asyncio.timeout rather than wait_for, which in Python 3.11 runs
+        the wait in a task of its own: several tasks per delivery, each costing loop turns."""
         try:
-            return await asyncio.wait_for(self._read_reply(stage), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                return await self._read_reply(stage)
+        except TimeoutError:
             raise ConversationError(TIMEOUT, stage) from None
 
     async def _read_reply(self, stage: str) -> ServerReply:
@@ -227,8 +231,9 @@ class Connection:
     async def write(self, data: bytes, timeout: float, stage: str) -> None:
         try:
             self.writer.write(data)
-            await asyncio.wait_for(self.writer.drain(), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                await self.writer.drain()
+        except TimeoutError:
             raise ConversationError(TIMEOUT, stage) from None
         except (ConnectionError, OSError, RuntimeError):
             raise ConversationError(LOST, stage) from None
@@ -242,13 +247,18 @@ class Connection:
     async def send_body(self, chunks: AsyncIterator[bytes], timeout: float,
                         stage: str = "sending message body") -> None:
         """Stream the message, dot-stuffed, and the final dot; each write within
-        ``timeout`` (Postfix's smtp_data_xfer_timeout is per write, not for the whole)."""
+        ``timeout`` (Postfix's smtp_data_xfer_timeout is per write, not for the whole).
+        Each piece is written once the next is known, so the last one goes out with the
+        final dot: a message held whole costs one write, not two."""
         stuffer = DotStuffer()
+        held = b""
         async for chunk in chunks:
             out = stuffer.feed(chunk)
             if out:
-                await self.write(out, timeout, stage)
-        await self.write(stuffer.end(), timeout, stage)
+                if held:
+                    await self.write(held, timeout, stage)
+                held = out
+        await self.write(held + stuffer.end(), timeout, stage)
 
     async def starttls(self, context: ssl.SSLContext, server_hostname: str | None,
                        timeout: float) -> None:

@@ -41,6 +41,9 @@ class _AiosmtpdLog(logging.Handler):
 _aiosmtpd_log = logging.getLogger("mail.log")
 _aiosmtpd_log.addHandler(_AiosmtpdLog(logging.WARNING))
 _aiosmtpd_log.propagate = False
+# Nothing below a warning goes anywhere: the logger itself drops it, before aiosmtpd's
+# info and debug lines of every command and connection are built as records.
+_aiosmtpd_log.setLevel(logging.WARNING)
 
 
 #: aiosmtpd's own texts for oversized mail, replaced by what Postfix's smtpd says.
@@ -150,6 +153,15 @@ class ServerProtocol(SMTP):
         self.last_read = self.loop.time()
         super().data_received(data)
 
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd re-arms its timer at every command (a timer handle made and one
+        cancelled each time). The timer armed at the connection's start stays: when it
+        fires, :meth:`_timeout_cb` measures the wait from ``last_read`` and re-arms
+        itself for the rest, so every wait for the client is still limited."""
+        if duration is None and self._timeout_handle is not None and not self._timeout_handle.cancelled():
+            return
+        super()._reset_timeout(duration)
+
     def _timeout_cb(self) -> None:
         """``filter_timeout`` limits every wait for the client, as Postfix's smtpd_timeout
         does: for a command, and for each piece of a message inside DATA. A client that
@@ -157,7 +169,7 @@ class ServerProtocol(SMTP):
         message holds is freed. Only the time the filter itself takes to process a
         message (and the next hop to accept it) is not the client's and never counts."""
         if self.processing:
-            self._reset_timeout()
+            self._reset_timeout(self._timeout_duration)
             return
         idle = self.loop.time() - self.last_read
         if idle < self._timeout_duration:

@@ -421,7 +421,7 @@ class Addresses:
     def __init__(self, *targets: tuple[str, int]):
         self.targets = [Target(host, "127.0.0.1", port) for host, port in targets]
 
-    async def resolve(self, nexthop: str, default_port: int = 25) -> list[Target]:
+    async def resolve(self, nexthop: str, default_port: int = 25, mx: bool = True) -> list[Target]:
         return list(self.targets)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from filterd.mta.queue import QUEUE_NAMES, Queue
+from filterd.mta.queue import INCOMING, QUEUE_NAMES, Queue, QueueError
 from filterd.mta.queuefile import Envelope, read_content, read_envelope
 from tests.fixtures.filterd import Daemon
 from tests.fixtures.programs import free_port
@@ -63,17 +63,22 @@ class Smtpd:
                 return text
             time.sleep(0.2)
 
-    def queued(self) -> list[str]:
+    def queued(self, complete: bool = False) -> list[str]:
+        """The queue files; ``complete``: only those written whole (a file is opened at
+        DATA, while the message still arrives)."""
         queue = Queue(str(self.queue_dir))
         return sorted(e.qid for name in QUEUE_NAMES if Path(queue.dir(name)).is_dir()
-                      for e in queue.scan(name))
+                      for e in queue.scan(name) if e.complete or not complete)
 
     def read(self, qid: str) -> tuple[Envelope, bytes]:
         queue = Queue(str(self.queue_dir))
         for _ in range(50):  # a queue manager may be moving it between queues
             where = queue.find(qid)
             if where is not None:
-                fd = queue.open(where, qid)
+                try:
+                    fd = queue.open(where, qid)
+                except QueueError:  # moved between the look and the open
+                    continue
                 try:
                     env = read_envelope(fd)
                     return env, read_content(fd, env)
@@ -246,6 +251,31 @@ def test_bare_lf_is_normalized_by_default(smtpd):
     assert content.endswith(b"Subject: lf\r\n\r\nline one\r\nline two\r\n")
 
 
+def wait_until(condition, what: str, guard: float = 15.0) -> None:
+    """Not a timing assertion: the guard only stops a test that would hang."""
+    deadline = time.monotonic() + guard
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_the_queue_file_is_opened_at_data_and_removed_when_the_client_hangs_up(smtpd):
+    """The queue file is created (its name synced to disk) as DATA begins, while the
+    client still sends, so that after the dot only the file's own fsync remains; a
+    client that hangs up in the middle of the message leaves nothing behind."""
+    before = smtpd.queued()
+    queue = Queue(str(smtpd.queue_dir))
+    c = smtpd.raw()
+    c.cmd("EHLO client.example")
+    assert c.cmd("MAIL FROM:<a@sender.example>").startswith("250")
+    assert c.cmd(f"RCPT TO:<bob@{RELAY}>").startswith("250")
+    assert c.cmd("DATA").startswith("354")
+    wait_until(lambda: any(not e.complete for e in queue.scan(INCOMING)), "no queue file opened at DATA")
+    c.send(b"Subject: half\r\n\r\nhalf a message\r\n")
+    c.close()
+    wait_until(lambda: smtpd.queued() == before, "the abandoned queue file stayed")
+
+
 def test_size_limits(smtpd):
     before = smtpd.queued()
     c = smtpd.raw()
@@ -298,9 +328,9 @@ def test_a_client_gone_after_the_dot_leaves_its_message_whole(smtpd):
     c.send(b"Subject: gone\r\n\r\nbody\r\n.\r\n")
     c.close()
     deadline = time.monotonic() + 30
-    while not set(smtpd.queued()) - before and time.monotonic() < deadline:
+    while not set(smtpd.queued(complete=True)) - before and time.monotonic() < deadline:
         time.sleep(0.05)
-    [qid] = set(smtpd.queued()) - before
+    [qid] = set(smtpd.queued(complete=True)) - before
     env, content = smtpd.read(qid)
     assert env.sender == "gone@sender.example"
     assert [r.address for r in env.recipients] == [f"bob@{RELAY}"]
@@ -446,7 +476,7 @@ def test_postfix_as_the_sending_mta(smtpd, postfix_factory):
     deadline = time.monotonic() + 60
     found = None
     while time.monotonic() < deadline and found is None:
-        for qid in smtpd.queued():
+        for qid in smtpd.queued(complete=True):
             env, content = smtpd.read(qid)
             if b"Subject: via postfix" in content:
                 found = env, content

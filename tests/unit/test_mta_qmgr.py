@@ -443,3 +443,96 @@ async def test_from_config(queue: Queue, logged: list[str]) -> None:
     assert any(line.startswith(f"discard: {a}: to=<x@example.net>") for line in logged)
     assert any(line.startswith(f"error: {b}: to=<y@example.org>") and line.endswith("status=bounced (not here)")
                for line in logged)
+
+
+async def wait_or_fail(qm: QueueManager, done: Callable[[], bool], guard: float = 10.0) -> None:
+    """Like run_until, with a shorter guard: used where the old code never got there."""
+    task = asyncio.create_task(qm.run(grace=5))
+    try:
+        deadline = time.monotonic() + guard
+        while not done():
+            assert not task.done(), task.exception()
+            assert time.monotonic() < deadline, "stuck"
+            await asyncio.sleep(0.02)
+    finally:
+        qm.stop()
+        await task
+
+
+def forgotten(qm: QueueManager) -> bool:
+    """Nothing of any message is left in the queue manager's memory."""
+    s = qm.scheduler
+    return not (s.messages or s.in_flight or qm._activated or qm._logged or qm._prefetched
+                or qm._prefetched_bytes or any(d.busy for d in s.destinations.values()))
+
+
+async def test_a_failure_to_mark_recipients_done_leaves_nothing_stuck(
+        queue: Queue, logged: list[str], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first delivery's done marks fail (an I/O error): the delivery still counts as
+    over, the second delivery completes the message, and nothing of it stays behind in
+    the scheduler or the side tables (before, the message stayed active for ever)."""
+    real = qmgr_module.mark_done
+    calls: list[int] = []
+
+    def failing_once(fd: int, recipients: Sequence[Recipient]) -> None:
+        calls.append(len(list(recipients)))
+        if len(calls) == 1:
+            raise OSError(5, "Input/output error")
+        real(fd, recipients)
+
+    monkeypatch.setattr(qmgr_module, "mark_done", failing_once)
+    agent = Agent(pause=0.1)
+    enqueue(queue, "alice@example.com", ["one@one.example", "two@two.example"])
+    qm = manager(queue, agent, initial_concurrency=1)
+    await wait_or_fail(qm, lambda: empty(queue) and forgotten(qm))
+    assert len(agent.calls) == 2
+    assert any("cannot record the delivered recipients" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_failure_at_the_end_of_a_pass_defers_the_file(
+        queue: Queue, logged: list[str], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The end of a pass fails unexpectedly: the file is deferred for a later try, not
+    left in the active queue where no scan finds it until the next start."""
+    agent = Agent()
+    qid = enqueue(queue, "alice@example.com", ["bob@example.net"])
+    qm = manager(queue, agent)
+
+    def broken(*args: object) -> list[tuple[str, str]]:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(qm, "_finish_files", broken)
+    await wait_or_fail(qm, lambda: files(queue, DEFERRED_Q) == [qid] and forgotten(qm))
+    assert files(queue, ACTIVE) == []
+    assert any("cannot finish the delivery pass" in r.getMessage() for r in caplog.records)
+
+
+async def test_small_messages_are_read_when_taken_within_a_budget(
+        queue: Queue, logged: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small message's content is read in the thread hop that takes it, and handed to
+    its first delivery (no second hop to read it); what is held so stays within the
+    budget, and nothing is left held once the messages are done."""
+    monkeypatch.setattr(qmgr_module, "PREFETCH_BUDGET", 2 * len(BODY))
+    handed: list[bytes | None] = []
+
+    class Recording(Agent):
+        async def deliver(self, message: OutgoingMessage, nexthop: str,
+                          recipients: Sequence[Recipient]) -> DeliveryReport:
+            handed.append(message.data)
+            return await super().deliver(message, nexthop, recipients)
+
+    agent = Recording()
+    for _ in range(3):
+        enqueue(queue, "alice@example.com", ["bob@example.net"])
+    qm = manager(queue, agent)
+    await run_until(qm, lambda: empty(queue) and len(agent.calls) == 3)
+    assert sorted(handed, key=lambda d: d is None) == [BODY, BODY, None]  # the third is over budget
+    assert all(c[4] == BODY for c in agent.calls)  # read from the file, it is the same
+    assert forgotten(qm)
+
+
+async def test_a_message_deferred_without_a_delivery_holds_nothing(queue: Queue, logged: list[str]) -> None:
+    agent = Agent()
+    enqueue(queue, "alice@example.com", ["bob@example.net"])
+    qm = manager(queue, agent, defer_transports=frozenset({"smtp"}))
+    await wait_or_fail(qm, lambda: len(files(queue, DEFERRED_Q)) == 1 and forgotten(qm))
+    assert agent.calls == []

@@ -143,3 +143,73 @@ def test_defer_log_round_trip(queue: q.Queue) -> None:
     queue.remove(q.INCOMING, qid)
     assert queue.read_defer_log(qid) == {}
     assert queue.find(qid) is None
+
+
+def test_parallel_commits_share_directory_fsyncs_but_each_waits_for_one_begun_after_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Group commit: many threads needing the same directory synced share fsyncs, and
+    none returns before a sync that began after its own call has ended."""
+    import threading
+
+    syncs: list[tuple[float, float]] = []
+    lock = threading.Lock()
+
+    def slow_fsync(path: str) -> None:
+        began = time.monotonic()
+        time.sleep(0.02)
+        with lock:
+            syncs.append((began, time.monotonic()))
+
+    monkeypatch.setattr(q, "fsync_directory", slow_fsync)
+    shared = q.DirectorySync(str(tmp_path))
+    calls: list[tuple[float, float]] = []
+
+    def caller() -> None:
+        called = time.monotonic()
+        shared.sync()
+        with lock:
+            calls.append((called, time.monotonic()))
+
+    threads = [threading.Thread(target=caller) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(calls) == 20
+    assert len(syncs) < 20  # shared
+    for called, returned in calls:
+        assert any(began >= called and ended <= returned for began, ended in syncs)
+
+
+def test_a_failed_directory_fsync_is_raised_and_the_next_caller_tries_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    outcomes = [OSError(5, "Input/output error"), None]
+
+    def flaky(path: str) -> None:
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+
+    monkeypatch.setattr(q, "fsync_directory", flaky)
+    shared = q.DirectorySync(str(tmp_path))
+    with pytest.raises(OSError):
+        shared.sync()
+    shared.sync()
+    assert outcomes == []
+
+
+def test_an_entry_synced_early_is_not_synced_again_at_commit(queue: q.Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """smtpd syncs the new file's name while the client still sends; the commit then
+    fsyncs only the file, and a HOLD commit still syncs both directories it touches."""
+    synced: list[str] = []
+    real = q.fsync_directory
+    monkeypatch.setattr(q, "fsync_directory", lambda path: (synced.append(os.path.basename(path)), real(path)))
+    for into, expected in ((q.INCOMING, ["incoming"]), (q.HOLD, ["incoming", "hold", "incoming"])):
+        synced.clear()
+        with queue.create() as msg:
+            msg.sync_entry()
+            msg.writer.envelope(time.time(), "a@example.com", [Recipient("r@example.net")])
+            msg.writer.content(b"Subject: x\r\n\r\nhi\r\n")
+            msg.commit(into)
+        assert synced == expected
+        assert queue.find(msg.qid) == into

@@ -72,8 +72,25 @@ def test_write_message_commits_a_readable_file(tmp_path):
         content = read_content(fd, env)
     finally:
         os.close(fd)
-    assert env.attributes == {"ret_flags": "HDRS"} and env.content_size == written.size == len(content)
+    assert env.attributes == {"ret_flags": "HDRS", "encoding": "7bit"}
+    assert env.content_size == written.size == len(content)
     assert content.startswith(b"Received: ") and content.endswith(b"y" * 200000)
+
+
+@pytest.mark.parametrize("declared, data, recorded", [
+    ({}, b"Subject: caf\xc3\xa9\r\n\r\nbody\r\n", "8bit"),
+    ({}, b"Subject: s\r\n\r\n" + b"x" * 300000 + b"\xe9\r\n", "8bit"),
+    ({}, b"Subject: s\r\n\r\nplain\r\n", "7bit"),
+    ({"encoding": "8bit"}, b"Subject: s\r\n\r\nplain\r\n", "8bit"),  # as declared
+    ({"encoding": "7bit"}, b"Subject: s\r\n\r\n\xe9\r\n", "7bit"),
+])
+def test_the_encoding_is_recorded_even_when_not_declared(tmp_path, declared, data, recorded):
+    """The smtp client decides BODY=8BITMIME from the envelope: a message sent without
+    BODY= gets the encoding found in its content, so a large one is not read twice."""
+    queue = Queue(str(tmp_path))
+    queue.setup()
+    written = write_message(queue.create(), Rewriting(), incoming(attributes=dict(declared)), data, "gw.example")
+    assert queue.read_envelope(INCOMING, written.qid).attributes["encoding"] == recorded
 
 
 def test_a_body_without_header_gets_its_empty_line(tmp_path):
@@ -136,3 +153,29 @@ def test_parse_esmtp_params():
 ])
 def test_parse_path(text, parsed):
     assert parse_path(text) == parsed
+
+
+async def test_client_names_are_kept_a_short_while(monkeypatch):
+    """A client that comes back within the TTL is named without another lookup (a
+    thread hop each); after it, or past the size limit, it is looked up again."""
+    from filterd.mta import smtpd
+
+    asked: list[str] = []
+
+    def lookup(address: str, found: list[str]) -> tuple[str, str]:
+        asked.append(address)
+        return f"host-{address}", f"host-{address}"
+
+    monkeypatch.setattr(smtpd, "_lookup_peer", lookup)
+    now = [1000.0]
+    names = smtpd.PeerNames(ttl=60, limit=2, clock=lambda: now[0])
+    assert await names.lookup("192.0.2.1") == ("host-192.0.2.1", "host-192.0.2.1")
+    assert await names.lookup("192.0.2.1") == ("host-192.0.2.1", "host-192.0.2.1")
+    assert asked == ["192.0.2.1"]
+    now[0] += 61
+    await names.lookup("192.0.2.1")
+    assert asked == ["192.0.2.1"] * 2
+    await names.lookup("192.0.2.2")
+    await names.lookup("192.0.2.3")  # the limit drops the oldest, 192.0.2.1
+    await names.lookup("192.0.2.1")
+    assert asked[-3:] == ["192.0.2.2", "192.0.2.3", "192.0.2.1"]

@@ -171,3 +171,35 @@ async def test_reply_reader_refuses_what_is_not_a_reply(data: bytes, kind: str) 
     with pytest.raises(ConversationError) as e:
         await read(data)
     assert e.value.kind == kind and e.value.stage == "sending RCPT TO"
+
+
+class _RecordingWriter:
+    """Stands in for the stream writer: records each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    async def drain(self) -> None:
+        return None
+
+
+async def _chunks(*parts: bytes):  # type: ignore[no-untyped-def]
+    for part in parts:
+        yield part
+
+
+async def test_a_message_held_whole_goes_out_with_its_final_dot_in_one_write() -> None:
+    writer = _RecordingWriter()
+    conn = Connection(asyncio.StreamReader(), writer)  # type: ignore[arg-type]
+    await conn.send_body(_chunks(b"Subject: x\r\n\r\n.dot\r\nbody"), 5)
+    assert writer.writes == [b"Subject: x\r\n\r\n..dot\r\nbody\r\n.\r\n"]
+
+
+async def test_a_streamed_message_is_written_piece_by_piece_the_last_with_the_dot() -> None:
+    writer = _RecordingWriter()
+    conn = Connection(asyncio.StreamReader(), writer)  # type: ignore[arg-type]
+    await conn.send_body(_chunks(b"a\r\n", b"b\r\n", b"c\r\n"), 5)
+    assert writer.writes == [b"a\r\n", b"b\r\n", b"c\r\n.\r\n"]
