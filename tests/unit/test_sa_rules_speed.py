@@ -16,6 +16,7 @@ import pytest
 from filterd.content.message import Message
 from filterd.content.rules import RuleSet
 from filterd.content.rules.coarse import coarse_tag
+from filterd.content.rules.expr import compile_expr, compile_metas
 from filterd.content.rules.matcher import hyperscan_available, split_alternation
 
 needs_hyperscan = pytest.mark.skipif(not hyperscan_available(), reason="hyperscan module not installed")
@@ -111,3 +112,43 @@ def test_repeated_group_rule_counts_where_its_body_ends(tmp_path: Path) -> None:
     assert _fired(ruleset, "Name: address: city, phone\n") == {"FORM3"}
     assert _fired(ruleset, "Name: address\n") == set()
     assert _fired(ruleset, "name name name name name name\n") == {"FORM5", "FORM3"}
+
+
+def test_metas_compiled_as_one_function_agree_with_each_expression() -> None:
+    """compile_metas (every meta of a set in one function over locals) gives each meta the
+    value its own expression gives, Perl's semantics included: && and || return the
+    deciding operand, ! and comparisons give 1 or 0, division by zero gives 0, and a meta
+    reads the metas before it."""
+    metas = [
+        ("M1", "A && B"),
+        ("M2", "(A || B) + C"),
+        ("M3", "!M1 && (C > 1 || D == 0)"),
+        ("M4", "A / D + -B * 2"),
+        ("M5", "M2 >= 2 && M3 != 1 || not M4"),
+        ("M6", "(M1 + M2 + M3 + M4 + M5 + UNKNOWN) / (A - A)"),
+        ("M7", "M6 <= 0 and (B < 1 or C)"),
+    ]
+    run = compile_metas(metas)
+    single = {name: compile_expr(text)[0] for name, text in metas}
+    for a in (0, 1, 3):
+        for b in (0, 1, 2.5):
+            for c in (0, 2):
+                for d in (0, 4):
+                    base = {k: v for k, v in (("A", a), ("B", b), ("C", c), ("D", d)) if v}
+                    expected = dict(base)
+                    for name, _ in metas:
+                        value = single[name](expected)
+                        if value:
+                            expected[name] = value
+                    got = dict(base)
+                    run(got)
+                    assert got == expected
+                    assert list(got) == list(expected)
+
+
+def test_meta_names_are_never_python() -> None:
+    """A rule name that is a Python keyword or builtin is still just a rule name."""
+    run = compile_metas([("lambda", "None + import"), ("class", "lambda && print")])
+    hits: dict[str, float] = {"None": 1, "import": 2, "print": 3}
+    run(hits)
+    assert hits["lambda"] == 3 and hits["class"] == 3

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from filterd.content.message import Message
 from filterd.content.rules.evals import NATIVE_EVALS, NativeEval
 from filterd.content.rules.coarse import coarse_tag
-from filterd.content.rules.expr import Evaluator, ExprError, compile_expr
+from filterd.content.rules.expr import ExprError, Value, compile_expr, compile_metas
 from filterd.content.rules.matcher import HsCache, PatternRule, PatternSet, hyperscan_available
 from filterd.content.rules.model import LoadStats, Problem, RuleConfig, RuleDef, RuleKind, RuleSettings
 from filterd.content.rules.parser import parse_rule_files
@@ -65,22 +66,6 @@ class _EvalRule:
     args: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class _MetaRule:
-    """A meta rule, with what it is worth when none of the rules it reads fired.
-
-    Most metas read rules that did not fire on a given message; their value is then
-    known from load time (``idle``), and ``deps.isdisjoint(hits)`` (one C-level set
-    test) replaces a walk through the expression's closures, which is most of the
-    time a message spends in meta rules.
-    """
-
-    name: str
-    fn: Evaluator
-    deps: frozenset[str]
-    idle: float
-
-
 class RuleSet:
     """Compiled rules; :meth:`evaluate` is synchronous and thread-safe."""
 
@@ -93,7 +78,7 @@ class RuleSet:
         self._exists: list[tuple[str, str]] = []  # (rule, header spec)
         self._sets: dict[RuleKind, PatternSet] = {}
         self._evals: list[_EvalRule] = []
-        self._metas: list[_MetaRule] = []
+        self._run_metas: Callable[[dict[str, Value]], None] = compile_metas([])
 
     # -- loading ---------------------------------------------------------------------
     @classmethod
@@ -124,7 +109,7 @@ class RuleSet:
         _expand_replace_tags(cfg)
         pattern_rules: dict[RuleKind, list[PatternRule]] = defaultdict(list)
         header_groups: dict[tuple[str, str | None], list[tuple[PatternRule, bool]]] = defaultdict(list)
-        metas: dict[str, tuple[Evaluator, set[str], RuleDef]] = {}
+        metas: dict[str, tuple[set[str], RuleDef]] = {}
         needed = _needed_rules(cfg, score_set)
         for name, rule in cfg.rules.items():
             score = _score(name, cfg, score_set)
@@ -141,11 +126,11 @@ class RuleSet:
                 continue
             if rule.kind is RuleKind.META:
                 try:
-                    fn, deps = compile_expr(rule.meta or "")
+                    _, deps = compile_expr(rule.meta or "")
                 except ExprError as exc:
                     stats.meta_errors.append(Problem(rule.where, f"bad meta expression: {exc}", name))
                     continue
-                metas[name] = (fn, deps, rule)
+                metas[name] = (deps, rule)
                 continue
             if rule.kind is RuleKind.HEADER and rule.exists:
                 try:
@@ -220,10 +205,11 @@ class RuleSet:
         self.stats.hyperscan_prefilter += pset.hs_prefilter
         self.stats.regex_only += pset.regex_only
 
-    def _order_metas(self, metas: dict[str, tuple[Evaluator, set[str], RuleDef]]) -> None:
-        """Order metas so that each runs after the metas it reads; cycles are errors."""
+    def _order_metas(self, metas: dict[str, tuple[set[str], RuleDef]]) -> None:
+        """Order metas so that each runs after the metas it reads (cycles are errors), and
+        compile them, in that order, into one function (see :func:`compile_metas`)."""
         state: dict[str, int] = {}  # 1 = visiting, 2 = done
-        ordered: list[_MetaRule] = []
+        ordered: list[str] = []
         broken: set[str] = set()
 
         def visit(name: str, chain: list[str]) -> bool:
@@ -231,32 +217,31 @@ class RuleSet:
                 return name not in broken
             if state.get(name) == 1:
                 cycle = " -> ".join(chain[chain.index(name):] + [name])
-                self.stats.meta_errors.append(Problem(metas[name][2].where, f"meta dependency loop: {cycle}", name))
+                self.stats.meta_errors.append(Problem(metas[name][1].where, f"meta dependency loop: {cycle}", name))
                 broken.add(name)
                 return False
             state[name] = 1
-            bad_deps = sorted(d for d in metas[name][1] if d in metas and not visit(d, chain + [name]))
+            bad_deps = sorted(d for d in metas[name][0] if d in metas and not visit(d, chain + [name]))
             state[name] = 2
             if bad_deps and name not in broken:
                 self.stats.meta_errors.append(
-                    Problem(metas[name][2].where, f"depends on broken meta {', '.join(bad_deps)}", name))
+                    Problem(metas[name][1].where, f"depends on broken meta {', '.join(bad_deps)}", name))
             if bad_deps or name in broken:
                 broken.add(name)
                 return False
-            fn, deps, _ = metas[name]
-            ordered.append(_MetaRule(name, fn, frozenset(deps), fn({})))
+            ordered.append(name)
             return True
 
         for name in metas:
             visit(name, [])
-        self._metas = ordered
+        self._run_metas = compile_metas([(name, metas[name][1].meta or "") for name in ordered])
         self.stats.loaded["meta"] += len(ordered)
 
     # -- evaluation ------------------------------------------------------------------
     def evaluate(self, msg: Message) -> list[Symbol]:
         """Every scored rule that fires on ``msg``, sorted by name."""
         views = MessageViews(msg, self.settings)
-        hits: dict[str, float] = {}
+        hits: dict[str, Value] = {}
         evidence: dict[str, bytes] = {}
         for group in self._headers:
             text = views.header(group.spec)
@@ -289,10 +274,7 @@ class RuleSet:
                     hits[ev.name] = 1
             except (ValueError, LookupError, TypeError, ArithmeticError):
                 continue  # hostile input broke a test: it does not fire, the rest still runs
-        for meta in self._metas:
-            value = meta.idle if meta.deps.isdisjoint(hits) else meta.fn(hits)
-            if value:
-                hits[meta.name] = value
+        self._run_metas(hits)
         return [
             Symbol(name, self.scores[name], self.describes.get(name, ""), _evidence(evidence.get(name)))
             for name in sorted(hits)
