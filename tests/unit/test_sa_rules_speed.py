@@ -17,7 +17,7 @@ from filterd.content.message import Message
 from filterd.content.rules import RuleSet
 from filterd.content.rules.coarse import coarse_tag
 from filterd.content.rules.expr import compile_expr, compile_metas
-from filterd.content.rules.matcher import hyperscan_available, split_alternation
+from filterd.content.rules.matcher import PatternSet, hyperscan_available, split_alternation
 
 needs_hyperscan = pytest.mark.skipif(not hyperscan_available(), reason="hyperscan module not installed")
 
@@ -152,3 +152,30 @@ def test_meta_names_are_never_python() -> None:
     hits: dict[str, float] = {"None": 1, "import": 2, "print": 3}
     run(hits)
     assert hits["lambda"] == 3 and hits["class"] == 3
+
+
+@needs_hyperscan
+def test_costly_sub_rule_runs_only_when_its_result_can_matter(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sub-rule with a coarse Hyperscan filter (here the match-end count of a repeated
+    group) is confirmed with the regex only when the scored rules depend on it; either
+    way the rules that fire are those the full evaluation gives."""
+    rules = ("body __FORM5 /(?:(?:name|address|city|phone)[:\\s,]{1,100}){5}/i\n"
+             "body __LIST /mailing list/\n"
+             "meta FORM_SPAM __FORM5 && !__LIST\nscore FORM_SPAM 1.0\n")
+    ruleset = _ruleset(tmp_path, rules)
+    confirmed: list[int] = []
+    original = PatternSet.confirm
+
+    def spy(self: PatternSet, i: int, texts: list[bytes]) -> object:
+        confirmed.append(i)
+        return original(self, i, texts)
+
+    monkeypatch.setattr(PatternSet, "confirm", spy)
+    form = "Name: address: city, phone: name:\n\n"
+    assert _fired(ruleset, form + "mailing list\n") == set()
+    assert confirmed == []  # FORM_SPAM is off whatever __FORM5 says: its regex never ran
+    assert _fired(ruleset, form) == {"FORM_SPAM"}
+    assert len(confirmed) == 1
+    assert _fired(ruleset, "name address city phone\n\n") == set()  # filtered out by Hyperscan
+    assert len(confirmed) == 1

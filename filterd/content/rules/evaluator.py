@@ -17,6 +17,7 @@ undefined, disabled or unsupported rules as 0 (SpamAssassin 4 does the same).
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import defaultdict
 from collections.abc import Callable
@@ -37,6 +38,8 @@ SCORE_SET = 2  # Bayes on, network tests off (see module docstring)
 ENGINES = ("hyperscan", "regex")
 _MAXHITS = re.compile(r"^maxhits=(\d+)$")
 _TAG_SPLIT = re.compile(r"(<[^<>]+>)")
+#: Most deferred sub-rules whose combinations are tried before running them (see _irrelevant).
+LAZY_MAX = 2
 
 
 def default_engine() -> str:
@@ -77,6 +80,7 @@ class RuleSet:
         self._headers: list[_HeaderGroup] = []
         self._exists: list[tuple[str, str]] = []  # (rule, header spec)
         self._sets: dict[RuleKind, PatternSet] = {}
+        self._lazy: dict[RuleKind, frozenset[int]] = {}  # per set: sub-rules run only when they matter
         self._evals: list[_EvalRule] = []
         self._run_metas: Callable[[dict[str, Value]], None] = compile_metas([])
 
@@ -165,6 +169,7 @@ class RuleSet:
             pset = PatternSet(plist, use_hs, cache)
             self._count_engine(pset)
             self._sets[kind] = pset
+            self._lazy[kind] = frozenset(i for i in pset.costly if plist[i].name.startswith("__"))
         self._order_metas(metas)
 
     def _compile_pattern(self, rule: RuleDef, cfg: RuleConfig) -> PatternRule | None:
@@ -243,6 +248,7 @@ class RuleSet:
         views = MessageViews(msg, self.settings)
         hits: dict[str, Value] = {}
         evidence: dict[str, bytes] = {}
+        pending: list[tuple[PatternSet, int, list[bytes]]] = []
         for group in self._headers:
             text = views.header(group.spec)
             if text is None:
@@ -264,22 +270,53 @@ class RuleSet:
             pset = self._sets.get(kind)
             if pset is None:
                 continue
-            for i, m in pset.match(texts()).items():
+            waiting: dict[int, list[bytes]] = {}
+            for i, m in pset.match(texts(), self._lazy[kind], waiting).items():
                 name = pset.rules[i].name
                 hits[name] = m.count
                 evidence[name] = m.evidence
+            pending.extend((pset, i, lines) for i, lines in waiting.items() if pset.rules[i].name not in hits)
         for ev in self._evals:
             try:
                 if ev.native.fn(views, ev.args):
                     hits[ev.name] = 1
             except (ValueError, LookupError, TypeError, ArithmeticError):
                 continue  # hostile input broke a test: it does not fire, the rest still runs
+        if pending and not self._irrelevant(hits, [pset.rules[i].name for pset, i, _ in pending]):
+            for pset, i, lines in pending:
+                if pset.confirm(i, lines) is not None:
+                    hits[pset.rules[i].name] = 1  # not ``multiple``: a hit counts 1
         self._run_metas(hits)
         return [
             Symbol(name, self.scores[name], self.describes.get(name, ""), _evidence(evidence.get(name)))
             for name in sorted(hits)
             if not name.startswith("__") and self.scores.get(name)
         ]
+
+    def _irrelevant(self, hits: dict[str, Value], names: list[str]) -> bool:
+        """Whether the scored rules that fire are the same whichever of the sub-rules
+        ``names`` (not ``multiple``: each worth 0 or 1) match, given the other results.
+
+        SpamAssassin's costliest patterns (__FILL_THIS_FORM_*: look-alike letters, a
+        repeated group) are sub-rules whose Hyperscan filter lets through a line in most
+        messages, at milliseconds of backtracking each, while the metas reading them
+        often decide the same either way (a mailing-list message, say). Trying every
+        combination through the compiled metas costs a fraction of that; beyond
+        :data:`LAZY_MAX` pending sub-rules the combinations cost more than they can save.
+        """
+        if len(names) > LAZY_MAX:
+            return False
+        outcome: frozenset[str] | None = None
+        for values in itertools.product((0, 1), repeat=len(names)):
+            trial = dict(hits)
+            trial.update((name, 1) for name, value in zip(names, values) if value)
+            self._run_metas(trial)
+            fired = frozenset(n for n in trial if not n.startswith("__") and self.scores.get(n))
+            if outcome is None:
+                outcome = fired
+            elif fired != outcome:
+                return False
+        return True
 
 
 def _evidence(data: bytes | None) -> str:

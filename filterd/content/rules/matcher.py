@@ -92,6 +92,11 @@ class PatternSet:
             self._build_hyperscan()
         # what each pattern does with an empty text (absent headers are empty strings)
         self._empty = self._regex_only([b""], list(range(len(rules))))
+        #: Rules whose Hyperscan filter is coarse (look-alike letters, the match-end count
+        #: of a repeated group), so that its candidates are mostly lines the rule does not
+        #: match, at up to milliseconds of backtracking each: worth deferring (see match).
+        self.costly = frozenset(i for i, rule in enumerate(rules)
+                                if (i in self._repeats or rule.prefilter is not None) and not rule.multiple)
 
     @property
     def regex_only(self) -> int:
@@ -177,8 +182,14 @@ class PatternSet:
             self._local.repeat_scratches = {i: hyperscan.Scratch(db) for i, (db, _) in self._repeats.items()}
         return scratches
 
-    def match(self, texts: list[bytes]) -> dict[int, Match]:
-        """Rule index -> Match for every rule matching at least one of ``texts``."""
+    def match(self, texts: list[bytes], defer: frozenset[int] = frozenset(),
+              pending: dict[int, list[bytes]] | None = None) -> dict[int, Match]:
+        """Rule index -> Match for every rule matching at least one of ``texts``.
+
+        The rules in ``defer`` are not run: the texts Hyperscan names them for go to
+        ``pending[index]`` instead, for :meth:`confirm` once it is known their result can
+        matter (a rule none of whose candidates is confirmed does not match).
+        """
         if not self._dbs:
             return self._regex_only(texts, range(len(self.rules)))
         found: dict[int, Match] = {}
@@ -199,10 +210,17 @@ class PatternSet:
                     continue
                 if i in self._repeats and not self._repeated(i, text):
                     continue
+                if i in defer and pending is not None:
+                    pending.setdefault(i, []).append(text)
+                    continue
                 m = _run(rule, text)
                 if m is not None:
                     _add(found, i, m, rule)
         return found
+
+    def confirm(self, i: int, texts: list[bytes]) -> Match | None:
+        """Whether rule ``i`` matches one of ``texts`` (its deferred candidates)."""
+        return self._regex_only(texts, [i]).get(i)
 
     def _repeated(self, i: int, text: bytes) -> bool:
         """Whether the body X of rule ``i`` (``(?:X){n}``) ends at ``n`` different places in
