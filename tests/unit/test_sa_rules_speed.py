@@ -179,3 +179,15 @@ def test_costly_sub_rule_runs_only_when_its_result_can_matter(tmp_path: Path,
     assert len(confirmed) == 1
     assert _fired(ruleset, "name address city phone\n\n") == set()  # filtered out by Hyperscan
     assert len(confirmed) == 1
+
+
+def test_metas_run_again_with_clear_forget_what_no_longer_holds() -> None:
+    """The function the evaluator re-runs over a dict holding an earlier result removes
+    the metas that are now 0, so trying another value of a sub-rule leaves no trace."""
+    run = compile_metas([("M1", "A && !B"), ("M2", "M1 || C")], clear=True)
+    hits: dict[str, float] = {"A": 1}
+    run(hits)
+    assert hits == {"A": 1, "M1": 1.0, "M2": 1.0}
+    hits["B"] = 1
+    run(hits)
+    assert hits == {"A": 1, "B": 1}

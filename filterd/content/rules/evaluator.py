@@ -39,7 +39,7 @@ ENGINES = ("hyperscan", "regex")
 _MAXHITS = re.compile(r"^maxhits=(\d+)$")
 _TAG_SPLIT = re.compile(r"(<[^<>]+>)")
 #: Most deferred sub-rules whose combinations are tried before running them (see _irrelevant).
-LAZY_MAX = 2
+LAZY_MAX = 4
 
 
 def default_engine() -> str:
@@ -83,6 +83,8 @@ class RuleSet:
         self._lazy: dict[RuleKind, frozenset[int]] = {}  # per set: sub-rules run only when they matter
         self._evals: list[_EvalRule] = []
         self._run_metas: Callable[[dict[str, Value]], None] = compile_metas([])
+        self._run_downstream: Callable[[dict[str, Value]], None] = compile_metas([])
+        self._downstream_scored: tuple[str, ...] = ()
 
     # -- loading ---------------------------------------------------------------------
     @classmethod
@@ -240,6 +242,15 @@ class RuleSet:
         for name in metas:
             visit(name, [])
         self._run_metas = compile_metas([(name, metas[name][1].meta or "") for name in ordered])
+        # the metas reading a deferrable sub-rule (see _resolve), directly or through others
+        lazy = {pset.rules[i].name for kind, pset in self._sets.items() for i in self._lazy[kind]}
+        downstream: list[str] = []
+        for name in ordered:
+            if metas[name][0] & lazy:
+                downstream.append(name)
+                lazy.add(name)
+        self._run_downstream = compile_metas([(name, metas[name][1].meta or "") for name in downstream], clear=True)
+        self._downstream_scored = tuple(n for n in downstream if not n.startswith("__") and self.scores.get(n))
         self.stats.loaded["meta"] += len(ordered)
 
     # -- evaluation ------------------------------------------------------------------
@@ -282,36 +293,43 @@ class RuleSet:
                     hits[ev.name] = 1
             except (ValueError, LookupError, TypeError, ArithmeticError):
                 continue  # hostile input broke a test: it does not fire, the rest still runs
-        if pending and not self._irrelevant(hits, [pset.rules[i].name for pset, i, _ in pending]):
-            for pset, i, lines in pending:
-                if pset.confirm(i, lines) is not None:
-                    hits[pset.rules[i].name] = 1  # not ``multiple``: a hit counts 1
-        self._run_metas(hits)
+        self._run_metas(hits)  # the deferred sub-rules count 0 so far
+        if pending:
+            self._resolve(hits, pending)
         return [
             Symbol(name, self.scores[name], self.describes.get(name, ""), _evidence(evidence.get(name)))
             for name in sorted(hits)
             if not name.startswith("__") and self.scores.get(name)
         ]
 
-    def _irrelevant(self, hits: dict[str, Value], names: list[str]) -> bool:
-        """Whether the scored rules that fire are the same whichever of the sub-rules
-        ``names`` (not ``multiple``: each worth 0 or 1) match, given the other results.
+    def _resolve(self, hits: dict[str, Value], pending: list[tuple[PatternSet, int, list[bytes]]]) -> None:
+        """Run the deferred sub-rules whose result can change which scored rules fire, and
+        bring the metas that read them up to date in ``hits``.
 
         SpamAssassin's costliest patterns (__FILL_THIS_FORM_*: look-alike letters, a
-        repeated group) are sub-rules whose Hyperscan filter lets through a line in most
-        messages, at milliseconds of backtracking each, while the metas reading them
-        often decide the same either way (a mailing-list message, say). Trying every
-        combination through the compiled metas costs a fraction of that; beyond
-        :data:`LAZY_MAX` pending sub-rules the combinations cost more than they can save.
+        repeated group) are sub-rules whose Hyperscan filter lets a line through in most
+        messages, at milliseconds of backtracking each, while the metas reading them often
+        decide the same either way (a mailing-list message, say). While at most
+        :data:`LAZY_MAX` remain, every combination of their values is tried through the
+        metas that read them (microseconds); when the scored rules come out the same, the
+        rest need not run. Otherwise the one with the fewest candidate texts runs next.
         """
-        if len(names) > LAZY_MAX:
-            return False
+        todo = sorted(pending, key=lambda p: len(p[2]))
+        while todo and not (len(todo) <= LAZY_MAX and self._irrelevant(hits, [p.rules[i].name for p, i, _ in todo])):
+            pset, i, texts = todo.pop(0)
+            if pset.confirm(i, texts) is not None:
+                hits[pset.rules[i].name] = 1  # not ``multiple``: a hit counts 1
+        self._run_downstream(hits)
+
+    def _irrelevant(self, hits: dict[str, Value], names: list[str]) -> bool:
+        """Whether the scored rules that fire are the same whichever of the sub-rules
+        ``names`` (each worth 0 or 1) match, given the results in ``hits``."""
         outcome: frozenset[str] | None = None
         for values in itertools.product((0, 1), repeat=len(names)):
             trial = dict(hits)
             trial.update((name, 1) for name, value in zip(names, values) if value)
-            self._run_metas(trial)
-            fired = frozenset(n for n in trial if not n.startswith("__") and self.scores.get(n))
+            self._run_downstream(trial)
+            fired = frozenset(n for n in self._downstream_scored if n in trial)
             if outcome is None:
                 outcome = fired
             elif fired != outcome:

@@ -163,12 +163,13 @@ def compile_expr(text: str) -> tuple[Evaluator, set[str]]:
     return fn, names
 
 
-def compile_metas(metas: Sequence[tuple[str, str]]) -> Callable[[dict[str, Value]], None]:
+def compile_metas(metas: Sequence[tuple[str, str]], clear: bool = False) -> Callable[[dict[str, Value]], None]:
     """One function evaluating ``metas`` (name, expression), in the order given, over a
     dict of rule results: it reads every other rule the expressions name from the dict
     once, holds each meta's value in a local variable, and stores the metas whose value is
-    not 0 in the dict. ``metas`` must come ordered so that a meta follows the metas it
-    reads and must all parse (:func:`compile_expr` checks one).
+    not 0 in the dict (with ``clear``, also removes those whose value is 0, for running
+    again over a dict that holds an earlier result). ``metas`` must come ordered so that
+    a meta follows the metas it reads and must all parse (:func:`compile_expr` checks one).
 
     Why: evaluated one by one, each meta walks its expression through dict lookups and
     Python calls; as one function over locals, the whole set is straight-line bytecode.
@@ -195,7 +196,11 @@ def compile_metas(metas: Sequence[tuple[str, str]]) -> Callable[[dict[str, Value
         body.append(ast.Assign([ast.Name(var, ast.Store())], node))
         store = ast.Assign([ast.Subscript(ast.Name("h", ast.Load()), ast.Constant(name), ast.Store())],
                            ast.Name(var, ast.Load()))
-        body.append(ast.If(test=ast.Name(var, ast.Load()), body=[store], orelse=[]))
+        drop: list[ast.stmt] = []
+        if clear:
+            pop = ast.Attribute(ast.Name("h", ast.Load()), "pop", ast.Load())
+            drop.append(ast.Expr(ast.Call(pop, [ast.Constant(name), ast.Constant(None)], [])))
+        body.append(ast.If(test=ast.Name(var, ast.Load()), body=[store], orelse=drop))
     if not body:
         body.append(ast.Pass())
     args = ast.arguments(posonlyargs=[], args=[ast.arg("h")], kwonlyargs=[], kw_defaults=[], defaults=[])
