@@ -17,6 +17,7 @@ from filterd.content.message import Message
 from filterd.content.rules import RuleSet
 from filterd.content.rules.coarse import coarse_tag
 from filterd.content.rules.expr import compile_expr, compile_metas
+from filterd.content.rules import matcher
 from filterd.content.rules.matcher import PatternSet, hyperscan_available, split_alternation
 
 needs_hyperscan = pytest.mark.skipif(not hyperscan_available(), reason="hyperscan module not installed")
@@ -191,3 +192,23 @@ def test_metas_run_again_with_clear_forget_what_no_longer_holds() -> None:
     hits["B"] = 1
     run(hits)
     assert hits == {"A": 1, "B": 1}
+
+
+@needs_hyperscan
+def test_open_ended_repeat_reaches_hyperscan_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``{n,}`` with a small n is no reason to loosen a pattern: SpamAssassin's
+    __LONGWORDS_A, loosened to ``\\b(?:[a-z]+[\\s.]+)+``, sent every line to the regex."""
+    ruleset = _ruleset(tmp_path, "body LONGWORDS /\\b(?:[a-z]{8,}[\\s\\.]+){6}/\nscore LONGWORDS 1.0\n")
+    ran: list[str] = []
+    original = matcher._run
+
+    def spy(rule: matcher.PatternRule, text: bytes) -> matcher.Match | None:
+        ran.append(rule.name)
+        return original(rule, text)
+
+    monkeypatch.setattr(matcher, "_run", spy)
+    assert _fired(ruleset, "short words on this line only\n") == set()
+    assert ran == []
+    assert _fired(ruleset, "extremely lengthily sentences containing enormously elaborate vocabulary.\n") \
+        == {"LONGWORDS"}
+    assert ran == ["LONGWORDS"]

@@ -343,11 +343,14 @@ def _add(found: dict[int, Match], i: int, m: Match, rule: PatternRule) -> None:
 
 
 def _hs_suitable(pattern: str) -> bool:
+    """Whether Hyperscan gets ``pattern`` as written: short, and no counted repeat of
+    :data:`HS_MAX_REPEAT` or more (``{n,}`` below it is taken as written: loosened to
+    ``+``, SpamAssassin's ``(?:[a-z]{8,}[\\s.]+){6}`` let every line through)."""
     if len(pattern) > HS_MAX_PATTERN:
         return False
     for m in _BOUNDED.finditer(pattern):
         upper = m.group(2)
-        if upper == "" or int(upper if upper is not None else m.group(1)) >= HS_MAX_REPEAT:
+        if int(m.group(1) if upper == "" or upper is None else upper) >= HS_MAX_REPEAT:
             return False
     return True
 
