@@ -212,3 +212,16 @@ def test_open_ended_repeat_reaches_hyperscan_as_written(tmp_path: Path, monkeypa
     assert _fired(ruleset, "extremely lengthily sentences containing enormously elaborate vocabulary.\n") \
         == {"LONGWORDS"}
     assert ran == ["LONGWORDS"]
+
+
+@needs_hyperscan
+def test_pattern_with_an_embedded_anchor_is_prefiltered_without_it(tmp_path: Path) -> None:
+    """Hyperscan refuses an end anchor inside a pattern (SpamAssassin's T_FUZZY_OPTOUT
+    starts ``(?:$|\\W)``) even in prefilter mode; without its anchors it is a superset
+    Hyperscan takes, instead of a regex run on every body line."""
+    ruleset = _ruleset(tmp_path, "body OPTOUT /(?:$|\\W)(?=o)(?!opt[-\\s]?out)op+t[-\\s]?out(?:$|\\W)/i\n"
+                                 "score OPTOUT 1.0\n")
+    assert ruleset.stats.regex_only == 0 and ruleset.stats.hyperscan_prefilter == 1
+    assert _fired(ruleset, "To opppt out, reply.\n") == {"OPTOUT"}
+    assert _fired(ruleset, "To opt out, reply.\n") == set()
+    assert _fired(ruleset, "Nothing here.\n") == set()

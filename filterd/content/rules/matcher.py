@@ -150,8 +150,12 @@ class PatternSet:
                 for entry in group:
                     by_rule.setdefault(entry[0], []).append(entry)
                 for i, entries in by_rule.items():
-                    for extra in (0, hyperscan.HS_FLAG_PREFILTER):
-                        mine = [(j, expr, flags | extra) for j, expr, flags in entries]
+                    # as written, in prefilter mode, then without anchors (a superset:
+                    # Hyperscan refuses an end anchor inside a pattern, "(?:$|\W)foo")
+                    unanchored = [(j, _without_anchors(expr), flags) for j, expr, flags in entries]
+                    for extra, tried in ((0, entries), (hyperscan.HS_FLAG_PREFILTER, entries),
+                                         (hyperscan.HS_FLAG_PREFILTER, unanchored)):
+                        mine = [(j, expr, flags | extra) for j, expr, flags in tried]
                         if _hs_database(mine, self._cache) is not None:
                             kept.extend(mine)
                             break
@@ -243,6 +247,39 @@ class PatternSet:
                     if not rule.multiple:
                         break
         return found
+
+
+def _without_anchors(expr: bytes) -> bytes:
+    """A Hyperscan expression with its anchors (``^ $ \\A \\z \\Z \\G``, outside
+    classes) removed: an assertion removed only lets more texts match, so the result
+    is a superset of the expression, fit for pre-filtering."""
+    out = bytearray()
+    i, n, in_class = 0, len(expr), False
+    while i < n:
+        ch = expr[i:i + 1]
+        if ch == b"\\" and i + 1 < n:
+            if in_class or expr[i + 1:i + 2] not in (b"A", b"z", b"Z", b"G"):
+                out += expr[i:i + 2]
+            i += 2
+            continue
+        if in_class:
+            in_class = ch != b"]"
+        elif ch == b"[":
+            in_class = True
+            j = i + 1
+            if expr[j:j + 1] == b"^":
+                j += 1
+            if expr[j:j + 1] == b"]":
+                j += 1
+            out += expr[i:j]
+            i = j
+            continue
+        elif ch in (b"^", b"$"):
+            i += 1
+            continue
+        out += ch
+        i += 1
+    return bytes(out)
 
 
 def _collect(rule_id: int, start: int, end: int, flags: int, context: list[int]) -> None:
