@@ -58,7 +58,8 @@ class _HeaderGroup:
     spec: str
     if_unset: bytes | None
     patterns: PatternSet
-    rules: tuple[_HeaderRule, ...]
+    rules: tuple[_HeaderRule, ...]  # rules[i] is the rule of pattern i
+    negated: tuple[_HeaderRule, ...]  # the ``!~`` rules: they fire when their pattern does not match
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ class RuleSet:
             self._count_engine(pset)
             rules = tuple(_HeaderRule(i, p.name, neg) for i, (p, neg) in enumerate(members))
             unset = None if if_unset is None else to_bytes(if_unset)
-            self._headers.append(_HeaderGroup(spec, unset, pset, rules))
+            self._headers.append(_HeaderGroup(spec, unset, pset, rules, tuple(r for r in rules if r.negate)))
         for kind, plist in pattern_rules.items():
             pset = PatternSet(plist, use_hs, cache)
             self._count_engine(pset)
@@ -265,14 +266,14 @@ class RuleSet:
             if text is None:
                 text = group.if_unset if group.if_unset is not None else b""
             found = group.patterns.match([text])
-            for r in group.rules:
-                m = found.get(r.index)
-                if r.negate:
-                    if m is None:
-                        hits[r.name] = 1
-                elif m is not None:
+            for i, m in found.items():
+                r = group.rules[i]
+                if not r.negate:
                     hits[r.name] = m.count
                     evidence[r.name] = m.evidence
+            for r in group.negated:
+                if r.index not in found:
+                    hits[r.name] = 1
         for name, spec in self._exists:
             if views.header(spec) is not None:
                 hits[name] = 1
