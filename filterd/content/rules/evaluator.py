@@ -3,8 +3,10 @@
 Loading does all the expensive work once: parse, expand ReplaceTags, translate and
 compile every pattern, group patterns by what they match (one :class:`PatternSet` per
 rule type, one per header), compile meta expressions and order them so each meta runs
-after the metas it reads. Evaluating a message is then a handful of scans plus a pass
-over the metas.
+after the metas it reads, all compiled into one Python function (see
+:func:`compile_metas`). Evaluating a message is then a handful of scans plus one call of
+that function; the costliest sub-rules run only when their result can change a verdict
+(see :meth:`RuleSet._resolve`).
 
 Scores: SpamAssassin's four-score form ``score NAME s0 s1 s2 s3`` is indexed by
 (network tests, Bayes) = (off,off), (on,off), (off,on), (on,on). filterd's content
@@ -38,7 +40,7 @@ SCORE_SET = 2  # Bayes on, network tests off (see module docstring)
 ENGINES = ("hyperscan", "regex")
 _MAXHITS = re.compile(r"^maxhits=(\d+)$")
 _TAG_SPLIT = re.compile(r"(<[^<>]+>)")
-#: Most deferred sub-rules whose combinations are tried before running them (see _irrelevant).
+#: Most deferred sub-rules whose combinations are tried instead of running them (see _resolve).
 LAZY_MAX = 4
 
 

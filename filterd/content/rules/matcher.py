@@ -6,7 +6,8 @@ is scanned once; only the patterns Hyperscan reports are then run with ``regex``
 confirms the hit, counts ``tflags multiple`` matches and captures evidence. Patterns
 Hyperscan cannot compile exactly (back-references, look-around, atomic groups...) are
 compiled in its prefilter mode, a superset approximation, and confirmed the same way;
-the few it rejects even then run with ``regex`` on every text. Because ``regex`` has the
+the few it rejects even then get one more try without their anchors (a superset too),
+and any it still rejects run with ``regex`` on every text. Because ``regex`` has the
 last word on every hit, both engines report identical results; Hyperscan only decides
 how little work that takes.
 """
