@@ -16,7 +16,7 @@ import pytest
 from filterd.content.message import Message
 from filterd.content.rules import RuleSet
 from filterd.content.rules.coarse import coarse_tag
-from filterd.content.rules.expr import compile_expr, compile_metas
+from filterd.content.rules.expr import ExprError, compile_expr, compile_metas
 from filterd.content.rules import matcher
 from filterd.content.rules.matcher import PatternSet, hyperscan_available, split_alternation
 
@@ -225,3 +225,23 @@ def test_pattern_with_an_embedded_anchor_is_prefiltered_without_it(tmp_path: Pat
     assert _fired(ruleset, "To opppt out, reply.\n") == {"OPTOUT"}
     assert _fired(ruleset, "To opt out, reply.\n") == set()
     assert _fired(ruleset, "Nothing here.\n") == set()
+
+
+@pytest.mark.parametrize("text, problem", [
+    (" + ".join(f"R{i}" for i in range(1000)), "nested deeper than 400 operations"),
+    ("(" * 60 + "A" + ")" * 60, "nested deeper than 50 levels"),
+    ("!" * 60 + "A", "nested deeper than 50 levels"),
+])
+def test_expression_too_deep_for_python_is_a_precise_error(text: str, problem: str) -> None:
+    """A meta Python could not compile (or the parser follow) is refused by name, never
+    a RecursionError that would stop the whole rule set from loading."""
+    with pytest.raises(ExprError, match=problem):
+        compile_expr(text)
+
+
+def test_meta_too_deep_is_reported_and_the_rest_load(tmp_path: Path) -> None:
+    deep = " + ".join(f"R{i}" for i in range(1000))
+    (tmp_path / "r.cf").write_text(f"body R1 /x/\nmeta DEEP {deep}\nscore DEEP 1\nmeta OK R1\nscore OK 1\n")
+    ruleset = RuleSet.load([str(tmp_path / "r.cf")], engine="regex")
+    assert [p.rule for p in ruleset.stats.meta_errors] == ["DEEP"]
+    assert "OK" in _fired(ruleset, "x\n")

@@ -33,6 +33,12 @@ _ARITH: dict[str, ast.operator] = {"+": ast.Add(), "-": ast.Sub(), "*": ast.Mult
 _COMPARE: dict[str, ast.cmpop] = {"<": ast.Lt(), ">": ast.Gt(), "<=": ast.LtE(), ">=": ast.GtE(),
                                    "==": ast.Eq(), "!=": ast.NotEq()}
 _ZERO, _ONE = 0.0, 1.0
+#: Deepest nesting of parentheses and unary operators the parser follows (SpamAssassin's
+#: rules nest a few levels); deeper is an error, not a Python RecursionError.
+MAX_NESTING = 50
+#: Deepest syntax tree Python is given to compile (a chain of 125 ``+`` is about 125
+#: deep in SpamAssassin's __FORM_FRAUD; Python's compiler gives up near 1,000).
+MAX_DEPTH = 400
 
 
 def _div(a: Value, b: Value) -> Value:
@@ -74,6 +80,7 @@ class _Parser:
         self.pos = 0
         self.names: set[str] = set()
         self.name_node = name_node
+        self.nesting = 0
 
     def peek(self) -> tuple[str, str] | None:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else None
@@ -91,6 +98,8 @@ class _Parser:
         node = self.binary(0)
         if self.peek() is not None:
             raise ExprError(f"unexpected {self.peek()[1]!r}")  # type: ignore[index]
+        if _tree_depth(node) > MAX_DEPTH:
+            raise ExprError(f"expression nested deeper than {MAX_DEPTH} operations")
         return node
 
     def binary(self, level: int) -> ast.expr:
@@ -104,6 +113,15 @@ class _Parser:
         return left
 
     def unary(self) -> ast.expr:
+        self.nesting += 1
+        if self.nesting > MAX_NESTING:
+            raise ExprError(f"expression nested deeper than {MAX_NESTING} levels")
+        try:
+            return self._unary()
+        finally:
+            self.nesting -= 1
+
+    def _unary(self) -> ast.expr:
         kind, value = self.take()
         if kind == "op" and value == "!":
             return ast.IfExp(test=self.unary(), body=ast.Constant(_ZERO), orelse=ast.Constant(_ONE))
@@ -137,6 +155,17 @@ def _combine(op: str, a: ast.expr, b: ast.expr) -> ast.expr:
         return ast.IfExp(test=ast.Compare(left=a, ops=[_COMPARE[op]], comparators=[b]),
                          body=ast.Constant(_ONE), orelse=ast.Constant(_ZERO))
     raise ExprError(f"unknown operator {op!r}")  # pragma: no cover - _LEVELS lists them all
+
+
+def _tree_depth(node: ast.AST) -> int:
+    """Depth of a syntax tree, walked without recursion (the tree may be deep)."""
+    deepest = 0
+    stack = [(node, 1)]
+    while stack:
+        current, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(current))
+    return deepest
 
 
 def parse_expr(text: str, name_node: NameNode) -> tuple[ast.expr, set[str]]:
