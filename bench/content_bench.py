@@ -559,7 +559,7 @@ def prepare_filterd_data(workdir: Path, corpus_root: Path) -> Path:
 
 
 def filterd_config(workdir: Path, listen: int, forward: int, data: Path, clamav: str,
-                   args: argparse.Namespace, extra_rules: str = "") -> Path:
+                   args: argparse.Namespace, extra_rules: str | None = None) -> Path:
     config = workdir / f"filterd-{listen}.cf"
     lines = [
         f"filter_listen = inet:127.0.0.1:{listen}",
@@ -575,8 +575,8 @@ def filterd_config(workdir: Path, listen: int, forward: int, data: Path, clamav:
     ]
     if args.rules_directory:
         lines.append(f"rules_directory = {args.rules_directory}")
-    if extra_rules:
-        lines.append(f"rules_extra_directories = {extra_rules}")
+    if extra_rules is not None:
+        lines.append(f"rules_extra_directories = {extra_rules}".rstrip())
     config.write_text("\n".join(lines) + "\n")
     return config
 
@@ -897,13 +897,13 @@ class Bench:
     # -- filterd alone --------------------------------------------------------------
 
     def filterd(self) -> list[Measurement]:
-        return self._filterd("filterd", "")
+        return self._filterd("filterd", self.args.rules_extra_directories)
 
     def filterd_sarules(self) -> list[Measurement]:
         """filterd with SpamAssassin's own rules added: the like-for-like against spamd."""
         return self._filterd("filterd-sarules", SA_RULES)
 
-    def _filterd(self, system: str, extra_rules: str) -> list[Measurement]:
+    def _filterd(self, system: str, extra_rules: str | None) -> list[Measurement]:
         workdir = self.workdir(system)
         data = self.filterd_data()
         clamd, clamav = start_clamd(self.stack, workdir)
@@ -1455,6 +1455,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(default $FILTERD_CORPUS or ../shared/corpus)")
     parser.add_argument("--rules-directory", default=None,
                         help="filterd rules_directory (default: filterd's own default)")
+    parser.add_argument("--rules-extra-directories", default=None, metavar="DIRS",
+                        help="filterd rules_extra_directories for the filterd system (default: "
+                             "filterd's own default, SpamAssassin's rules where installed; "
+                             "'' measures filterd without them)")
     parser.add_argument("--no-sa-bayes", action="store_true",
                         help="skip sa-learn (about a minute) and run SpamAssassin without Bayes")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")

@@ -16,7 +16,9 @@ import pytest
 from filterd.content.message import Message
 from filterd.content.rules import RuleSet
 from filterd.content.rules.coarse import coarse_tag
-from filterd.content.rules.matcher import hyperscan_available, split_alternation
+from filterd.content.rules.expr import ExprError, compile_expr, compile_metas
+from filterd.content.rules import matcher
+from filterd.content.rules.matcher import PatternSet, hyperscan_available, split_alternation
 
 needs_hyperscan = pytest.mark.skipif(not hyperscan_available(), reason="hyperscan module not installed")
 
@@ -111,3 +113,135 @@ def test_repeated_group_rule_counts_where_its_body_ends(tmp_path: Path) -> None:
     assert _fired(ruleset, "Name: address: city, phone\n") == {"FORM3"}
     assert _fired(ruleset, "Name: address\n") == set()
     assert _fired(ruleset, "name name name name name name\n") == {"FORM5", "FORM3"}
+
+
+def test_metas_compiled_as_one_function_agree_with_each_expression() -> None:
+    """compile_metas (every meta of a set in one function over locals) gives each meta the
+    value its own expression gives, Perl's semantics included: && and || return the
+    deciding operand, ! and comparisons give 1 or 0, division by zero gives 0, and a meta
+    reads the metas before it."""
+    metas = [
+        ("M1", "A && B"),
+        ("M2", "(A || B) + C"),
+        ("M3", "!M1 && (C > 1 || D == 0)"),
+        ("M4", "A / D + -B * 2"),
+        ("M5", "M2 >= 2 && M3 != 1 || not M4"),
+        ("M6", "(M1 + M2 + M3 + M4 + M5 + UNKNOWN) / (A - A)"),
+        ("M7", "M6 <= 0 and (B < 1 or C)"),
+    ]
+    run = compile_metas(metas)
+    single = {name: compile_expr(text)[0] for name, text in metas}
+    for a in (0, 1, 3):
+        for b in (0, 1, 2.5):
+            for c in (0, 2):
+                for d in (0, 4):
+                    base = {k: v for k, v in (("A", a), ("B", b), ("C", c), ("D", d)) if v}
+                    expected = dict(base)
+                    for name, _ in metas:
+                        value = single[name](expected)
+                        if value:
+                            expected[name] = value
+                    got = dict(base)
+                    run(got)
+                    assert got == expected
+                    assert list(got) == list(expected)
+
+
+def test_meta_names_are_never_python() -> None:
+    """A rule name that is a Python keyword or builtin is still just a rule name."""
+    run = compile_metas([("lambda", "None + import"), ("class", "lambda && print")])
+    hits: dict[str, float] = {"None": 1, "import": 2, "print": 3}
+    run(hits)
+    assert hits["lambda"] == 3 and hits["class"] == 3
+
+
+@needs_hyperscan
+def test_costly_sub_rule_runs_only_when_its_result_can_matter(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sub-rule with a coarse Hyperscan filter (here the match-end count of a repeated
+    group) is confirmed with the regex only when the scored rules depend on it; either
+    way the rules that fire are those the full evaluation gives."""
+    rules = ("body __FORM5 /(?:(?:name|address|city|phone)[:\\s,]{1,100}){5}/i\n"
+             "body __LIST /mailing list/\n"
+             "meta FORM_SPAM __FORM5 && !__LIST\nscore FORM_SPAM 1.0\n")
+    ruleset = _ruleset(tmp_path, rules)
+    confirmed: list[int] = []
+    original = PatternSet.confirm
+
+    def spy(self: PatternSet, i: int, texts: list[bytes]) -> object:
+        confirmed.append(i)
+        return original(self, i, texts)
+
+    monkeypatch.setattr(PatternSet, "confirm", spy)
+    form = "Name: address: city, phone: name:\n\n"
+    assert _fired(ruleset, form + "mailing list\n") == set()
+    assert confirmed == []  # FORM_SPAM is off whatever __FORM5 says: its regex never ran
+    assert _fired(ruleset, form) == {"FORM_SPAM"}
+    assert len(confirmed) == 1
+    assert _fired(ruleset, "name address city phone\n\n") == set()  # filtered out by Hyperscan
+    assert len(confirmed) == 1
+
+
+def test_metas_run_again_with_clear_forget_what_no_longer_holds() -> None:
+    """The function the evaluator re-runs over a dict holding an earlier result removes
+    the metas that are now 0, so trying another value of a sub-rule leaves no trace."""
+    run = compile_metas([("M1", "A && !B"), ("M2", "M1 || C")], clear=True)
+    hits: dict[str, float] = {"A": 1}
+    run(hits)
+    assert hits == {"A": 1, "M1": 1.0, "M2": 1.0}
+    hits["B"] = 1
+    run(hits)
+    assert hits == {"A": 1, "B": 1}
+
+
+@needs_hyperscan
+def test_open_ended_repeat_reaches_hyperscan_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``{n,}`` with a small n is no reason to loosen a pattern: SpamAssassin's
+    __LONGWORDS_A, loosened to ``\\b(?:[a-z]+[\\s.]+)+``, sent every line to the regex."""
+    ruleset = _ruleset(tmp_path, "body LONGWORDS /\\b(?:[a-z]{8,}[\\s\\.]+){6}/\nscore LONGWORDS 1.0\n")
+    ran: list[str] = []
+    original = matcher._run
+
+    def spy(rule: matcher.PatternRule, text: bytes) -> matcher.Match | None:
+        ran.append(rule.name)
+        return original(rule, text)
+
+    monkeypatch.setattr(matcher, "_run", spy)
+    assert _fired(ruleset, "short words on this line only\n") == set()
+    assert ran == []
+    assert _fired(ruleset, "extremely lengthily sentences containing enormously elaborate vocabulary.\n") \
+        == {"LONGWORDS"}
+    assert ran == ["LONGWORDS"]
+
+
+@needs_hyperscan
+def test_pattern_with_an_embedded_anchor_is_prefiltered_without_it(tmp_path: Path) -> None:
+    """Hyperscan refuses an end anchor inside a pattern (SpamAssassin's T_FUZZY_OPTOUT
+    starts ``(?:$|\\W)``) even in prefilter mode; without its anchors it is a superset
+    Hyperscan takes, instead of a regex run on every body line."""
+    ruleset = _ruleset(tmp_path, "body OPTOUT /(?:$|\\W)(?=o)(?!opt[-\\s]?out)op+t[-\\s]?out(?:$|\\W)/i\n"
+                                 "score OPTOUT 1.0\n")
+    assert ruleset.stats.regex_only == 0 and ruleset.stats.hyperscan_prefilter == 1
+    assert _fired(ruleset, "To opppt out, reply.\n") == {"OPTOUT"}
+    assert _fired(ruleset, "To opt out, reply.\n") == set()
+    assert _fired(ruleset, "Nothing here.\n") == set()
+
+
+@pytest.mark.parametrize("text, problem", [
+    (" + ".join(f"R{i}" for i in range(1000)), "nested deeper than 400 operations"),
+    ("(" * 60 + "A" + ")" * 60, "nested deeper than 50 levels"),
+    ("!" * 60 + "A", "nested deeper than 50 levels"),
+])
+def test_expression_too_deep_for_python_is_a_precise_error(text: str, problem: str) -> None:
+    """A meta Python could not compile (or the parser follow) is refused by name, never
+    a RecursionError that would stop the whole rule set from loading."""
+    with pytest.raises(ExprError, match=problem):
+        compile_expr(text)
+
+
+def test_meta_too_deep_is_reported_and_the_rest_load(tmp_path: Path) -> None:
+    deep = " + ".join(f"R{i}" for i in range(1000))
+    (tmp_path / "r.cf").write_text(f"body R1 /x/\nmeta DEEP {deep}\nscore DEEP 1\nmeta OK R1\nscore OK 1\n")
+    ruleset = RuleSet.load([str(tmp_path / "r.cf")], engine="regex")
+    assert [p.rule for p in ruleset.stats.meta_errors] == ["DEEP"]
+    assert "OK" in _fired(ruleset, "x\n")

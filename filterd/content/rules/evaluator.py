@@ -3,8 +3,10 @@
 Loading does all the expensive work once: parse, expand ReplaceTags, translate and
 compile every pattern, group patterns by what they match (one :class:`PatternSet` per
 rule type, one per header), compile meta expressions and order them so each meta runs
-after the metas it reads. Evaluating a message is then a handful of scans plus a pass
-over the metas.
+after the metas it reads, all compiled into one Python function (see
+:func:`compile_metas`). Evaluating a message is then a handful of scans plus one call of
+that function; the costliest sub-rules run only when their result can change a verdict
+(see :meth:`RuleSet._resolve`).
 
 Scores: SpamAssassin's four-score form ``score NAME s0 s1 s2 s3`` is indexed by
 (network tests, Bayes) = (off,off), (on,off), (off,on), (on,on). filterd's content
@@ -17,14 +19,16 @@ undefined, disabled or unsupported rules as 0 (SpamAssassin 4 does the same).
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from filterd.content.message import Message
 from filterd.content.rules.evals import NATIVE_EVALS, NativeEval
 from filterd.content.rules.coarse import coarse_tag
-from filterd.content.rules.expr import Evaluator, ExprError, compile_expr
+from filterd.content.rules.expr import ExprError, Value, compile_expr, compile_metas
 from filterd.content.rules.matcher import HsCache, PatternRule, PatternSet, hyperscan_available
 from filterd.content.rules.model import LoadStats, Problem, RuleConfig, RuleDef, RuleKind, RuleSettings
 from filterd.content.rules.parser import parse_rule_files
@@ -36,6 +40,8 @@ SCORE_SET = 2  # Bayes on, network tests off (see module docstring)
 ENGINES = ("hyperscan", "regex")
 _MAXHITS = re.compile(r"^maxhits=(\d+)$")
 _TAG_SPLIT = re.compile(r"(<[^<>]+>)")
+#: Most deferred sub-rules whose combinations are tried instead of running them (see _resolve).
+LAZY_MAX = 4
 
 
 def default_engine() -> str:
@@ -54,7 +60,8 @@ class _HeaderGroup:
     spec: str
     if_unset: bytes | None
     patterns: PatternSet
-    rules: tuple[_HeaderRule, ...]
+    rules: tuple[_HeaderRule, ...]  # rules[i] is the rule of pattern i
+    negated: tuple[_HeaderRule, ...]  # the ``!~`` rules: they fire when their pattern does not match
 
 
 @dataclass(frozen=True)
@@ -63,22 +70,6 @@ class _EvalRule:
     kind: RuleKind
     native: NativeEval
     args: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class _MetaRule:
-    """A meta rule, with what it is worth when none of the rules it reads fired.
-
-    Most metas read rules that did not fire on a given message; their value is then
-    known from load time (``idle``), and ``deps.isdisjoint(hits)`` (one C-level set
-    test) replaces a walk through the expression's closures, which is most of the
-    time a message spends in meta rules.
-    """
-
-    name: str
-    fn: Evaluator
-    deps: frozenset[str]
-    idle: float
 
 
 class RuleSet:
@@ -92,8 +83,11 @@ class RuleSet:
         self._headers: list[_HeaderGroup] = []
         self._exists: list[tuple[str, str]] = []  # (rule, header spec)
         self._sets: dict[RuleKind, PatternSet] = {}
+        self._lazy: dict[RuleKind, frozenset[int]] = {}  # per set: sub-rules run only when they matter
         self._evals: list[_EvalRule] = []
-        self._metas: list[_MetaRule] = []
+        self._run_metas: Callable[[dict[str, Value]], None] = compile_metas([])
+        self._run_downstream: Callable[[dict[str, Value]], None] = compile_metas([])
+        self._downstream_scored: tuple[str, ...] = ()
 
     # -- loading ---------------------------------------------------------------------
     @classmethod
@@ -124,7 +118,7 @@ class RuleSet:
         _expand_replace_tags(cfg)
         pattern_rules: dict[RuleKind, list[PatternRule]] = defaultdict(list)
         header_groups: dict[tuple[str, str | None], list[tuple[PatternRule, bool]]] = defaultdict(list)
-        metas: dict[str, tuple[Evaluator, set[str], RuleDef]] = {}
+        metas: dict[str, tuple[set[str], RuleDef]] = {}
         needed = _needed_rules(cfg, score_set)
         for name, rule in cfg.rules.items():
             score = _score(name, cfg, score_set)
@@ -141,11 +135,11 @@ class RuleSet:
                 continue
             if rule.kind is RuleKind.META:
                 try:
-                    fn, deps = compile_expr(rule.meta or "")
+                    _, deps = compile_expr(rule.meta or "")
                 except ExprError as exc:
                     stats.meta_errors.append(Problem(rule.where, f"bad meta expression: {exc}", name))
                     continue
-                metas[name] = (fn, deps, rule)
+                metas[name] = (deps, rule)
                 continue
             if rule.kind is RuleKind.HEADER and rule.exists:
                 try:
@@ -175,11 +169,12 @@ class RuleSet:
             self._count_engine(pset)
             rules = tuple(_HeaderRule(i, p.name, neg) for i, (p, neg) in enumerate(members))
             unset = None if if_unset is None else to_bytes(if_unset)
-            self._headers.append(_HeaderGroup(spec, unset, pset, rules))
+            self._headers.append(_HeaderGroup(spec, unset, pset, rules, tuple(r for r in rules if r.negate)))
         for kind, plist in pattern_rules.items():
             pset = PatternSet(plist, use_hs, cache)
             self._count_engine(pset)
             self._sets[kind] = pset
+            self._lazy[kind] = frozenset(i for i in pset.costly if plist[i].name.startswith("__"))
         self._order_metas(metas)
 
     def _compile_pattern(self, rule: RuleDef, cfg: RuleConfig) -> PatternRule | None:
@@ -220,10 +215,11 @@ class RuleSet:
         self.stats.hyperscan_prefilter += pset.hs_prefilter
         self.stats.regex_only += pset.regex_only
 
-    def _order_metas(self, metas: dict[str, tuple[Evaluator, set[str], RuleDef]]) -> None:
-        """Order metas so that each runs after the metas it reads; cycles are errors."""
+    def _order_metas(self, metas: dict[str, tuple[set[str], RuleDef]]) -> None:
+        """Order metas so that each runs after the metas it reads (cycles are errors), and
+        compile them, in that order, into one function (see :func:`compile_metas`)."""
         state: dict[str, int] = {}  # 1 = visiting, 2 = done
-        ordered: list[_MetaRule] = []
+        ordered: list[str] = []
         broken: set[str] = set()
 
         def visit(name: str, chain: list[str]) -> bool:
@@ -231,46 +227,55 @@ class RuleSet:
                 return name not in broken
             if state.get(name) == 1:
                 cycle = " -> ".join(chain[chain.index(name):] + [name])
-                self.stats.meta_errors.append(Problem(metas[name][2].where, f"meta dependency loop: {cycle}", name))
+                self.stats.meta_errors.append(Problem(metas[name][1].where, f"meta dependency loop: {cycle}", name))
                 broken.add(name)
                 return False
             state[name] = 1
-            bad_deps = sorted(d for d in metas[name][1] if d in metas and not visit(d, chain + [name]))
+            bad_deps = sorted(d for d in metas[name][0] if d in metas and not visit(d, chain + [name]))
             state[name] = 2
             if bad_deps and name not in broken:
                 self.stats.meta_errors.append(
-                    Problem(metas[name][2].where, f"depends on broken meta {', '.join(bad_deps)}", name))
+                    Problem(metas[name][1].where, f"depends on broken meta {', '.join(bad_deps)}", name))
             if bad_deps or name in broken:
                 broken.add(name)
                 return False
-            fn, deps, _ = metas[name]
-            ordered.append(_MetaRule(name, fn, frozenset(deps), fn({})))
+            ordered.append(name)
             return True
 
         for name in metas:
             visit(name, [])
-        self._metas = ordered
+        self._run_metas = compile_metas([(name, metas[name][1].meta or "") for name in ordered])
+        # the metas reading a deferrable sub-rule (see _resolve), directly or through others
+        lazy = {pset.rules[i].name for kind, pset in self._sets.items() for i in self._lazy[kind]}
+        downstream: list[str] = []
+        for name in ordered:
+            if metas[name][0] & lazy:
+                downstream.append(name)
+                lazy.add(name)
+        self._run_downstream = compile_metas([(name, metas[name][1].meta or "") for name in downstream], clear=True)
+        self._downstream_scored = tuple(n for n in downstream if not n.startswith("__") and self.scores.get(n))
         self.stats.loaded["meta"] += len(ordered)
 
     # -- evaluation ------------------------------------------------------------------
     def evaluate(self, msg: Message) -> list[Symbol]:
         """Every scored rule that fires on ``msg``, sorted by name."""
         views = MessageViews(msg, self.settings)
-        hits: dict[str, float] = {}
+        hits: dict[str, Value] = {}
         evidence: dict[str, bytes] = {}
+        pending: list[tuple[PatternSet, int, list[bytes]]] = []
         for group in self._headers:
             text = views.header(group.spec)
             if text is None:
                 text = group.if_unset if group.if_unset is not None else b""
             found = group.patterns.match([text])
-            for r in group.rules:
-                m = found.get(r.index)
-                if r.negate:
-                    if m is None:
-                        hits[r.name] = 1
-                elif m is not None:
+            for i, m in found.items():
+                r = group.rules[i]
+                if not r.negate:
                     hits[r.name] = m.count
                     evidence[r.name] = m.evidence
+            for r in group.negated:
+                if r.index not in found:
+                    hits[r.name] = 1
         for name, spec in self._exists:
             if views.header(spec) is not None:
                 hits[name] = 1
@@ -279,25 +284,60 @@ class RuleSet:
             pset = self._sets.get(kind)
             if pset is None:
                 continue
-            for i, m in pset.match(texts()).items():
+            waiting: dict[int, list[bytes]] = {}
+            for i, m in pset.match(texts(), self._lazy[kind], waiting).items():
                 name = pset.rules[i].name
                 hits[name] = m.count
                 evidence[name] = m.evidence
+            pending.extend((pset, i, lines) for i, lines in waiting.items() if pset.rules[i].name not in hits)
         for ev in self._evals:
             try:
                 if ev.native.fn(views, ev.args):
                     hits[ev.name] = 1
             except (ValueError, LookupError, TypeError, ArithmeticError):
                 continue  # hostile input broke a test: it does not fire, the rest still runs
-        for meta in self._metas:
-            value = meta.idle if meta.deps.isdisjoint(hits) else meta.fn(hits)
-            if value:
-                hits[meta.name] = value
+        self._run_metas(hits)  # the deferred sub-rules count 0 so far
+        if pending:
+            self._resolve(hits, pending)
         return [
             Symbol(name, self.scores[name], self.describes.get(name, ""), _evidence(evidence.get(name)))
             for name in sorted(hits)
             if not name.startswith("__") and self.scores.get(name)
         ]
+
+    def _resolve(self, hits: dict[str, Value], pending: list[tuple[PatternSet, int, list[bytes]]]) -> None:
+        """Run the deferred sub-rules whose result can change which scored rules fire, and
+        bring the metas that read them up to date in ``hits``.
+
+        SpamAssassin's costliest patterns (__FILL_THIS_FORM_*: look-alike letters, a
+        repeated group) are sub-rules whose Hyperscan filter lets a line through in most
+        messages, at milliseconds of backtracking each, while the metas reading them often
+        decide the same either way (a mailing-list message, say). While at most
+        :data:`LAZY_MAX` remain, every combination of their values is tried through the
+        metas that read them (microseconds); when the scored rules come out the same, the
+        rest need not run. Otherwise the one with the fewest candidate texts runs next.
+        """
+        todo = sorted(pending, key=lambda p: len(p[2]))
+        while todo and not (len(todo) <= LAZY_MAX and self._irrelevant(hits, [p.rules[i].name for p, i, _ in todo])):
+            pset, i, texts = todo.pop(0)
+            if pset.confirm(i, texts) is not None:
+                hits[pset.rules[i].name] = 1  # not ``multiple``: a hit counts 1
+        self._run_downstream(hits)
+
+    def _irrelevant(self, hits: dict[str, Value], names: list[str]) -> bool:
+        """Whether the scored rules that fire are the same whichever of the sub-rules
+        ``names`` (each worth 0 or 1) match, given the results in ``hits``."""
+        outcome: frozenset[str] | None = None
+        for values in itertools.product((0, 1), repeat=len(names)):
+            trial = dict(hits)
+            trial.update((name, 1) for name, value in zip(names, values) if value)
+            self._run_downstream(trial)
+            fired = frozenset(n for n in self._downstream_scored if n in trial)
+            if outcome is None:
+                outcome = fired
+            elif fired != outcome:
+                return False
+        return True
 
 
 def _evidence(data: bytes | None) -> str:

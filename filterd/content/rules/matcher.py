@@ -6,7 +6,8 @@ is scanned once; only the patterns Hyperscan reports are then run with ``regex``
 confirms the hit, counts ``tflags multiple`` matches and captures evidence. Patterns
 Hyperscan cannot compile exactly (back-references, look-around, atomic groups...) are
 compiled in its prefilter mode, a superset approximation, and confirmed the same way;
-the few it rejects even then run with ``regex`` on every text. Because ``regex`` has the
+the few it rejects even then get one more try without their anchors (a superset too),
+and any it still rejects run with ``regex`` on every text. Because ``regex`` has the
 last word on every hit, both engines report identical results; Hyperscan only decides
 how little work that takes.
 """
@@ -92,6 +93,11 @@ class PatternSet:
             self._build_hyperscan()
         # what each pattern does with an empty text (absent headers are empty strings)
         self._empty = self._regex_only([b""], list(range(len(rules))))
+        #: Rules whose Hyperscan filter is coarse (look-alike letters, the match-end count
+        #: of a repeated group), so that its candidates are mostly lines the rule does not
+        #: match, at up to milliseconds of backtracking each: worth deferring (see match).
+        self.costly = frozenset(i for i, rule in enumerate(rules)
+                                if (i in self._repeats or rule.prefilter is not None) and not rule.multiple)
 
     @property
     def regex_only(self) -> int:
@@ -145,8 +151,12 @@ class PatternSet:
                 for entry in group:
                     by_rule.setdefault(entry[0], []).append(entry)
                 for i, entries in by_rule.items():
-                    for extra in (0, hyperscan.HS_FLAG_PREFILTER):
-                        mine = [(j, expr, flags | extra) for j, expr, flags in entries]
+                    # as written, in prefilter mode, then without anchors (a superset:
+                    # Hyperscan refuses an end anchor inside a pattern, "(?:$|\W)foo")
+                    unanchored = [(j, _without_anchors(expr), flags) for j, expr, flags in entries]
+                    for extra, tried in ((0, entries), (hyperscan.HS_FLAG_PREFILTER, entries),
+                                         (hyperscan.HS_FLAG_PREFILTER, unanchored)):
+                        mine = [(j, expr, flags | extra) for j, expr, flags in tried]
                         if _hs_database(mine, self._cache) is not None:
                             kept.extend(mine)
                             break
@@ -177,8 +187,14 @@ class PatternSet:
             self._local.repeat_scratches = {i: hyperscan.Scratch(db) for i, (db, _) in self._repeats.items()}
         return scratches
 
-    def match(self, texts: list[bytes]) -> dict[int, Match]:
-        """Rule index -> Match for every rule matching at least one of ``texts``."""
+    def match(self, texts: list[bytes], defer: frozenset[int] = frozenset(),
+              pending: dict[int, list[bytes]] | None = None) -> dict[int, Match]:
+        """Rule index -> Match for every rule matching at least one of ``texts``.
+
+        The rules in ``defer`` are not run: the texts Hyperscan names them for go to
+        ``pending[index]`` instead, for :meth:`confirm` once it is known their result can
+        matter (a rule none of whose candidates is confirmed does not match).
+        """
         if not self._dbs:
             return self._regex_only(texts, range(len(self.rules)))
         found: dict[int, Match] = {}
@@ -199,10 +215,17 @@ class PatternSet:
                     continue
                 if i in self._repeats and not self._repeated(i, text):
                     continue
+                if i in defer and pending is not None:
+                    pending.setdefault(i, []).append(text)
+                    continue
                 m = _run(rule, text)
                 if m is not None:
                     _add(found, i, m, rule)
         return found
+
+    def confirm(self, i: int, texts: list[bytes]) -> Match | None:
+        """Whether rule ``i`` matches one of ``texts`` (its deferred candidates)."""
+        return self._regex_only(texts, [i]).get(i)
 
     def _repeated(self, i: int, text: bytes) -> bool:
         """Whether the body X of rule ``i`` (``(?:X){n}``) ends at ``n`` different places in
@@ -225,6 +248,39 @@ class PatternSet:
                     if not rule.multiple:
                         break
         return found
+
+
+def _without_anchors(expr: bytes) -> bytes:
+    """A Hyperscan expression with its anchors (``^ $ \\A \\z \\Z \\G``, outside
+    classes) removed: an assertion removed only lets more texts match, so the result
+    is a superset of the expression, fit for pre-filtering."""
+    out = bytearray()
+    i, n, in_class = 0, len(expr), False
+    while i < n:
+        ch = expr[i:i + 1]
+        if ch == b"\\" and i + 1 < n:
+            if in_class or expr[i + 1:i + 2] not in (b"A", b"z", b"Z", b"G"):
+                out += expr[i:i + 2]
+            i += 2
+            continue
+        if in_class:
+            in_class = ch != b"]"
+        elif ch == b"[":
+            in_class = True
+            j = i + 1
+            if expr[j:j + 1] == b"^":
+                j += 1
+            if expr[j:j + 1] == b"]":
+                j += 1
+            out += expr[i:j]
+            i = j
+            continue
+        elif ch in (b"^", b"$"):
+            i += 1
+            continue
+        out += ch
+        i += 1
+    return bytes(out)
 
 
 def _collect(rule_id: int, start: int, end: int, flags: int, context: list[int]) -> None:
@@ -325,11 +381,14 @@ def _add(found: dict[int, Match], i: int, m: Match, rule: PatternRule) -> None:
 
 
 def _hs_suitable(pattern: str) -> bool:
+    """Whether Hyperscan gets ``pattern`` as written: short, and no counted repeat of
+    :data:`HS_MAX_REPEAT` or more (``{n,}`` below it is taken as written: loosened to
+    ``+``, SpamAssassin's ``(?:[a-z]{8,}[\\s.]+){6}`` let every line through)."""
     if len(pattern) > HS_MAX_PATTERN:
         return False
     for m in _BOUNDED.finditer(pattern):
         upper = m.group(2)
-        if upper == "" or int(upper if upper is not None else m.group(1)) >= HS_MAX_REPEAT:
+        if int(m.group(1) if upper == "" or upper is None else upper) >= HS_MAX_REPEAT:
             return False
     return True
 
