@@ -318,15 +318,22 @@ def _received_tokens(value: str) -> list[str]:
     for m in _IPV4.finditer(value):
         out.append("H*r:ip*" + ".".join(m.groups()[:3]))
     value = _IPV4.sub(" ", value)
-    for word in _WORD.findall(value.lower()):
-        word = word.strip(_TRIM)
-        if len(word) < 3:
-            continue
-        if "." in word:
-            out.extend(_domain_tokens(word, "H*r:")[-3:])  # up to host, domain, TLD
-        else:
-            out.append("H*r:" + word[:MAX_TOKEN_LENGTH])
+    # each distinct word once: "from", "by", "with", relay names recur in every hop
+    for word in dict.fromkeys(_WORD.findall(value.lower())):
+        out.extend(_received_word_tokens(word))
     return out
+
+
+@functools.lru_cache(maxsize=8192)
+def _received_word_tokens(word: str) -> tuple[str, ...]:
+    """Tokens of one word of a Received field; remembered, as relay names, MTA names and
+    keywords recur across the hops of a message and across messages."""
+    word = word.strip(_TRIM)
+    if len(word) < 3:
+        return ()
+    if "." in word:
+        return tuple(_domain_tokens(word, "H*r:")[-3:])  # up to host, domain, TLD
+    return ("H*r:" + word[:MAX_TOKEN_LENGTH],)
 
 
 # -- URIs, HTML and MIME -------------------------------------------------------------
