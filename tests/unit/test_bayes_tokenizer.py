@@ -64,6 +64,15 @@ def test_received_uses_earliest_hops_without_ids_or_dates() -> None:
     assert not any(t.startswith("H*r:") and ("99xyz" in t or "4ab12cd34" in t) for t in toks)
 
 
+def test_received_uses_later_hops_up_to_a_bound() -> None:
+    hops = [f"Received: from hop{i}.example.org ([192.0.{i}.1]) by x\n".encode() for i in range(40)]
+    # the first field is the latest hop, the last one the earliest
+    toks = set(tokenize(Message(b"".join(hops) + b"Subject: x\n\nbody\n")))
+    earliest = [f"H*r:ip*192.0.{i}" for i in range(39, 39 - tokenizer.MAX_RECEIVED, -1)]
+    assert set(earliest) <= toks
+    assert "H*r:ip*192.0.0" not in toks  # beyond the bound: not tokenized
+
+
 def test_body_words_case_numbers_and_long_tokens() -> None:
     toks = set(tokenize(Message(PLAIN)))
     assert {"CLICK", "click", "Dear", "dear", "prize"} <= toks
@@ -154,7 +163,13 @@ def test_word_tokens_of_single_words() -> None:
     assert word_tokens("FREE!!", decompose=False) == ("FREE!!",)
     assert word_tokens("..ab..") == ()  # two characters once trimmed
     assert word_tokens("Supercalifragilistic") == ("sk:Superca",)
-    assert word_tokens("日本語") == ("u8:日", "u8:本", "u8:語")
+    assert word_tokens("日本語") == ("u8:日", "u8:本", "u8:語", "u8:日本", "u8:本語")
+
+
+def test_cjk_pairs_do_not_join_characters_across_other_text() -> None:
+    # "日x本": the two characters are not neighbours, so no pair joins them
+    assert word_tokens("日x本") == ("u8:日", "u8:本")
+    assert "u8:本語" in words("テスト 本語です")
 
 
 def test_words_are_the_same_from_a_cold_and_a_warm_cache() -> None:

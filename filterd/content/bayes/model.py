@@ -42,7 +42,7 @@ FORMAT = "filterd-bayes"
 #: Bumped when the file layout changes.
 FORMAT_VERSION = 1
 #: Bumped when the tokenizer changes what it emits: an old model then needs relearning.
-TOKENIZER_VERSION = 1
+TOKENIZER_VERSION = 2
 N_FEATURES = 2**20
 
 # Robinson's f(w) constants and significance filter, as tuned for SpamAssassin.

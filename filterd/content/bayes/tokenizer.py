@@ -8,14 +8,22 @@ decades, kept where they measured well on the corpus (see ``bench/quality.py``):
   is used except a list of known noise (dates, mailing-list and spam-filter annotations:
   learning those chains Bayes to another filter's verdict or the corpus's age), so
   spamware's own tracking headers become clues without anyone listing them.
-* Only the two earliest Received fields are used (the hops nearest the sender: HELO
-  names, relay hosts, spamware quirks); dates and queue ids are dropped from them, as
-  they are never seen twice.
+* Received fields are used from the earliest hop on, at most :data:`MAX_RECEIVED` of
+  them (HELO names, relay hosts, spamware quirks, and the relays a message passed on
+  its way: a newsletter's mailing hosts are as telling as the sender's first hop);
+  dates and queue ids are dropped from them, as they are never seen twice. Measured
+  on the corpus, all hops instead of the two earliest raised the recall at 0.1 %
+  false positives of the learned scale by 1-3 points.
 * Address fields are split into user, domain and parent domains; Message-ID gives its
   host and the *shape* of its local part (spamware ids have tell-tale shapes).
 * Body words keep their case and also give a lower-case form; numbers are folded to
   their shape (``$1,299`` → ``$9,999``) and overlong words to a ``sk:`` prefix, so
   one-off strings do not fill the model with hapaxes.
+* CJK text has no spaces between words: each character is a token, and so is each
+  pair of neighbouring characters (the scripts' words are mostly one or two characters
+  long). Single characters only say which script a message is in, which put Japanese
+  ham among Chinese and Korean spam; the pairs tell them apart (on the corpus, recall at
+  0.1 % false positives of the learned scale rose from 85 to 90 %).
 * URIs give hosts with parent domains, scheme and path words; HTML parts give the tags
   and attributes used (``html:font``, ``html:font.color``); MIME leaves give their types,
   charsets and attachment types.
@@ -40,6 +48,8 @@ MAX_BODY_CHARS = 200_000
 MAX_URIS = 200
 #: At most this many HTML tags are looked at per message.
 MAX_HTML_TAGS = 5_000
+#: At most this many Received fields are tokenized, counted from the earliest hop.
+MAX_RECEIVED = 12
 
 # Header fields that give no clue or a misleading one (compare SpamAssassin's
 # IGNORED_HDRS): dates (corpus age), delivery and list annotations, other filters' marks.
@@ -86,7 +96,9 @@ _ASCII_DIGITS = str.maketrans("0123456789", "9" * 10)
 _SPLIT_ELLIPSIS = re.compile(r"(\w)(\.{3,6}|-{2,6})(\w)")
 _HAS_UPPER = re.compile(r"[A-Z]")
 _NON_WORD = re.compile(r"[^\w:*]")
-_WIDE_CHAR = re.compile(r"[\u0e00-\u0eff\u1100-\u11ff\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
+_WIDE_RANGES = r"\u0e00-\u0eff\u1100-\u11ff\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef"
+_WIDE_CHAR = re.compile(f"[{_WIDE_RANGES}]")
+_WIDE_RUN = re.compile(f"[{_WIDE_RANGES}]+")
 
 _RECEIVED_NOISE = re.compile(
     r"""\bid\s+[A-Za-z0-9.\-]{5,}|;.*$|\bfor\s+<[^>]*>|\(\d+\.\d+\.\d+/\d+\.\d+\.\d+\)""",
@@ -153,8 +165,9 @@ def word_tokens(raw: str, decompose: bool = True) -> tuple[str, ...]:
     """The tokens of one word as :data:`_WORD` finds it, without prefix."""
     tok = raw.strip(_TRIM)
     if _WIDE_CHAR.search(tok):
-        # CJK text has no spaces between words: its characters stand for words
-        return tuple("u8:" + ch for ch in _WIDE_CHAR.findall(tok))
+        # CJK text has no spaces between words: its characters and their neighbouring
+        # pairs stand for words
+        return tuple(_wide_tokens(tok))
     if len(tok) < 3:
         return ()
     out: list[str] = []
@@ -178,6 +191,15 @@ def word_tokens(raw: str, decompose: bool = True) -> tuple[str, ...]:
                 out.append(_NON_WORD.sub("", low))
     out.append(tok)
     return tuple(out)
+
+
+def _wide_tokens(tok: str) -> list[str]:
+    """Each wide (CJK, Thai) character of ``tok``, and each pair of neighbouring ones."""
+    out: list[str] = []
+    for run in _WIDE_RUN.findall(tok):
+        out.extend("u8:" + ch for ch in run)
+        out.extend("u8:" + run[i:i + 2] for i in range(len(run) - 1))
+    return out
 
 
 def _body_tokens(text: str) -> list[str]:
@@ -218,8 +240,8 @@ def _header_tokens(msg: Message) -> list[str]:
             out.append(prefix + "1")  # ids are unique; being a reply is the clue
         else:
             out.extend(words(value, prefix, False))
-    # The earliest hops (last fields) are where spamware and its relays show.
-    for value in received[-2:]:
+    # From the earliest hop (the last field) on: spamware and its relays, then the path.
+    for value in received[::-1][:MAX_RECEIVED]:
         out.extend(_received_tokens(" ".join(value.split())))
     return out
 
@@ -296,15 +318,22 @@ def _received_tokens(value: str) -> list[str]:
     for m in _IPV4.finditer(value):
         out.append("H*r:ip*" + ".".join(m.groups()[:3]))
     value = _IPV4.sub(" ", value)
-    for word in _WORD.findall(value.lower()):
-        word = word.strip(_TRIM)
-        if len(word) < 3:
-            continue
-        if "." in word:
-            out.extend(_domain_tokens(word, "H*r:")[-3:])  # up to host, domain, TLD
-        else:
-            out.append("H*r:" + word[:MAX_TOKEN_LENGTH])
+    # each distinct word once: "from", "by", "with", relay names recur in every hop
+    for word in dict.fromkeys(_WORD.findall(value.lower())):
+        out.extend(_received_word_tokens(word))
     return out
+
+
+@functools.lru_cache(maxsize=8192)
+def _received_word_tokens(word: str) -> tuple[str, ...]:
+    """Tokens of one word of a Received field; remembered, as relay names, MTA names and
+    keywords recur across the hops of a message and across messages."""
+    word = word.strip(_TRIM)
+    if len(word) < 3:
+        return ()
+    if "." in word:
+        return tuple(_domain_tokens(word, "H*r:")[-3:])  # up to host, domain, TLD
+    return ("H*r:" + word[:MAX_TOKEN_LENGTH],)
 
 
 # -- URIs, HTML and MIME -------------------------------------------------------------
