@@ -194,3 +194,17 @@ def test_address_tokens_are_remembered_unchanged() -> None:
     assert "H*F:U*winner99" in first and "H*F:N*Prize" in first
     for value in ("not an address ((", "a@b.example, Carol <c@d.example>", ""):
         assert tokenizer._address_tokens(value, "H*T:") == tuple(tokenizer._parse_address_tokens(value, "H*T:"))
+
+
+def test_long_words_are_tokenized_but_not_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: every distinct word was kept, whatever its length, so a stream of messages
+    with long unbroken runs (base64 in a body, a hostile Received field) made the caches
+    hold up to WORD_CACHE_SIZE times the largest body."""
+    monkeypatch.setattr(tokenizer, "_WORD_CACHE", ({}, {}))
+    tokenizer._remembered_received_word.cache_clear()
+    long_word = "x" * 100_000
+    tokens = words(f"short {long_word}")
+    assert tokens[0] == "short" and len(tokens) > 1  # the long word still gives a token
+    assert list(tokenizer._WORD_CACHE[True]) == ["short"]
+    assert tokenizer._received_tokens(f"from {long_word}.example")[1:]  # tokens of the long word
+    assert tokenizer._remembered_received_word.cache_info().currsize == 1  # "from" only

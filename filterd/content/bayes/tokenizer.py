@@ -134,6 +134,10 @@ def _unescape(token: str) -> str:
 # -- words ---------------------------------------------------------------------------
 #: Distinct words whose tokens are remembered (per process; about 200 bytes each).
 WORD_CACHE_SIZE = 50_000
+#: Only words up to this length are remembered: a message's longer runs (base64 left in
+#: a body, a hostile Received field) are rare, and kept they would make the caches'
+#: memory a product of the entry count and the size limit of a message.
+MAX_CACHED_WORD = 64
 # word -> its tokens without prefix, one table per ``decompose``: a word's tokens depend
 # on nothing else, and most words of a mail stream (Zipf) were seen before, so a lookup
 # replaces the per-word string work. Emptied when full; dict operations are atomic, so
@@ -151,9 +155,11 @@ def words(text: str, prefix: str = "", decompose: bool = True) -> list[str]:
     for raw in dict.fromkeys(_WORD.findall(text)):
         toks = cache.get(raw)
         if toks is None:
-            if len(cache) >= WORD_CACHE_SIZE:
-                cache.clear()
-            toks = cache[raw] = word_tokens(raw, decompose)
+            toks = word_tokens(raw, decompose)
+            if len(raw) <= MAX_CACHED_WORD:
+                if len(cache) >= WORD_CACHE_SIZE:
+                    cache.clear()
+                cache[raw] = toks
         if prefix:
             out.extend([prefix + tok for tok in toks])
         else:
@@ -320,20 +326,24 @@ def _received_tokens(value: str) -> list[str]:
     value = _IPV4.sub(" ", value)
     # each distinct word once: "from", "by", "with", relay names recur in every hop
     for word in dict.fromkeys(_WORD.findall(value.lower())):
-        out.extend(_received_word_tokens(word))
+        out.extend(_remembered_received_word(word) if len(word) <= MAX_CACHED_WORD
+                   else _received_word_tokens(word))
     return out
 
 
-@functools.lru_cache(maxsize=8192)
 def _received_word_tokens(word: str) -> tuple[str, ...]:
-    """Tokens of one word of a Received field; remembered, as relay names, MTA names and
-    keywords recur across the hops of a message and across messages."""
+    """Tokens of one word of a Received field."""
     word = word.strip(_TRIM)
     if len(word) < 3:
         return ()
     if "." in word:
         return tuple(_domain_tokens(word, "H*r:")[-3:])  # up to host, domain, TLD
     return ("H*r:" + word[:MAX_TOKEN_LENGTH],)
+
+
+#: Received words remembered (short ones only, :data:`MAX_CACHED_WORD`): relay names, MTA
+#: names and keywords recur across the hops of a message and across messages.
+_remembered_received_word = functools.lru_cache(maxsize=8192)(_received_word_tokens)
 
 
 # -- URIs, HTML and MIME -------------------------------------------------------------
