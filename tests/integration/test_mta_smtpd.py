@@ -67,8 +67,9 @@ class Smtpd:
         """The queue files; ``complete``: only those written whole (a file is opened at
         DATA, while the message still arrives)."""
         queue = Queue(str(self.queue_dir))
-        return sorted(e.qid for name in QUEUE_NAMES if Path(queue.dir(name)).is_dir()
-                      for e in queue.scan(name) if e.complete or not complete)
+        # a set: a file the queue manager moves during the scan is seen in both queues
+        return sorted({e.qid for name in QUEUE_NAMES if Path(queue.dir(name)).is_dir()
+                       for e in queue.scan(name) if e.complete or not complete})
 
     def read(self, qid: str) -> tuple[Envelope, bytes]:
         queue = Queue(str(self.queue_dir))
