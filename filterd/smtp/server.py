@@ -134,6 +134,16 @@ class ServerProtocol(SMTP):
             return
         self.owner.connections.add(self)
         super().connection_made(transport)
+        if self._handler_coroutine is not None:
+            self._handler_coroutine.add_done_callback(self._session_over)
+
+    def _session_over(self, _: asyncio.Task[None]) -> None:
+        """The session's coroutine has ended: the connection ends with it. aiosmtpd closes
+        it itself, except when an EOF cancels the coroutine before its first step (a client
+        that connects and closes at once, or a port scanner): the half-open connection then
+        stayed until the timeout, holding a slot of the connection limits all along."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
         if self.refused:

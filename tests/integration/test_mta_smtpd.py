@@ -426,6 +426,30 @@ def test_connection_count_limit_per_client(tmp_path):
         server.daemon.stop()
 
 
+def test_a_client_that_connects_and_closes_at_once_frees_its_slot(tmp_path):
+    """Before: an EOF that came before the session's first step left the connection
+    half open until smtpd_timeout, logged as ``timeout after CONNECT``; a client (or a
+    scanner) that connected and closed a few times filled its connection limit for
+    five minutes."""
+    server = Smtpd(tmp_path, "smtpd_client_connection_count_limit = 2\n").start()
+    try:
+        for _ in range(6):
+            socket.create_connection(("127.0.0.1", server.smtp_port)).close()
+        deadline = time.monotonic() + 15
+        while True:
+            first, second = Raw(server.smtp_port), Raw(server.smtp_port)
+            greetings = [first.greeting, second.greeting]
+            first.close()
+            second.close()
+            if all(g.startswith("220") for g in greetings) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert all(g.startswith("220") for g in greetings), greetings
+    finally:
+        server.daemon.stop()
+    assert "timeout after CONNECT" not in server.log()
+
+
 def test_bare_lf_forbidden(tmp_path):
     server = Smtpd(tmp_path, "smtpd_forbid_bare_newline = yes\n").start()
     try:
